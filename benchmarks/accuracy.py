@@ -1,0 +1,427 @@
+"""Accuracy vs thinking budget: the s1 sweep, resumable, against any OpenAI-compatible endpoint.
+
+Every finished sample is appended to `samples.jsonl` at once (request and response verbatim), so
+a crash loses only the samples in flight; a rerun with the same `--out` skips every key
+(point, example, repeat) that already has an error-free line and retries the rest.
+
+The summary reports, per sweep point, accuracy and the thinking-token distribution, and per
+series (points sharing strategy and wait strings) the three metrics of s1 (Muennighoff et al.,
+https://arxiv.org/abs/2501.19393, section 3.2):
+
+- Control: the fraction of budgeted samples whose thinking tokens lie within [min, max].
+- Scaling: the mean pairwise slope of accuracy vs mean thinking tokens over the series' points,
+  here in accuracy points (%) per 1000 thinking tokens, so it reads "what a thousand tokens buy".
+- Performance: the best accuracy over the series' points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from tqdm import tqdm
+
+from benchmarks.types import (
+    Backend,
+    BenchError,
+    BudgetSettings,
+    Eval,
+    EvalResult,
+    Example,
+    SamplerBase,
+    SamplerResponse,
+    SingleEvalResult,
+    Strategy,
+)
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+TABLE_FILE = "summary.md"
+PLOT_FILE = "accuracy_vs_thinking.png"
+
+
+# --- sweep specification -------------------------------------------------------------------
+
+
+def parse_int_list(spec: str | None, option: str, example: str = "512,1024") -> list[int]:
+    """"512,1024" -> [512, 1024]; a readable BenchError for anything else."""
+    if not spec:
+        return []
+    values = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise BenchError(f"`{option}` expects comma-separated non-negative integers like {example}; got {spec!r}")
+        values.append(int(part))
+    return values
+
+
+def parse_pairs(spec: str | None, option: str) -> list[tuple[int, int]]:
+    """"256:512,512:1024" -> [(256, 512), (512, 1024)]."""
+    if not spec:
+        return []
+    pairs = []
+    for part in spec.split(","):
+        lo, sep, hi = part.strip().partition(":")
+        if not (sep and lo.isdigit() and hi.isdigit()):
+            raise BenchError(f"`{option}` expects comma-separated MIN:MAX pairs like 256:512,512:1024; got {spec!r}")
+        if int(lo) > int(hi):
+            raise BenchError(f"`{option}`: minimum {lo} exceeds maximum {hi} in {part.strip()!r}")
+        pairs.append((int(lo), int(hi)))
+    return pairs
+
+
+class SweepSpec(BaseModel):
+    """Which budgets to run: each list adds points; strategies and wait strings multiply them.
+
+    A "waits" point forbids ending the thinking before `waits_min` tokens (default: the whole
+    completion cap) but inserts at most N waits, which is s1's "suppress the end of thinking N
+    times" extrapolation.
+    """
+
+    baseline: bool = False
+    max_only: list[int] = Field(default_factory=list)
+    min_only: list[int] = Field(default_factory=list)
+    min_max: list[tuple[int, int]] = Field(default_factory=list)
+    waits: list[int] = Field(default_factory=list)
+    waits_min: int | None = Field(default=None, ge=1)
+    waits_max: int | None = Field(default=None, ge=1)
+    wait_strings: list[str] = Field(default_factory=list)
+    strategies: list[Strategy] = Field(default_factory=list)
+    answer_prefix: str | None = None
+
+    def points(self, max_tokens: int) -> list[BudgetSettings]:
+        """The sweep's budgets in a stable order (baseline, max, min, min:max, waits)."""
+        plain: list[BudgetSettings] = [BudgetSettings(max_thinking_tokens=hi) for hi in self.max_only]
+        forcing: list[dict[str, Any]] = [{"min_thinking_tokens": lo} for lo in self.min_only]
+        forcing += [{"min_thinking_tokens": lo, "max_thinking_tokens": hi} for lo, hi in self.min_max]
+        waits_min = self.waits_min or self.waits_max or max_tokens
+        forcing += [
+            {"min_thinking_tokens": waits_min, "max_thinking_tokens": self.waits_max, "max_waits": n}
+            for n in self.waits
+        ]
+        variants = [(s,) for s in self.wait_strings] or [None]
+        points = [BudgetSettings()] if self.baseline else []
+        try:
+            points += plain
+            points += [BudgetSettings(**fields, wait_strings=w) for fields in forcing for w in variants]
+        except ValidationError as exc:
+            raise BenchError(f"invalid sweep point: {exc.errors()[0]['msg']}") from exc
+        if self.answer_prefix is not None or self.strategies:
+            points = [
+                p if p.is_baseline else p.model_copy(update={"answer_prefix": self.answer_prefix, "strategy": s})
+                for p in points
+                for s in (self.strategies or [None])
+            ]
+        unique = list(dict.fromkeys(points))
+        if not unique:
+            raise BenchError("empty sweep: give at least one of --max, --min, --min-max, --waits or --baseline")
+        return unique
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+class RunConfig(BaseModel):
+    """What must match for a rerun to resume an output directory instead of mixing runs."""
+
+    eval: str
+    model: str
+    backend: Backend
+    max_tokens: int
+    temperature: float
+    top_p: float | None = None
+    seed: int | None = None
+    prompt_template: str
+
+
+def sample_key(point: BudgetSettings, example: Example, repeat: int) -> str:
+    return f"{point.label}|{example.id}|{repeat}"
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """All well-formed lines of a samples file; a line cut off by a crash is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("%s line %d is incomplete (interrupted write); it will be redone", path, number)
+    return rows
+
+
+def latest_by_key(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The last line per key: a retried error is superseded by its retry."""
+    return {row["key"]: row for row in rows}
+
+
+def check_run_config(out_dir: Path, config: RunConfig) -> None:
+    """Refuse to resume into a directory written by a different configuration."""
+    path = out_dir / RUN_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        diffs = [f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in config.model_dump().items() if previous.get(k) != v]
+        if diffs:
+            raise BenchError(
+                f"{out_dir} holds results of a different run ({'; '.join(diffs)}); "
+                "use another --out, or --overwrite to discard them"
+            )
+    path.write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+
+
+def grade_sample(eval_: Eval, example: Example, response: SamplerResponse) -> SingleEvalResult:
+    """Score one response; a transport failure scores None so it is retried, not counted wrong."""
+    messages = eval_.messages(example)
+    if response.error is not None:
+        return SingleEvalResult(score=None, convo=messages)
+    try:
+        score, extracted = eval_.grade(example.answer, response.content)
+    except ValueError as exc:  # a reference the grader cannot read: the data or --grader is wrong
+        raise BenchError(f"cannot grade example {example.id!r} of {eval_.name}: {exc}") from exc
+    metrics = {"latency_s": response.latency_s}
+    if response.thinking_tokens is not None:
+        metrics["thinking_tokens"] = response.thinking_tokens
+    if response.waits_inserted is not None:
+        metrics["waits_inserted"] = response.waits_inserted
+    if response.forced_end is not None:
+        metrics["forced_end"] = float(response.forced_end)
+    convo = messages + [{"role": "assistant", "content": response.content, "reasoning": response.reasoning}]
+    return SingleEvalResult(score=score, metrics=metrics, extracted_answer=extracted, convo=convo)
+
+
+def sample_row(
+    key: str, eval_: Eval, point: BudgetSettings, example: Example, repeat: int, response: SamplerResponse
+) -> dict[str, Any]:
+    result = grade_sample(eval_, example, response)
+    within = None if point.is_baseline or response.thinking_tokens is None else point.within(response.thinking_tokens)
+    return {
+        "key": key,
+        "eval": eval_.name,
+        "point": point.label,
+        "budget": point.model_dump(exclude_none=True),
+        "example_id": example.id,
+        "repeat": repeat,
+        "score": result.score,
+        "correct_answer": example.answer,
+        "extracted_answer": result.extracted_answer,
+        "thinking_tokens": response.thinking_tokens,
+        "thinking_tokens_source": response.thinking_tokens_source,
+        "completion_tokens": response.completion_tokens,
+        "waits_inserted": response.waits_inserted,
+        "forced_end": response.forced_end,
+        "within_budget": within,
+        "finish_reason": response.finish_reason,
+        "latency_s": round(response.latency_s, 4),
+        "attempts": response.attempts,
+        "error": response.error,
+        "request": response.request,
+        "response": response.response,
+    }
+
+
+async def run_sweep(
+    eval_: Eval,
+    sampler: SamplerBase,
+    points: Sequence[BudgetSettings],
+    out_dir: Path,
+    concurrency: int = 8,
+    repeats: int = 1,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every (point, example, repeat) not yet done in `out_dir`; return all latest rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples_path = out_dir / SAMPLES_FILE
+    done = {k for k, row in latest_by_key(read_samples(samples_path)).items() if row.get("error") is None}
+    jobs = [
+        (sample_key(point, example, r), point, example, r)
+        for point, example, r in itertools.product(points, eval_.examples, range(repeats))
+    ]
+    pending = [job for job in jobs if job[0] not in done]
+    logger.info("%d samples in the sweep, %d already done, %d to run", len(jobs), len(jobs) - len(pending), len(pending))
+    semaphore = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), disable=not progress, desc=eval_.name, unit="sample")
+
+    with samples_path.open("a", encoding="utf-8") as sink:
+
+        async def one(key: str, point: BudgetSettings, example: Example, repeat: int) -> None:
+            async with semaphore:
+                response = await sampler(eval_.messages(example), point)
+            row = sample_row(key, eval_, point, example, repeat, response)
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sink.flush()
+            bar.update()
+            if row["error"]:
+                bar.write(f"sample {key} failed after {response.attempts} attempts: {row['error']}")
+
+        tasks = [asyncio.create_task(one(*job)) for job in pending]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:  # a rejected request, a grader error, ^C: stop, keep what finished
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            bar.close()
+    wanted = {job[0] for job in jobs}
+    return [row for key, row in latest_by_key(read_samples(samples_path)).items() if key in wanted]
+
+
+# --- summarising ---------------------------------------------------------------------------
+
+
+def aggregate(rows: Sequence[dict[str, Any]], point: BudgetSettings) -> EvalResult:
+    """Reduce one point's rows: accuracy over graded samples, token stats, the Control fraction."""
+    graded = [r for r in rows if r.get("error") is None and r.get("score") is not None]
+    tokens = [r["thinking_tokens"] for r in graded if r.get("thinking_tokens") is not None]
+    waits = [r["waits_inserted"] for r in graded if r.get("waits_inserted") is not None]
+    forced = [float(r["forced_end"]) for r in graded if r.get("forced_end") is not None]
+    within = [float(r["within_budget"]) for r in graded if r.get("within_budget") is not None]
+    score = statistics.fmean(r["score"] for r in graded) if graded else None
+    return EvalResult(
+        score=score,
+        metrics={
+            "n": float(len(graded)),
+            "errors": float(len(rows) - len(graded)),
+            "accuracy": score,
+            "mean_thinking_tokens": statistics.fmean(tokens) if tokens else None,
+            "median_thinking_tokens": statistics.median(tokens) if tokens else None,
+            "mean_waits": statistics.fmean(waits) if waits else None,
+            "forced_end_rate": statistics.fmean(forced) if forced else None,
+            "control": None if point.is_baseline or not within else statistics.fmean(within),
+            "within_n": float(len(within)),
+            "mean_latency_s": statistics.fmean(r["latency_s"] for r in graded) if graded else None,
+        },
+    )
+
+
+def scaling(points: Sequence[tuple[float, float]]) -> float | None:
+    """s1's Scaling: the mean over pairs a < b of (acc(b) - acc(a)) / (tokens(b) - tokens(a)).
+
+    `points` are (mean thinking tokens, accuracy) pairs; pairs with equal token counts carry no
+    slope and are skipped. Returns accuracy points (%) per 1000 thinking tokens, or None when
+    fewer than two distinct token counts exist.
+
+    >>> scaling([(1000, 0.5), (2000, 0.6)])  # +10 points for 1000 more tokens
+    10.0
+    """
+    ordered = sorted(points)
+    slopes = [
+        (acc_b - acc_a) * 100 / ((tok_b - tok_a) / 1000)
+        for (tok_a, acc_a), (tok_b, acc_b) in itertools.combinations(ordered, 2)
+        if tok_b != tok_a
+    ]
+    return statistics.fmean(slopes) if slopes else None
+
+
+def series_name(point: BudgetSettings) -> str:
+    """Points that share strategy and wait strings form one series (one line in the plot)."""
+    parts = [f"strategy={point.strategy}" if point.strategy else "", "wait=" + "|".join(point.wait_strings) if point.wait_strings else ""]
+    return ",".join(p for p in parts if p) or "default"
+
+
+def summarize(rows: Sequence[dict[str, Any]], points: Sequence[BudgetSettings]) -> dict[str, Any]:
+    """Per-point table plus s1's Control / Scaling / Performance per series and over all points."""
+    by_point: dict[str, list[dict[str, Any]]] = {p.label: [] for p in points}
+    for row in rows:
+        by_point.setdefault(row["point"], []).append(row)
+    table = []
+    for point in points:
+        result = aggregate(by_point[point.label], point)
+        table.append({"point": point.label, "series": "baseline" if point.is_baseline else series_name(point), **result.metrics})
+
+    def s1_metrics(entries: list[dict[str, Any]]) -> dict[str, Any]:
+        within_n = sum(e["within_n"] for e in entries)
+        control = sum(e["control"] * e["within_n"] for e in entries if e["control"] is not None) / within_n if within_n else None
+        curve = [(e["mean_thinking_tokens"], e["accuracy"]) for e in entries if e["mean_thinking_tokens"] is not None and e["accuracy"] is not None]
+        accuracies = [e["accuracy"] for e in entries if e["accuracy"] is not None]
+        return {
+            "points": len(entries),
+            "control": control,
+            "scaling_pct_per_1k_tokens": scaling(curve),
+            "performance": max(accuracies) if accuracies else None,
+        }
+
+    budgeted = [e for e in table if e["series"] != "baseline"]
+    series = {name: s1_metrics([e for e in budgeted if e["series"] == name]) for name in dict.fromkeys(e["series"] for e in budgeted)}
+    return {"points": table, "s1": {"all": s1_metrics(budgeted), **({} if len(series) < 2 else series)}}
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The summary as Markdown: one row per point, then the s1 metrics."""
+
+    def fmt(value: Any, pct: bool = False) -> str:
+        if value is None:
+            return "-"
+        if pct:
+            return f"{100 * value:.1f}"
+        return f"{value:.0f}" if isinstance(value, float) and value.is_integer() else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = [
+        "| point | n | errors | accuracy % | mean think | median think | mean waits | forced end % | control % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in summary["points"]:
+        lines.append(
+            f"| {e['point']} | {fmt(e['n'])} | {fmt(e['errors'])} | {fmt(e['accuracy'], True)} | "
+            f"{fmt(e['mean_thinking_tokens'])} | {fmt(e['median_thinking_tokens'])} | {fmt(e['mean_waits'])} | "
+            f"{fmt(e['forced_end_rate'], True)} | {fmt(e['control'], True)} |"
+        )
+    lines += ["", "| series | points | Control % | Scaling (pp / 1k thinking tokens) | Performance % |", "|---|---|---|---|---|"]
+    for name, m in summary["s1"].items():
+        lines.append(
+            f"| {name} | {m['points']} | {fmt(m['control'], True)} | {fmt(m['scaling_pct_per_1k_tokens'])} | {fmt(m['performance'], True)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], path: Path, title: str) -> None:
+    """Accuracy (%) vs mean thinking tokens, one line per series, baseline as a star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(e["series"] for e in summary["points"]):
+        entries = [e for e in summary["points"] if e["series"] == name and e["mean_thinking_tokens"] is not None and e["accuracy"] is not None]
+        entries.sort(key=lambda e: e["mean_thinking_tokens"])
+        if not entries:
+            continue
+        xs = [e["mean_thinking_tokens"] for e in entries]
+        ys = [100 * e["accuracy"] for e in entries]
+        if name == "baseline":
+            ax.scatter(xs, ys, marker="*", s=160, color="black", label="no budget", zorder=3)
+            continue
+        ax.plot(xs, ys, marker="o", label=name)
+        for x, y, e in zip(xs, ys, entries):
+            ax.annotate(e["point"].split(",strategy=")[0], (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("mean thinking tokens per sample")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_reports(summary: dict[str, Any], out_dir: Path, title: str) -> dict[str, Path]:
+    paths = {"summary": out_dir / SUMMARY_FILE, "table": out_dir / TABLE_FILE, "plot": out_dir / PLOT_FILE}
+    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    paths["table"].write_text(markdown_table(summary))
+    plot(summary, paths["plot"], title)
+    return paths
