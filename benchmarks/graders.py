@@ -41,11 +41,10 @@ def extract_boxed(text: str) -> str | None:
     >>> extract_boxed("no box here") is None
     True
     """
-    start = max(text.rfind(cmd) for cmd in BOXED_COMMANDS)
+    start, command = max((text.rfind(cmd), cmd) for cmd in BOXED_COMMANDS)
     if start < 0:
         return None
-    rest = text[start:]
-    rest = rest[rest.index("x") + 1 :]  # both commands end in "x"
+    rest = text[start + len(command) :]
     if rest.startswith(" ") and not rest.lstrip().startswith("{"):
         match = re.match(r"\s*([^\s$]+)", rest)  # `\boxed 5` form
         return match.group(1) if match else None
