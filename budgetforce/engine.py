@@ -1,0 +1,335 @@
+"""`BudgetForcingEngine`: a vLLM AsyncLLM with budget forcing installed, and both strategies.
+
+The engine strategy hands each request's plan to `BudgetForcingLogitsProcessor` through
+`SamplingParams.extra_args`; the rounds strategy is s1's loop (stop at a close attempt, append
+the wait ids, resubmit) on the same engine, relying on prefix caching. Both are driven by
+`ThinkingController`, and both stream reasoning deltas, then answer deltas.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from budgetforce.budget import Budget, BudgetError
+from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController
+from budgetforce.decoding import IncrementalDecoder
+from budgetforce.profile import Profile, ResolvedProfile, detect_profile, get_profile
+
+log = logging.getLogger(__name__)
+
+PROCESSOR_FQCN = "budgetforce.forcing:BudgetForcingLogitsProcessor"
+Messages = Sequence[dict[str, Any]]
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStats:
+    thinking_tokens: int
+    waits_inserted: int
+    forced_end: bool
+    strategy: str | None  # None: the request had no budget
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of a streamed completion; the last one carries `finish_reason` and `stats`."""
+
+    reasoning: str = ""
+    answer: str = ""
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    stats: BudgetStats | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    reasoning: str
+    answer: str
+    token_ids: list[int]
+    reasoning_token_ids: list[int]
+    answer_token_ids: list[int]
+    stats: BudgetStats
+    finish_reason: FinishReason
+    prompt_tokens: int
+
+
+class EngineDeadError(RuntimeError):
+    """The vLLM engine has died; the server answers 503."""
+
+
+class BudgetForcingEngine:
+    """A vLLM engine that honours per-request thinking budgets.
+
+    Example:
+        >>> engine = BudgetForcingEngine.from_model("path/to/model")      # doctest: +SKIP
+        >>> out = await engine.generate(messages, Budget(min_thinking_tokens=2000), temperature=0.6)  # doctest: +SKIP
+        >>> out.reasoning, out.answer, out.stats                           # doctest: +SKIP
+    """
+
+    def __init__(self, llm: Any, tokenizer: Any, profile: ResolvedProfile, model_name: str, max_model_len: int) -> None:
+        from budgetforce.forcing import StatsBoard
+
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.profile = profile
+        self.model_name = model_name
+        self.max_model_len = max_model_len
+        self._observer_plan = profile.plan(Budget())  # delimiters only: tracks spans, forces nothing
+        self._board = StatsBoard()
+
+    @classmethod
+    def from_model(
+        cls,
+        model: str | Path,
+        profile: str | Profile | None = None,
+        served_model_name: str | None = None,
+        **engine_kwargs: Any,
+    ) -> BudgetForcingEngine:
+        """Start a vLLM AsyncLLM for ``model`` with the budget-forcing processor registered.
+
+        ``engine_kwargs`` go to vLLM's `AsyncEngineArgs` (tensor_parallel_size, max_model_len, ...).
+        """
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        model = str(model)
+        tokenizer = AutoTokenizer.from_pretrained(engine_kwargs.get("tokenizer") or model)
+        chosen = profile if isinstance(profile, Profile) else get_profile(profile) if profile else detect_profile(tokenizer, model)
+        resolved = chosen.resolve(tokenizer)
+        processors = list(engine_kwargs.pop("logits_processors", None) or [])
+        args = AsyncEngineArgs(model=model, logits_processors=[PROCESSOR_FQCN, *processors], **engine_kwargs)
+        llm = AsyncLLM.from_engine_args(args)
+        max_len = llm.model_config.max_model_len
+        log.info("serving %s with profile %s (max_model_len %d)", model, chosen.name, max_len)
+        return cls(llm, tokenizer, resolved, served_model_name or model, max_len)
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+        self._board.close()
+
+    @property
+    def is_dead(self) -> bool:
+        return bool(self.llm.errored)
+
+    # -- preparing a request ----------------------------------------------------------------
+    def prompt_ids(self, prompt: Messages | str | list[int]) -> list[int]:
+        """Token ids of a chat (rendered with the model's template) or a raw prompt, thinking opened."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        elif prompt and isinstance(prompt[0], int):
+            ids = list(prompt)  # type: ignore[arg-type]
+        else:
+            ids = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True, return_dict=False)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+        return self.profile.open_thinking(list(ids))
+
+    def plan(self, budget: Budget | None, max_tokens: int | None) -> ForcingPlan | None:
+        """The request's plan, or None without a budget; raises `BudgetError` for impossible ones."""
+        if budget is None or not budget.is_active:
+            return None
+        plan = self.profile.plan(budget)
+        budget.check_room(max_tokens, reserved=plan.forced_end_length)
+        return plan
+
+    def _max_tokens(self, prompt_len: int, max_tokens: int | None) -> int:
+        room = self.max_model_len - prompt_len
+        if room <= 0:
+            raise BudgetError(
+                f"the prompt has {prompt_len} tokens, which leaves no room within the model's "
+                f"context of {self.max_model_len}", param="messages"
+            )
+        if max_tokens is not None and max_tokens > room:
+            raise BudgetError(
+                f"`max_tokens` ({max_tokens}) exceeds the {room} tokens left in the model's context "
+                f"({self.max_model_len}) after the {prompt_len}-token prompt", param="max_tokens"
+            )
+        return room if max_tokens is None else max_tokens
+
+    # -- generating -----------------------------------------------------------------------
+    async def generate(
+        self, prompt: Messages | str | list[int], budget: Budget | None = None, **sampling: Any
+    ) -> Completion:
+        """One completion. ``sampling``: vLLM `SamplingParams` fields (max_tokens, temperature, seed, ...)."""
+        deltas = [d async for d in self.stream(prompt, budget, **sampling)]
+        ids = [t for d in deltas for t in d.token_ids]
+        last = deltas[-1]
+        assert last.stats is not None and last.finish_reason is not None
+        prompt_ids = self.prompt_ids(prompt)
+        ctl = ThinkingController(self._observer_plan, prompt_ids)
+        for t in ids:
+            ctl.accept(t)
+        reasoning_ids, answer_ids = ctl.split(ids)
+        return Completion(
+            reasoning="".join(d.reasoning for d in deltas),
+            answer="".join(d.answer for d in deltas),
+            token_ids=ids,
+            reasoning_token_ids=reasoning_ids,
+            answer_token_ids=answer_ids,
+            stats=last.stats,
+            finish_reason=last.finish_reason,
+            prompt_tokens=len(prompt_ids),
+        )
+
+    async def stream(
+        self,
+        prompt: Messages | str | list[int],
+        budget: Budget | None = None,
+        request_id: str | None = None,
+        **sampling: Any,
+    ) -> AsyncIterator[Delta]:
+        """Stream a completion: reasoning deltas, then answer deltas, then a final `Delta` with stats.
+
+        Bad budgets raise `BudgetError` before anything is submitted.
+        """
+        if self.is_dead:
+            raise EngineDeadError("the engine has stopped")
+        prompt_ids = self.prompt_ids(prompt)
+        max_tokens = self._max_tokens(len(prompt_ids), sampling.pop("max_tokens", None))
+        plan = self.plan(budget, max_tokens)
+        request_id = request_id or uuid.uuid4().hex
+        strategy = budget.strategy if plan is not None and budget is not None else None
+        if plan is not None and strategy == "rounds":
+            source = self._rounds(prompt_ids, plan, max_tokens, request_id, sampling)
+        else:
+            source = self._engine(prompt_ids, plan, max_tokens, request_id, sampling)
+        splitter = _Splitter(self.tokenizer, ThinkingController(self._observer_plan, prompt_ids))
+        async for ids, finish, waits in source:
+            reasoning, answer = splitter.push(ids)
+            if finish is None:
+                if ids:
+                    yield Delta(reasoning, answer, tuple(ids))
+                continue
+            thinking = splitter.ctl.thinking_tokens
+            # The engine forces the close exactly when the span reaches the maximum.
+            forced = plan is not None and plan.max_thinking is not None and thinking >= plan.max_thinking
+            yield Delta(reasoning, answer, tuple(ids), finish, BudgetStats(thinking, waits, forced, strategy))
+            return
+
+    def _params(self, sampling: dict[str, Any], **overrides: Any) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(**{**sampling, **overrides}, output_kind=RequestOutputKind.DELTA, detokenize=False)
+
+    async def _engine(
+        self, prompt_ids: list[int], plan: ForcingPlan | None, max_tokens: int, request_id: str, sampling: dict[str, Any]
+    ) -> AsyncIterator[tuple[list[int], FinishReason | None, int]]:
+        """Yields (new ids, finish reason once finished, waits inserted)."""
+        from vllm.inputs import TokensPrompt
+
+        from budgetforce.forcing import plan_to_args
+
+        slot = self._board.acquire() if plan is not None else -1
+        try:
+            extra = plan_to_args(plan, self._board.name, slot) if plan is not None else None
+            params = self._params(sampling, max_tokens=max_tokens, extra_args=extra)
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id):
+                o = out.outputs[0]
+                if out.finished:
+                    waits = self._board.read(slot)[0] if slot >= 0 else 0
+                    yield list(o.token_ids), _finish(o.finish_reason), waits
+                    return
+                yield list(o.token_ids), None, 0
+        finally:
+            if slot >= 0:
+                self._board.release(slot)
+
+    async def _rounds(
+        self, prompt_ids: list[int], plan: ForcingPlan, max_tokens: int, request_id: str, sampling: dict[str, Any]
+    ) -> AsyncIterator[tuple[list[int], FinishReason | None, int]]:
+        """s1's loop, per request: generate to a close attempt, append the wait ids, resubmit."""
+        from vllm.inputs import TokensPrompt
+
+        ctl = ThinkingController(plan, prompt_ids)
+        out: list[int] = []
+        round_no = 0
+        while True:
+            remaining = max_tokens - len(out)
+            if remaining <= 0:
+                yield [], "length", ctl.waits_inserted
+                return
+            kind, token = ctl.action()
+            if kind == Action.FORCE:
+                ctl.accept(token)
+                out.append(token)
+                yield [token], None, 0
+                continue
+            limit = remaining
+            if kind in (Action.GUARD, Action.REDIRECT):  # budgeted thinking: stop at any close attempt
+                stops = sorted(plan.close_attempts)
+                if ctl.tokens_to_max is not None:
+                    limit = min(remaining, ctl.tokens_to_max)
+            elif ctl.phase is Phase.BEFORE:  # stop where the thinking may open
+                stops = [plan.think_start[-1]]
+            else:
+                stops = []
+            params = self._params(sampling, max_tokens=limit, stop_token_ids=stops or None)
+            round_no += 1
+            new: list[int] = []
+            reason: str | None = None
+            async for res in self.llm.generate(
+                TokensPrompt(prompt_token_ids=prompt_ids + out), params, f"{request_id}-{round_no}"
+            ):
+                new.extend(res.outputs[0].token_ids)
+                reason = res.outputs[0].finish_reason if res.finished else None
+            stopped_on = new[-1] if reason == "stop" and new and new[-1] in stops else None
+            if stopped_on is not None and kind != Action.FREE:
+                new.pop()
+            for t in new:
+                ctl.accept(t)
+            out.extend(new)
+            if new:
+                yield new, None, 0
+            if stopped_on is not None and kind != Action.FREE:
+                if ctl.guarding:  # s1: ignore the close and append the wait string instead
+                    replacement = ctl.action()[1]
+                    ctl.accept(replacement, replaced=True)
+                else:  # past the minimum: an end of sequence inside the thinking closes it
+                    replacement = plan.think_end[0]
+                    ctl.accept(replacement)
+                out.append(replacement)
+                yield [replacement], None, 0
+                continue
+            if stopped_on is not None or (reason == "length" and kind != Action.FREE):
+                continue  # the thinking may have opened, or its maximum was reached
+            yield [], _finish(reason), ctl.waits_inserted
+            return
+
+
+def _finish(reason: str | None) -> FinishReason:
+    return "length" if reason == "length" else "stop"
+
+
+class _Splitter:
+    """Routes streamed ids to the reasoning or the answer text, following the controller's spans.
+
+    Delimiters are shown nowhere; a forced answer prefix belongs to the answer.
+    """
+
+    def __init__(self, tokenizer: Any, ctl: ThinkingController) -> None:
+        self.ctl = ctl
+        self._reasoning = IncrementalDecoder(tokenizer)
+        self._answer = IncrementalDecoder(tokenizer)
+
+    def push(self, ids: list[int]) -> tuple[str, str]:
+        r_ids: list[int] = []
+        a_ids: list[int] = []
+        ctl = self.ctl
+        for t in ids:
+            before, index = ctl.phase, ctl.n_out
+            ctl.accept(t)
+            if before is Phase.THINKING and ctl.phase is Phase.THINKING:
+                r_ids.append(t)
+            elif before is Phase.ANSWERING or (before is Phase.BEFORE and ctl.phase is Phase.BEFORE):
+                a_ids.append(t)
+            elif before is Phase.CLOSING and ctl.think_end_at is not None:
+                if index >= ctl.think_end_at + len(ctl.plan.think_end):
+                    a_ids.append(t)  # the forced answer prefix
+        return self._reasoning.push(r_ids) if r_ids else "", self._answer.push(a_ids) if a_ids else ""

@@ -1,0 +1,351 @@
+"""The engine strategy: budget forcing as a vLLM (runner V1) logits processor.
+
+Per-row controllers live on the host and advance on the tokens vLLM already brought back;
+the logits are changed with a handful of vectorised writes for the whole batch. Rows without
+a budget cost nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+from budgetforce.budget import Budget
+from budgetforce.controller import Action, ForcingPlan, ThinkingController
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+
+log = logging.getLogger(__name__)
+
+EXTRA_KEY = "budgetforce"  # SamplingParams.extra_args[EXTRA_KEY] holds a serialised ForcingPlan
+XARG_FIELDS = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix")
+_GREEDY_EPS = 1e-5  # vLLM's own threshold for greedy rows
+
+
+def plan_to_args(plan: ForcingPlan, board: str | None = None, slot: int = -1) -> dict[str, Any]:
+    """Serialise a plan for `SamplingParams.extra_args` (plain lists survive msgspec).
+
+    ``board``/``slot`` name the `StatsBoard` entry where the processor reports the request's stats.
+    """
+    return {
+        EXTRA_KEY: {
+            "think_start": list(plan.think_start),
+            "think_end": list(plan.think_end),
+            "eos": sorted(plan.eos),
+            "waits": [list(w) for w in plan.waits],
+            "answer_prefix": list(plan.answer_prefix),
+            "min_thinking": plan.min_thinking,
+            "max_thinking": plan.max_thinking,
+            "max_waits": plan.max_waits,
+            "board": board,
+            "slot": slot,
+        }
+    }
+
+
+def plan_from_args(args: dict[str, Any]) -> ForcingPlan:
+    a = args[EXTRA_KEY]
+    return ForcingPlan(
+        think_start=tuple(a["think_start"]),
+        think_end=tuple(a["think_end"]),
+        eos=frozenset(a["eos"]),
+        waits=tuple(tuple(w) for w in a["waits"]),
+        answer_prefix=tuple(a["answer_prefix"]),
+        min_thinking=a["min_thinking"],
+        max_thinking=a["max_thinking"],
+        max_waits=a["max_waits"],
+    )
+
+
+def budget_from_xargs(extra_args: dict[str, Any] | None) -> Budget | None:
+    """A `Budget` from a stock `vllm serve` request's `vllm_xargs`, or None when it sets none."""
+    if not extra_args or not any(k in extra_args for k in XARG_FIELDS):
+        return None
+    fields = {k: extra_args[k] for k in XARG_FIELDS if k in extra_args}
+    if isinstance(fields.get("wait_strings"), str):
+        fields["wait_strings"] = [fields["wait_strings"]]
+    return Budget.model_validate(fields)
+
+
+@dataclass(slots=True)
+class _Row:
+    ctl: ThinkingController
+    out: list[int]  # vLLM's live list of this request's output ids
+    greedy: bool
+    temperature: float
+    rng: random.Random
+    seen: int = 0  # output ids already fed to the controller
+    replaced: bool | None = None  # the last guard decision, until its token is fed
+    board: StatsBoard | None = None
+    slot: int = -1
+    reported: tuple[int, bool] = (0, False)
+
+
+class BudgetForcingLogitsProcessor(LogitsProcessor):
+    """Replaces an early close of the thinking with a wait string and forces the close at the maximum.
+
+    Per request, through `SamplingParams.extra_args`: either a plan prepared by
+    `BudgetForcingEngine` (token ids) or, from a stock `vllm serve`, the `vllm_xargs`
+    `min_thinking_tokens`, `max_thinking_tokens`, `max_waits`, `wait_strings`, `answer_prefix`
+    resolved with the model's profile.
+
+    Each step, per budgeted row, one of:
+        FORCE     the row's logits become one-hot on the forced token (wait strings, the close
+                  delimiter, the answer prefix: one token per step);
+        GUARD     below the minimum. Greedy rows: if the argmax is a close attempt (the close's
+                  first token or EOS) the first wait token is forced instead. Sampled rows: with
+                  probability p_close (softmax at the row's temperature, before top-k/top-p) the
+                  first wait token is forced, otherwise the close tokens are banned; the tokens
+                  are thus distributed exactly as in s1's loop, where a sampled close is replaced
+                  by the wait string. The draw uses a per-request RNG seeded from `seed`.
+        REDIRECT  a budgeted thinking past its minimum: EOS mass moves onto the close token
+                  (max for greedy rows), so the thinking is closed rather than the sequence ended.
+    Example: min 100, the model's argmax at thinking token 40 is `</think>` -> "Wait" is emitted;
+    a request without a budget in the same batch is left exactly as plain vLLM samples it.
+
+    The guard decisions travel back in a pinned buffer that is read a step later, after vLLM
+    has synchronised on the sampled ids anyway: no extra host sync per step.
+    """
+
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
+        self.device = device
+        self.pin = is_pin_memory and device.type != "cpu"
+        self.rows: dict[int, _Row] = {}
+        self._model = vllm_config.model_config.tokenizer if vllm_config.model_config else None
+        self._attempts_host = torch.zeros(64, dtype=torch.bool, pin_memory=self.pin)
+        self._attempts_ready: torch.cuda.Event | None = None
+        self._guarded: list[_Row] = []  # rows whose decision waits in `_attempts_host`
+        self._boards: dict[str, StatsBoard] = {}
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        """Reject bad `vllm_xargs` budgets before the request runs (HTTP 400 in `vllm serve`)."""
+        args = sampling_params.extra_args
+        if args and EXTRA_KEY in args:
+            return
+        try:
+            budget = budget_from_xargs(args)
+        except Exception as e:  # pydantic's ValidationError reads well enough
+            raise ValueError(f"invalid budget in vllm_xargs: {e}") from None
+        if budget is not None and sampling_params.max_tokens is not None:
+            budget.check_room(sampling_params.max_tokens, reserved=1)
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it forces and bans tokens, which moves the argmax
+
+    # -- batch bookkeeping ----------------------------------------------------------------
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self.rows.pop(index, None)
+        for index, params, prompt_ids, out_ids in batch_update.added:
+            row = self._new_row(params, prompt_ids or [], out_ids)
+            if row is None:
+                self.rows.pop(index, None)
+            else:
+                self.rows[index] = row
+        for a, b, direction in batch_update.moved:
+            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+            if ra is not None:
+                self.rows[b] = ra
+            if rb is not None and direction == MoveDirectionality.SWAP:
+                self.rows[a] = rb
+
+    def _new_row(self, params: SamplingParams, prompt_ids: list[int], out_ids: list[int]) -> _Row | None:
+        args = params.extra_args or {}
+        board, slot = None, -1
+        if EXTRA_KEY in args:
+            plan = plan_from_args(args)
+            name, slot = args[EXTRA_KEY].get("board"), args[EXTRA_KEY].get("slot", -1)
+            if name is not None:
+                board = self._boards.get(name) or self._boards.setdefault(name, StatsBoard(name))
+        else:
+            budget = budget_from_xargs(args)
+            if budget is None or not budget.is_active:
+                return None
+            plan = self._profile.plan(budget)
+        if not plan.is_active:
+            return None
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        return _Row(
+            ctl=ThinkingController(plan, prompt_ids),
+            out=out_ids,
+            greedy=params.temperature < _GREEDY_EPS,
+            temperature=max(params.temperature, _GREEDY_EPS),
+            rng=random.Random(seed ^ 0x5EED_F0CE),
+            board=board,
+            slot=slot,
+        )
+
+    @cached_property
+    def _profile(self) -> Any:
+        """The served model's profile, for `vllm_xargs` budgets (loaded on first use)."""
+        from transformers import AutoTokenizer
+
+        from budgetforce.profile import detect_profile
+
+        tok = AutoTokenizer.from_pretrained(self._model)
+        return detect_profile(tok, str(self._model)).resolve(tok)
+
+    # -- the step -------------------------------------------------------------------------
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits
+        self._collect_attempts()
+        force_rows: list[int] = []
+        force_ids: list[int] = []
+        guard: list[tuple[int, _Row, int]] = []
+        redirect: list[tuple[int, _Row, int]] = []
+        for index, row in self.rows.items():
+            self._feed(row)
+            kind, token = row.ctl.action()
+            if kind == Action.FORCE:
+                force_rows.append(index)
+                force_ids.append(token)
+            elif kind == Action.GUARD:
+                guard.append((index, row, token))
+            elif kind == Action.REDIRECT:
+                redirect.append((index, row, token))
+        if force_rows:
+            rows_t = self._tensor(force_rows, torch.long)
+            logits.index_fill_(0, rows_t, float("-inf"))
+            logits.index_put_((rows_t, self._tensor(force_ids, torch.long)), torch.zeros((), device=logits.device))
+        if redirect:
+            self._redirect(logits, redirect)
+        if guard:
+            self._guard(logits, guard)
+        return logits
+
+    def _feed(self, row: _Row) -> None:
+        out = row.out
+        while row.seen < len(out):
+            token = out[row.seen]
+            if token < 0:  # an async-scheduling placeholder not repaired yet
+                break
+            replaced = False
+            if row.replaced is not None:
+                replaced, row.replaced = row.replaced, None
+            elif row.seen < len(out) - 1 and row.ctl.guarding:
+                # Replaying ids from before a preemption: a guarded wait token was a replacement.
+                replaced = token == row.ctl.action()[1]
+            row.ctl.accept(token, replaced)
+            row.seen += 1
+        if row.board is not None:
+            now = (row.ctl.waits_inserted, row.ctl.forced_end)
+            if now != row.reported:
+                row.board.write(row.slot, *now)
+                row.reported = now
+
+    def _collect_attempts(self) -> None:
+        """Hand last step's guard decisions to their rows."""
+        if not self._guarded:
+            return
+        if self._attempts_ready is not None:
+            self._attempts_ready.synchronize()  # long done: vLLM has synced on the sampled ids since
+        for row, replaced in zip(self._guarded, self._attempts_host.tolist()):
+            row.replaced = replaced
+        self._guarded = []
+
+    def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        t = torch.tensor(values, dtype=dtype, pin_memory=self.pin)
+        return t.to(self.device, non_blocking=True)
+
+    def _pad(self, sets: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ragged id sets as a (rows, k) id tensor plus a 0/1 weight tensor for the padding."""
+        k = max(len(s) for s in sets)
+        ids = [list(s) + [s[0]] * (k - len(s)) for s in sets]
+        weights = [[1.0] * len(s) + [0.0] * (k - len(s)) for s in sets]
+        return self._tensor(ids, torch.long), self._tensor(weights, torch.float32)
+
+    def _redirect(self, logits: torch.Tensor, entries: list[tuple[int, _Row, int]]) -> None:
+        rows_t = self._tensor([i for i, _, _ in entries], torch.long)
+        eos, eos_w = self._pad([tuple(sorted(r.ctl.plan.eos)) for _, r, _ in entries])
+        close = self._tensor([[t] for _, _, t in entries], torch.long)
+        temp = self._tensor([r.temperature for _, r, _ in entries], torch.float32)[:, None]
+        greedy = self._tensor([r.greedy for _, r, _ in entries], torch.bool)[:, None]
+        sub = logits.index_select(0, rows_t)
+        both = torch.cat([sub.gather(1, close), sub.gather(1, eos).masked_fill(eos_w == 0, float("-inf"))], 1)
+        merged = torch.where(greedy, both.amax(1, keepdim=True), temp * torch.logsumexp(both / temp, 1, keepdim=True))
+        sub.scatter_(1, eos, float("-inf"))
+        sub.scatter_(1, close, merged)
+        logits.index_copy_(0, rows_t, sub)
+
+    def _guard(self, logits: torch.Tensor, entries: list[tuple[int, _Row, int]]) -> None:
+        rows_t = self._tensor([i for i, _, _ in entries], torch.long)
+        closes, close_w = self._pad([tuple(sorted(r.ctl.plan.close_attempts)) for _, r, _ in entries])
+        wait = self._tensor([[t] for _, _, t in entries], torch.long)
+        temp = self._tensor([r.temperature for _, r, _ in entries], torch.float32)[:, None]
+        greedy = self._tensor([r.greedy for _, r, _ in entries], torch.bool)
+        draws = self._tensor([0.0 if r.greedy else r.rng.random() for _, r, _ in entries], torch.float32)
+        sub = logits.index_select(0, rows_t)
+        argmax_closes = (sub.argmax(1, keepdim=True) == closes).logical_and(close_w > 0).any(1)
+        p_close = ((sub / temp).softmax(1).gather(1, closes) * close_w).sum(1)
+        attempt = torch.where(greedy, argmax_closes, draws < p_close)
+        sub.scatter_(1, closes, float("-inf"))
+        wait_logit = sub.gather(1, wait)
+        sub.masked_fill_(attempt[:, None], float("-inf"))
+        sub.scatter_(1, wait, torch.where(attempt[:, None], torch.zeros_like(wait_logit), wait_logit))
+        logits.index_copy_(0, rows_t, sub)
+        if self._attempts_host.numel() < len(entries):
+            self._attempts_host = torch.zeros(max(64, 2 * len(entries)), dtype=torch.bool, pin_memory=self.pin)
+        self._attempts_host[: len(entries)].copy_(attempt, non_blocking=True)
+        if self.device.type == "cuda":
+            self._attempts_ready = torch.cuda.Event()
+            self._attempts_ready.record()
+        self._guarded = [row for _, row, _ in entries]
+
+
+class StatsBoard:
+    """Per-request forcing stats shared from the engine process back to the frontend.
+
+    Waits are decided on the device and only the processor learns of them, so it writes each
+    request's (waits_inserted, forced_end) into a slot of a shared-memory table the frontend
+    reads when the request ends. A slot is two little-endian int64s.
+    """
+
+    SLOT_BYTES = 16
+
+    def __init__(self, name: str | None = None, slots: int = 65536) -> None:
+        from multiprocessing import shared_memory
+
+        create = name is None
+        self._shm = shared_memory.SharedMemory(name=name, create=create, size=slots * self.SLOT_BYTES)
+        self._owner = create
+        self.slots = self._shm.size // self.SLOT_BYTES
+        self._free = list(range(self.slots - 1, -1, -1)) if create else []
+
+    @property
+    def name(self) -> str:
+        return self._shm.name
+
+    def acquire(self) -> int:
+        if not self._free:
+            raise RuntimeError("too many budgeted requests in flight for the stats board")
+        slot = self._free.pop()
+        self.write(slot, 0, False)
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def write(self, slot: int, waits: int, forced_end: bool) -> None:
+        struct.pack_into("<qq", self._shm.buf, slot * self.SLOT_BYTES, waits, int(forced_end))
+
+    def read(self, slot: int) -> tuple[int, bool]:
+        waits, forced = struct.unpack_from("<qq", self._shm.buf, slot * self.SLOT_BYTES)
+        return waits, bool(forced)
+
+    def close(self) -> None:
+        self._shm.close()
+        if self._owner:
+            self._shm.unlink()
