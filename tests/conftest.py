@@ -1,0 +1,117 @@
+"""Shared fixtures: tiny models built on the spot, one vLLM CPU engine per test session.
+
+vLLM's engine start costs ~50 s on the CPU, so every test that needs an engine shares one,
+owned by a background event loop; the live server runs on that same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+ENGINE_KWARGS: dict[str, Any] = dict(
+    dtype="float32", gpu_memory_utilization=0.05, max_model_len=1024, enforce_eager=True, seed=0
+)
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_r1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from budgetforce.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-r1"), "r1", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_s1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from budgetforce.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-s1"), "s1", seed=1)
+
+
+@pytest.fixture(scope="session")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True, name="engine-loop")
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def run(loop: asyncio.AbstractEventLoop) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """Run a coroutine on the engines' loop and wait for its result."""
+
+    def _run(coro: Coroutine[Any, Any, T], timeout: float = 600) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    return _run
+
+
+def _start_engine(run: Callable, path: Path, **kwargs: Any) -> Any:
+    from budgetforce.engine import BudgetForcingEngine
+
+    async def make() -> Any:
+        return BudgetForcingEngine.from_model(path, served_model_name="tiny", **{**ENGINE_KWARGS, **kwargs})
+
+    return run(make())
+
+
+@pytest.fixture(scope="session")
+def engine(run: Callable, tiny_r1: Path) -> Iterator[Any]:
+    eng = _start_engine(run, tiny_r1)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s1_engine(run: Callable, tiny_s1: Path) -> Iterator[Any]:
+    eng = _start_engine(run, tiny_s1)
+    yield eng
+    eng.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_server(loop: asyncio.AbstractEventLoop, engine: Any) -> Iterator[str]:
+    """A uvicorn server on loopback around the shared engine; yields its base URL (no /v1)."""
+    import uvicorn
+
+    from server.app import build_app
+    from server.settings import ServerSettings
+
+    port = free_port()
+    settings = ServerSettings(served_model_name="tiny", max_body_bytes=1 << 20)
+    app = build_app(settings, engine=engine)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    done = asyncio.run_coroutine_threadsafe(server.serve(), loop)
+    deadline = time.time() + 60
+    while not server.started:
+        if done.done() or time.time() > deadline:
+            raise RuntimeError(f"server did not start: {done.exception() if done.done() else 'timeout'}")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    done.result(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server_url(live_server: str) -> str:
+    """The OpenAI base URL of the live server (with /v1)."""
+    return f"{live_server}/v1"
