@@ -255,6 +255,8 @@ async def run_sweep(
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), disable=not progress, desc=eval_.name, unit="sample")
 
     with samples_path.open("a", encoding="utf-8") as sink:
+        if sink.tell() and not samples_path.read_bytes().endswith(b"\n"):
+            sink.write("\n")  # end a line cut off by a crash so the next sample starts cleanly
 
         async def one(key: str, point: BudgetSettings, example: Example, repeat: int) -> None:
             async with semaphore:

@@ -1,0 +1,407 @@
+"""Sweep specs, s1 metrics, the sampler's wire handling, resumability and the CLI.
+
+The end-to-end tests run the CLI against a small in-process imitation of the budgetforce wire
+format (uvicorn on a free port), so they need no model and take seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from typer.testing import CliRunner
+
+from benchmarks import accuracy
+from benchmarks.cli import app
+from benchmarks.evals import load_eval
+from benchmarks.sampler import ChatSampler, RequestRejected, budget_fields
+from benchmarks.types import BenchError, BudgetSettings, Eval, Example, MessageList, SamplerResponse
+
+runner = CliRunner()
+
+
+# --- sweep specification -------------------------------------------------------------------
+
+
+def test_parse_specs() -> None:
+    assert accuracy.parse_int_list("512, 1024", "--max") == [512, 1024]
+    assert accuracy.parse_pairs("256:512,512:1024", "--min-max") == [(256, 512), (512, 1024)]
+    for bad in ("512,x", "-1", "1.5"):
+        with pytest.raises(BenchError, match="`--max` expects"):
+            accuracy.parse_int_list(bad, "--max")
+    for bad in ("256-512", "256:", "a:b"):
+        with pytest.raises(BenchError, match="MIN:MAX"):
+            accuracy.parse_pairs(bad, "--min-max")
+    with pytest.raises(BenchError, match="exceeds"):
+        accuracy.parse_pairs("600:500", "--min-max")
+
+
+def test_sweep_points_cross_wait_strings_and_strategies() -> None:
+    spec = accuracy.SweepSpec(
+        baseline=True, max_only=[512], min_max=[(256, 512)], waits=[2], wait_strings=["Wait", "Hmm"],
+        strategies=["engine", "rounds"],
+    )  # fmt: skip
+    labels = [p.label for p in spec.points(max_tokens=4096)]
+    assert labels == [
+        "baseline",
+        "max=512,strategy=engine",
+        "max=512,strategy=rounds",
+        "min=256,max=512,wait=Wait,strategy=engine",
+        "min=256,max=512,wait=Wait,strategy=rounds",
+        "min=256,max=512,wait=Hmm,strategy=engine",
+        "min=256,max=512,wait=Hmm,strategy=rounds",
+        "min=4096,waits=2,wait=Wait,strategy=engine",
+        "min=4096,waits=2,wait=Wait,strategy=rounds",
+        "min=4096,waits=2,wait=Hmm,strategy=engine",
+        "min=4096,waits=2,wait=Hmm,strategy=rounds",
+    ]
+
+
+def test_empty_sweep_is_refused() -> None:
+    with pytest.raises(BenchError, match="empty sweep"):
+        accuracy.SweepSpec().points(max_tokens=100)
+
+
+def test_budget_fields_per_backend() -> None:
+    budget = BudgetSettings(min_thinking_tokens=8, max_thinking_tokens=64, max_waits=2, wait_strings=("Hmm",), strategy="rounds")
+    assert budget_fields(budget, "budgetforce") == {
+        "min_thinking_tokens": 8, "max_thinking_tokens": 64, "max_waits": 2, "wait_strings": ["Hmm"],
+        "budget_strategy": "rounds",
+    }  # fmt: skip
+    assert budget_fields(BudgetSettings(max_thinking_tokens=64), "vllm") == {"thinking_token_budget": 64}
+    assert budget_fields(BudgetSettings(), "vllm") == {}
+    with pytest.raises(BenchError, match="only a maximum"):
+        budget_fields(budget, "vllm")
+
+
+# --- s1 metrics ----------------------------------------------------------------------------
+
+
+def test_scaling_is_the_mean_pairwise_slope() -> None:
+    # slopes in points per 1k tokens: (1000->2000) 10, (1000->4000) 10/3, (2000->4000) 0
+    assert accuracy.scaling([(2000, 0.6), (1000, 0.5), (4000, 0.6)]) == pytest.approx((10 + 10 / 3 + 0) / 3)
+    assert accuracy.scaling([(1000, 0.5), (1000, 0.7)]) is None
+    assert accuracy.scaling([(1000, 0.5)]) is None
+
+
+def row(point: BudgetSettings, score: float, tokens: int, waits: int = 0, forced: bool = False) -> dict[str, Any]:
+    return {
+        "key": f"{point.label}|{tokens}", "point": point.label, "score": score, "error": None, "thinking_tokens": tokens,
+        "waits_inserted": waits, "forced_end": forced, "within_budget": point.within(tokens), "latency_s": 1.0,
+    }  # fmt: skip
+
+
+def test_summary_control_scaling_performance_on_known_numbers() -> None:
+    small, large = BudgetSettings(max_thinking_tokens=1000), BudgetSettings(min_thinking_tokens=1500, max_thinking_tokens=3000)
+    rows = [row(small, 1, 800), row(small, 0, 1200, forced=True), row(large, 1, 2000, waits=1), row(large, 1, 3000, waits=2)]
+    summary = accuracy.summarize(rows, [small, large])
+    first, second = summary["points"]
+    assert (first["accuracy"], first["mean_thinking_tokens"], first["control"], first["forced_end_rate"]) == (0.5, 1000, 0.5, 0.5)
+    assert (second["accuracy"], second["median_thinking_tokens"], second["mean_waits"], second["control"]) == (1.0, 2500, 1.5, 1.0)
+    s1 = summary["s1"]["all"]
+    assert s1["control"] == 0.75
+    assert s1["scaling_pct_per_1k_tokens"] == pytest.approx(50 / 1.5)  # +50 points over 1500 tokens
+    assert s1["performance"] == 1.0
+    assert "| max=1000 | 2 | 0 | 50.0 |" in accuracy.markdown_table(summary)
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    points = [BudgetSettings(), BudgetSettings(max_thinking_tokens=1000), BudgetSettings(max_thinking_tokens=3000)]
+    rows = [row(points[0], 1, 2500), row(points[1], 0, 900), row(points[2], 1, 2000)]
+    paths = accuracy.write_reports(accuracy.summarize(rows, points), tmp_path, "test")
+    assert paths["plot"].read_bytes().startswith(b"\x89PNG")
+    assert json.loads(paths["summary"].read_text())["s1"]["all"]["points"] == 2
+
+
+# --- sampler ------------------------------------------------------------------------------
+
+
+def completion(content: str, reasoning: str | None = None, usage_tokens: int | None = None, budget: dict | None = None) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+    if budget is not None:
+        choice["budget"] = budget
+    usage: dict[str, Any] = {"prompt_tokens": 5, "completion_tokens": 20}
+    if usage_tokens is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": usage_tokens}
+    return {"id": "x", "object": "chat.completion", "choices": [choice], "usage": usage}
+
+
+def mock_sampler(handler: Any, **kwargs: Any) -> ChatSampler:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return ChatSampler("http://test/v1", "m", client=client, backoff_s=0.0, **kwargs)
+
+
+def test_sampler_sends_budget_and_reads_usage() -> None:
+    sent: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        budget = {"thinking_tokens": 11, "waits_inserted": 1, "forced_end": False, "strategy": "engine"}
+        return httpx.Response(200, json=completion("\\boxed{4}", "think", usage_tokens=12, budget=budget))
+
+    sampler = mock_sampler(handler, max_tokens=100)
+    result = asyncio.run(sampler([{"role": "user", "content": "q"}], BudgetSettings(min_thinking_tokens=10)))
+    assert sent[0]["max_completion_tokens"] == 100 and sent[0]["min_thinking_tokens"] == 10
+    assert result.request == sent[0]
+    assert (result.content, result.reasoning, result.thinking_tokens, result.thinking_tokens_source) == ("\\boxed{4}", "think", 12, "usage")
+    assert (result.waits_inserted, result.forced_end) == (1, False)
+
+
+def test_sampler_vllm_backend_splits_think_tags_and_counts_with_tokenizer() -> None:
+    sent: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=completion("<think>a b c</think>The answer is 4."))
+
+    sampler = mock_sampler(handler, backend="vllm", max_tokens=50, count_tokens=lambda text: len(text.split()))
+    result = asyncio.run(sampler([{"role": "user", "content": "q"}], BudgetSettings(max_thinking_tokens=32)))
+    assert sent[0]["thinking_token_budget"] == 32 and sent[0]["max_tokens"] == 50
+    assert (result.reasoning, result.content) == ("a b c", "The answer is 4.")
+    assert (result.thinking_tokens, result.thinking_tokens_source) == (3, "tokenizer")
+
+
+def test_sampler_retries_transient_errors_and_refuses_client_errors() -> None:
+    calls = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raise httpx.ConnectError("refused")
+        if len(calls) == 2:
+            return httpx.Response(503, json={"error": {"message": "busy"}})
+        return httpx.Response(200, json=completion("ok", "r", usage_tokens=1))
+
+    result = asyncio.run(mock_sampler(flaky)([], BudgetSettings()))
+    assert result.error is None and result.attempts == 3
+
+    def always_busy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={"error": {"message": "slow down"}})
+
+    result = asyncio.run(mock_sampler(always_busy, max_retries=1)([], BudgetSettings()))
+    assert result.error == "HTTP 429: slow down" and result.attempts == 2
+
+    def bad(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": "`max_waits` must be >= 0", "param": "max_waits"}})
+
+    with pytest.raises(RequestRejected, match="max_waits"):
+        asyncio.run(mock_sampler(bad)([], BudgetSettings()))
+
+
+# --- resumability --------------------------------------------------------------------------
+
+
+class ArithmeticEval(Eval):
+    name = "arith"
+
+    def __init__(self, n: int) -> None:
+        super().__init__([Example(id=str(i), question=f"{i}+1", answer=str(i + 1)) for i in range(n)])
+
+    def grade(self, reference: str, response_text: str) -> tuple[float, str | None]:
+        return float(response_text == reference), response_text
+
+
+class CountingSampler:
+    """Answers right when the budget allows >= 100 thinking tokens; fails on chosen questions."""
+
+    def __init__(self, fail: set[str] = frozenset(), reject: set[str] = frozenset()) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail, self.reject = fail, reject
+
+    async def __call__(self, messages: MessageList, budget: BudgetSettings) -> SamplerResponse:
+        question = messages[0]["content"]
+        self.calls.append((budget.label, question))
+        await asyncio.sleep(0)
+        if question in self.reject:
+            raise RequestRejected("bad request")
+        if question in self.fail:
+            return SamplerResponse(request={}, response=None, error="HTTP 503: busy")
+        tokens = budget.max_thinking_tokens or 150
+        answer = str(int(question.split("+")[0]) + 1) if tokens >= 100 else "0"
+        return SamplerResponse(request={"q": question}, response={}, content=answer, thinking_tokens=tokens)
+
+
+def test_sweep_resumes_after_a_crash_and_retries_errors(tmp_path: Path) -> None:
+    eval_ = ArithmeticEval(3)
+    points = [BudgetSettings(max_thinking_tokens=50), BudgetSettings(max_thinking_tokens=200)]
+    first = CountingSampler(fail={"2+1"})
+    rows = asyncio.run(accuracy.run_sweep(eval_, first, points, tmp_path, concurrency=2, progress=False))
+    assert len(first.calls) == 6 and sum(r["error"] is not None for r in rows) == 2
+    # Simulate a crash mid-write: drop the last finished line and leave half a line behind.
+    path = tmp_path / accuracy.SAMPLES_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    good = [line for line in lines if json.loads(line)["error"] is None]
+    path.write_text("".join(lines[:-1]) + lines[-1][:20])
+    second = CountingSampler()
+    rows = asyncio.run(accuracy.run_sweep(eval_, second, points, tmp_path, concurrency=2, progress=False))
+    redone = {json.loads(line)["key"] for line in lines[-1:]} | {r["key"] for r in map(json.loads, lines) if r["error"]}
+    assert {f"{label}|{q.split('+')[0]}|0" for label, q in second.calls} == redone
+    assert len(rows) == 6 and all(r["error"] is None for r in rows) and len(good) >= 3
+    summary = accuracy.summarize(rows, points)
+    assert [e["accuracy"] for e in summary["points"]] == [0.0, 1.0]
+    third = CountingSampler()
+    asyncio.run(accuracy.run_sweep(eval_, third, points, tmp_path, progress=False))
+    assert third.calls == []
+
+
+def test_rejected_request_stops_the_sweep_and_keeps_finished_samples(tmp_path: Path) -> None:
+    eval_ = ArithmeticEval(4)
+    sampler = CountingSampler(reject={"3+1"})
+    with pytest.raises(RequestRejected):
+        asyncio.run(accuracy.run_sweep(eval_, sampler, [BudgetSettings()], tmp_path, concurrency=1, progress=False))
+    kept = accuracy.read_samples(tmp_path / accuracy.SAMPLES_FILE)
+    assert [r["example_id"] for r in kept] == ["0", "1", "2"]
+
+
+def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
+    config = accuracy.RunConfig(eval="gsm8k", model="a", backend="budgetforce", max_tokens=10, temperature=0, prompt_template="{question}")
+    accuracy.check_run_config(tmp_path, config)
+    accuracy.check_run_config(tmp_path, config)
+    with pytest.raises(BenchError, match="model: 'a' -> 'b'"):
+        accuracy.check_run_config(tmp_path, config.model_copy(update={"model": "b"}))
+
+
+# --- CLI errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["accuracy", "--eval", "aime2024", "--max", "512"], "not shipped"),
+        (["accuracy", "--eval", "aime2025", "--data-path", "/nonexistent.jsonl", "--max", "512"], "does not exist"),
+        (["accuracy", "--max", "512,lots"], "`--max` expects"),
+        (["accuracy", "--min-max", "512-1024"], "MIN:MAX"),
+        (["accuracy"], "empty sweep"),
+        (["accuracy", "--backend", "vllm", "--min", "100"], "only a maximum"),
+        (["accuracy", "--backend", "sglang", "--max", "1"], "`--backend` must be"),
+        (["accuracy", "--strategy", "gpu", "--max", "1"], "`--strategy` must be"),
+        (["accuracy", "--eval", "nope", "--max", "1"], "unknown eval"),
+        (["accuracy", "--max", "1", "--base-url", "http://127.0.0.1:9/v1"], "cannot reach"),
+        (["load", "--concurrency", "1,x"], "`--concurrency` expects"),
+        (["load", "--min-thinking", "9", "--max-thinking", "3"], "exceeds"),
+        (["load", "--extra-body", "{oops"], "not JSON"),
+    ],
+)
+def test_cli_errors_are_one_readable_line(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+# --- end to end against an imitation server ------------------------------------------------
+
+NATURAL_THINKING = 40  # the imitation model's own thinking length
+
+
+def imitation_app() -> FastAPI:
+    """The budgetforce wire format over a fake model that answers "a+b" right iff it thinks >= 40 tokens."""
+    api = FastAPI()
+
+    @api.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": "imitation", "object": "model"}]}
+
+    @api.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        body = await request.json()
+        if body.get("max_waits", 0) < 0:
+            return JSONResponse({"error": {"message": "bad", "type": "invalid_request_error", "param": "max_waits", "code": None}}, 400)
+        lo, hi = body.get("min_thinking_tokens") or 0, body.get("max_thinking_tokens") or 10**6
+        thinking = min(max(NATURAL_THINKING, lo), hi)
+        waits = 1 if lo > NATURAL_THINKING else 0
+        question = body["messages"][-1]["content"]
+        if question.startswith("What is "):
+            a, b = (int(x) for x in question.removeprefix("What is ").split("?")[0].split("+"))
+            answer = f"The answer is {a + b if thinking >= NATURAL_THINKING else 0}."
+        else:
+            answer = "alpha"
+        reasoning = "hm " * thinking
+        usage = {"prompt_tokens": 9, "completion_tokens": thinking + 5, "completion_tokens_details": {"reasoning_tokens": thinking}}
+        budget = {"thinking_tokens": thinking, "waits_inserted": waits, "forced_end": thinking < NATURAL_THINKING, "strategy": "engine"}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": answer, "reasoning_content": reasoning, "reasoning": reasoning}
+            return {"id": "c", "object": "chat.completion", "model": "imitation", "usage": usage,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop", "budget": budget}]}  # fmt: skip
+
+        async def events() -> Any:
+            for _ in range(min(body.get("max_completion_tokens", 8), 8)):
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'reasoning_content': 'hm '}}]})}\n\n"
+            yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': answer}}]})}\n\n"
+            yield f"data: {json.dumps({'choices': [], 'usage': {'prompt_tokens': 9, 'completion_tokens': 9}})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return api
+
+
+@pytest.fixture(scope="module")
+def imitation_url() -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(imitation_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def test_cli_accuracy_end_to_end_and_resume(imitation_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"q": f"What is {i}+{i}?", "a": str(2 * i), "id": f"s{i}"}) + "\n" for i in range(1, 5)))
+    out = tmp_path / "run"
+    args = [
+        "accuracy", "--base-url", imitation_url, "--eval", "jsonl", "--data-path", str(data), "--question-field", "q",
+        "--answer-field", "a", "--id-field", "id", "--grader", "integer", "--max", "20,80", "--min-max", "60:80",
+        "--baseline", "--out", str(out), "--no-progress", "-c", "3",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / accuracy.SUMMARY_FILE).read_text())
+    by_point = {e["point"]: e for e in summary["points"]}
+    assert by_point["max=20"]["accuracy"] == 0.0 and by_point["max=80"]["accuracy"] == 1.0
+    assert by_point["min=60,max=80"]["mean_thinking_tokens"] == 60 and by_point["min=60,max=80"]["mean_waits"] == 1
+    assert summary["s1"]["all"]["control"] == 1.0 and summary["s1"]["all"]["performance"] == 1.0
+    assert (out / accuracy.PLOT_FILE).exists() and len((out / accuracy.SAMPLES_FILE).read_text().splitlines()) == 16
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0 and len((out / accuracy.SAMPLES_FILE).read_text().splitlines()) == 16
+    other = runner.invoke(app, [*args, "--temperature", "0.5"])
+    assert other.exit_code == 2 and "different run" in other.output
+
+
+def test_cli_load_end_to_end(imitation_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    args = ["load", "--base-url", imitation_url, "-c", "1,2", "-n", "4", "--output-len", "6", "--max-thinking", "4", "--out", str(out), "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [level["concurrency"] for level in report["levels"]] == [1, 2]
+    for level in report["levels"]:
+        assert level["ok"] == 4 and level["errors"] == 0 and level["output_tokens"] == 36
+        assert level["ttft_ms_p50"] > 0 and level["itl_ms_p99"] >= level["itl_ms_p50"] > 0
+    assert report["config"]["budget"]["max_thinking_tokens"] == 4
+
+
+def test_gsm8k_eval_prompts_ask_for_a_boxed_answer() -> None:
+    eval_ = load_eval("gsm8k", num_examples=2)
+    assert eval_.messages(eval_.examples[0])[0]["content"].endswith("within \\boxed{}.")
