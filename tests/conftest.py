@@ -19,7 +19,7 @@ import pytest
 
 T = TypeVar("T")
 ENGINE_KWARGS: dict[str, Any] = dict(
-    dtype="float32", gpu_memory_utilization=0.05, max_model_len=1024, enforce_eager=True, seed=0
+    dtype="float32", gpu_memory_utilization=0.1, max_model_len=1024, enforce_eager=True, seed=0
 )
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
