@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+    sys.path.append(str(ROOT))
 
 from budgetforce.student import STUDENT_PATH  # noqa: E402
 from budgetforce.student.task import Problem, heldout_problems  # noqa: E402

@@ -61,20 +61,28 @@ def build_dataset(tokenizer_dir: Path, n_problems: int, seed: int, teacher: Teac
     return seqs, stats, traces
 
 
-def batches(seqs, batch_size: int, rng: random.Random, pad_id: int):
-    """Endless shuffled batches: input ids (right-padded) and labels (-100 off the completion)."""
+def batches(seqs, batch_size: int, rng: random.Random, pad_id: int, pool: int = 64):
+    """Endless shuffled batches: input ids (right-padded) and labels (-100 off the completion).
+
+    Each pool of ``pool`` batches is sorted by length before it is cut, so a batch pads little.
+    """
     order = list(range(len(seqs)))
+    span = batch_size * pool
     while True:
         rng.shuffle(order)
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            chunk = [seqs[j] for j in order[i : i + batch_size]]
-            width = max(len(p) + len(c) for p, c in chunk)
-            ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
-            labels = torch.full((batch_size, width), -100, dtype=torch.long)
-            for r, (p, c) in enumerate(chunk):
-                ids[r, : len(p) + len(c)] = torch.tensor(p + c)
-                labels[r, len(p) : len(p) + len(c)] = torch.tensor(c)
-            yield ids, labels
+        for s in range(0, len(order) - span + 1, span):
+            chunk_ids = sorted(order[s : s + span], key=lambda j: len(seqs[j][0]) + len(seqs[j][1]))
+            cuts = list(range(0, span, batch_size))
+            rng.shuffle(cuts)
+            for i in cuts:
+                chunk = [seqs[j] for j in chunk_ids[i : i + batch_size]]
+                width = max(len(p) + len(c) for p, c in chunk)
+                ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
+                labels = torch.full((batch_size, width), -100, dtype=torch.long)
+                for r, (p, c) in enumerate(chunk):
+                    ids[r, : len(p) + len(c)] = torch.tensor(p + c)
+                    labels[r, len(p) : len(p) + len(c)] = torch.tensor(c)
+                yield ids, labels
 
 
 def make_model(args, vocab_size: int):
@@ -115,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--intermediate", type=int, default=0, help="MLP width (default 4x hidden)")
     ap.add_argument("--max-positions", type=int, default=2048)
-    ap.add_argument("--max-minutes", type=float, default=0, help="stop early after this many minutes (0: never)")
+    ap.add_argument("--max-minutes", type=float, default=0,
+                    help="time cap: the learning-rate schedule runs on max(step/steps, time/cap) (0: steps only)")
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="dtype of the saved weights")
     ap.add_argument("--max-shard-size", default="", help="split the safetensors file (e.g. 12MB) for transport")
     for f, v in asdict(TeacherConfig()).items():
@@ -141,10 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("model: %.2fM parameters, vocab %d", n_params / 1e6, vocab_size)
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=args.device.startswith("cuda"))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))),
-    )
+    progress = [0.0]  # fraction of the run done: by steps, or by time under --max-minutes
+
+    def lr_factor(s: int) -> float:
+        warm = min(1.0, (s + 1) / args.warmup)
+        return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress[0]))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda") else torch.autocast("cpu", enabled=False)
     record_dir = args.record_dir or args.out
     record_dir.mkdir(parents=True, exist_ok=True)
@@ -162,17 +174,19 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        elapsed = time.time() - t_train
+        progress[0] = max(step / args.steps, elapsed / (60 * args.max_minutes) if args.max_minutes else 0.0)
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step % 25 == 0 or step == 1:
             running = loss.item()
-            elapsed = time.time() - t_train
             log_rows.append((step, round(running, 5), sched.get_last_lr()[0], round(elapsed, 1)))
             if step % 250 == 0 or step == 1:
                 logger.info("step %d loss %.4f lr %.2e %.0fs", step, running, sched.get_last_lr()[0], elapsed)
-            if args.max_minutes and elapsed > 60 * args.max_minutes:
+        if progress[0] >= 1.0:
+            if step < args.steps:
                 logger.warning("stopping at step %d: --max-minutes %.1f reached", step, args.max_minutes)
-                break
+            break
     train_seconds = time.time() - t_train
 
     model.eval()
