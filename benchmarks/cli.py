@@ -77,8 +77,15 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def tokenizer_counter(name: str | None) -> Callable[[str], int] | None:
-    """A token counter for servers that report no reasoning-token usage (local path or hub id)."""
+def tokenizer_counter(name: str | None, root: str | None, backend: Backend) -> Callable[[str], int] | None:
+    """A token counter for servers whose usage lacks reasoning tokens (stock vLLM, see sampler).
+
+    Without `--tokenizer`, the vllm backend uses the served model's `root` when it is a local
+    directory; the budgetforce server always reports the count itself.
+    """
+    if name is None and backend == "vllm" and root and Path(root).is_dir():
+        name = root
+        logging.getLogger(__name__).info("counting thinking tokens with the tokenizer in %s", root)
     if name is None:
         return None
     from transformers import AutoTokenizer
@@ -176,7 +183,8 @@ def accuracy_command(
         eval_ = load_eval(
             eval_name, num_examples, seed, data_path, question_field, answer_field, id_field, grader, prompt_template
         )
-        model_id = model or await served_model(base_url, api_key)
+        listed_id, root = await served_model(base_url, api_key)
+        model_id = model or listed_id
         config = accuracy.RunConfig(
             eval=eval_.name, model=model_id, backend=checked_backend, max_tokens=max_tokens, temperature=temperature,
             top_p=top_p, seed=sample_seed, prompt_template=eval_.QUERY_TEMPLATE,
@@ -188,7 +196,7 @@ def accuracy_command(
         accuracy.check_run_config(out, config)
         sampler = ChatSampler(
             base_url, model_id, checked_backend, max_tokens, temperature, top_p, sample_seed, api_key,
-            timeout, retries, count_tokens=tokenizer_counter(tokenizer),
+            timeout, retries, count_tokens=tokenizer_counter(tokenizer, root, checked_backend),
         )  # fmt: skip
         try:
             rows = await accuracy.run_sweep(eval_, sampler, points, out, concurrency, repeats, progress)
@@ -252,7 +260,7 @@ def load_command(
             raise BenchError(exc.errors()[0]["msg"]) from exc
         budget_fields(budget, checked_backend)
         config = load.LoadConfig(
-            base_url=base_url, model=model or await served_model(base_url, api_key), backend=checked_backend,
+            base_url=base_url, model=model or (await served_model(base_url, api_key))[0], backend=checked_backend,
             input_len=input_len, output_len=output_len, concurrency=levels, requests=requests, warmup=warmup,
             ignore_eos=ignore_eos, budget=budget, temperature=temperature, extra_body=extra, timeout_s=timeout,
         )  # fmt: skip
@@ -260,15 +268,18 @@ def load_command(
 
     report = run_cli(main)
     table = Table(title=f"load - {report['config']['model']} ({report['config']['backend']})")
-    columns = {
-        "conc": "concurrency", "ok": "ok", "err": "errors", "out tok/s": "output_tokens_per_s", "req/s": "requests_per_s",
-        "out tok": "mean_output_tokens", "TTFT p50 ms": "ttft_ms_p50", "TTFT p99 ms": "ttft_ms_p99",
-        "ITL p50 ms": "itl_ms_p50", "ITL p99 ms": "itl_ms_p99", "lat p50 s": "latency_s_p50", "lat p99 s": "latency_s_p99",
+    columns = {  # header: (report key, format)
+        "conc": ("concurrency", "{:.0f}"), "ok": ("ok", "{:.0f}"), "err": ("errors", "{:.0f}"),
+        "tok/s": ("output_tokens_per_s", "{:.1f}"), "req/s": ("requests_per_s", "{:.2f}"),
+        "out tok": ("mean_output_tokens", "{:.0f}"), "TTFT50 ms": ("ttft_ms_p50", "{:.1f}"),
+        "TTFT99 ms": ("ttft_ms_p99", "{:.1f}"), "ITL50 ms": ("itl_ms_p50", "{:.2f}"),
+        "ITL99 ms": ("itl_ms_p99", "{:.2f}"), "lat50 s": ("latency_s_p50", "{:.2f}"),
+        "lat99 s": ("latency_s_p99", "{:.2f}"),
     }  # fmt: skip
     for column in columns:
         table.add_column(column, justify="right")
     for level in report["levels"]:
-        table.add_row(*("-" if level[k] is None else f"{level[k]:.4g}" for k in columns.values()))
+        table.add_row(*("-" if level[k] is None else f.format(level[k]) for k, f in columns.values()))
     console.print(table)
     for level in report["levels"]:
         if level["first_error"]:

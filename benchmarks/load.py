@@ -9,8 +9,9 @@ Output lengths are pinned the way each server allows: stock vLLM takes `min_toke
 `max_tokens` and `ignore_eos` (on by default for `--backend vllm`); the budgetforce server takes
 `max_completion_tokens` and a thinking budget (`--min-thinking N --max-thinking N` fixes the
 thinking length). Token counts come from the final usage chunk (`stream_options.include_usage`),
-falling back to the number of text-carrying chunks. Prompt lengths are approximate (one short
-word per token); the measured mean prompt tokens are reported.
+falling back to the number of text-carrying chunks. Prompts are filler words, their number
+calibrated from the server's `usage.prompt_tokens` so the prompt is about `input_len` tokens
+whatever the tokenizer; the measured mean prompt tokens are reported.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from benchmarks.types import Backend, BudgetSettings
 logger = logging.getLogger(__name__)
 
 PROMPT_WORDS = ("alpha", "beta", "gamma", "delta", "omega", "sigma", "theta", "kappa")
-PROMPT_PREFIX = "Repeat the following words and keep going for as long as you can:"
+PROMPT_PREFIX = "Continue the list:"
 
 
 class LoadConfig(BaseModel):
@@ -68,16 +69,47 @@ class RequestStats:
     prompt_tokens: int | None = None
 
 
-def make_prompt(index: int, input_len: int) -> str:
-    """About `input_len` tokens; the leading index keeps prompts distinct across requests."""
-    words = [PROMPT_WORDS[(index + i) % len(PROMPT_WORDS)] for i in range(max(input_len - 16, 1))]
-    return f"{index}. {PROMPT_PREFIX} " + " ".join(words)
+def make_prompt(index: int, words: int) -> str:
+    """A prompt of `words` filler words; the leading index keeps prompts distinct across requests."""
+    filler = [PROMPT_WORDS[(index + i) % len(PROMPT_WORDS)] for i in range(max(words, 1))]
+    return f"{index}. {PROMPT_PREFIX} " + " ".join(filler)
 
 
-def request_body(config: LoadConfig, index: int) -> dict[str, Any]:
+async def calibrate_prompt_words(client: httpx.AsyncClient, config: LoadConfig) -> int:
+    """Filler words giving about `input_len` prompt tokens, measured from the server's usage.
+
+    Two one-token requests at two prompt sizes give tokens per word and the fixed overhead (chat
+    template, prefix), whatever the tokenizer. Falls back to one word per token.
+    """
+    url = config.base_url.rstrip("/") + "/chat/completions"
+    sizes = (16, 64)  # small, so calibration fits any context window
+    measured = []
+    for words in sizes:
+        body = request_body(config, 0, words) | {"stream": False, "max_tokens": 1, "max_completion_tokens": 1}
+        body.pop("stream_options", None)
+        body.pop("min_tokens", None)
+        if config.backend == "vllm":
+            body.pop("max_completion_tokens")
+        try:
+            response = await client.post(url, json=body)
+            if response.status_code != 200:
+                raise ValueError(error_message(response))
+            measured.append(response.json()["usage"]["prompt_tokens"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("prompt calibration failed (%s); assuming one token per word", exc)
+            return config.input_len
+    per_word = (measured[1] - measured[0]) / (sizes[1] - sizes[0])
+    if per_word <= 0:
+        return config.input_len
+    words = round(sizes[0] + (config.input_len - measured[0]) / per_word)
+    logger.info("prompt calibration: %.2f tokens per word, %d words for %d tokens", per_word, max(words, 1), config.input_len)
+    return max(words, 1)
+
+
+def request_body(config: LoadConfig, index: int, words: int) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": config.model,
-        "messages": [{"role": "user", "content": make_prompt(index, config.input_len)}],
+        "messages": [{"role": "user", "content": make_prompt(index, words)}],
         "temperature": config.temperature,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -183,7 +215,13 @@ def level_report(concurrency: int, stats: list[RequestStats], wall_s: float) -> 
 
 
 async def run_level(
-    client: httpx.AsyncClient, config: LoadConfig, concurrency: int, n_requests: int, first_index: int, progress: bool
+    client: httpx.AsyncClient,
+    config: LoadConfig,
+    words: int,
+    concurrency: int,
+    n_requests: int,
+    first_index: int,
+    progress: bool,
 ) -> dict[str, Any]:
     """Closed loop: `concurrency` workers each send the next request as soon as theirs finishes."""
     url = config.base_url.rstrip("/") + "/chat/completions"
@@ -193,7 +231,7 @@ async def run_level(
 
     async def worker() -> None:
         for index in indices:
-            stats.append(await stream_one(client, url, request_body(config, index)))
+            stats.append(await stream_one(client, url, request_body(config, index, words)))
             bar.update()
 
     start = time.perf_counter()
@@ -208,11 +246,12 @@ async def run_load(config: LoadConfig, api_key: str | None = None, progress: boo
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=max(config.concurrency) + 4, max_keepalive_connections=max(config.concurrency) + 4)
     async with httpx.AsyncClient(timeout=config.timeout_s, headers=headers, limits=limits) as client:
+        words = await calibrate_prompt_words(client, config)
         if config.warmup:
-            warm = await run_level(client, config, min(config.warmup, max(config.concurrency)), config.warmup, 0, False)
+            warm = await run_level(client, config, words, min(config.warmup, max(config.concurrency)), config.warmup, 1, False)
             logger.info("warm-up: %d/%d requests ok", warm["ok"], warm["requests"])
         levels = []
         for i, concurrency in enumerate(config.concurrency):
-            first_index = config.warmup + i * config.requests
-            levels.append(await run_level(client, config, concurrency, config.requests, first_index, progress))
-    return {"config": config.model_dump(mode="json"), "levels": levels}
+            first_index = 1 + config.warmup + i * config.requests
+            levels.append(await run_level(client, config, words, concurrency, config.requests, first_index, progress))
+    return {"config": config.model_dump(mode="json"), "prompt_words": words, "levels": levels}

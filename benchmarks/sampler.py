@@ -6,9 +6,11 @@ budget with a minimum, waits, wait strings or a strategy is refused up front rat
 silently ignored by the server.
 
 Thinking tokens are taken from `usage.completion_tokens_details.reasoning_tokens` when the server
-reports them (budgetforce always does; vLLM does when started with a reasoning parser), else from
-budgetforce's `choices[0].budget.thinking_tokens`, else by tokenizing the reasoning text with
-`tokenizer` when one is given; otherwise they are left unknown (None).
+reports them (budgetforce always does; vLLM does when started with a reasoning parser, but 0.32
+reports 0 when the chat template opens `<think>` in the prompt, so a zero beside non-empty
+reasoning text is ignored), else from budgetforce's `choices[0].budget.thinking_tokens`, else by
+re-tokenizing the reasoning text with `count_tokens` when given (within a token or two of the
+generated count); otherwise they are left unknown (None).
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ class ChatSampler:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.count_tokens = count_tokens
+        self._warned_uncounted = False
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = client or httpx.AsyncClient(timeout=timeout_s, headers=headers)
 
@@ -191,17 +194,26 @@ class ChatSampler:
             forced_end=budget.get("forced_end"),
             finish_reason=choice.get("finish_reason"),
         )
-        if details.get("reasoning_tokens") is not None:
-            result.thinking_tokens, result.thinking_tokens_source = details["reasoning_tokens"], "usage"
+        reported = details.get("reasoning_tokens")
+        # vLLM 0.32 reports 0 when the chat template opens `<think>` in the prompt (R1 family),
+        # so a zero next to non-empty reasoning text is not trusted.
+        if reported is not None and (reported > 0 or not reasoning):
+            result.thinking_tokens, result.thinking_tokens_source = reported, "usage"
         elif budget.get("thinking_tokens") is not None:
             result.thinking_tokens, result.thinking_tokens_source = budget["thinking_tokens"], "budget"
         elif self.count_tokens is not None:
             result.thinking_tokens, result.thinking_tokens_source = self.count_tokens(reasoning), "tokenizer"
+        elif not self._warned_uncounted:
+            self._warned_uncounted = True
+            logger.warning("the server reports no usable reasoning-token count; pass --tokenizer to count locally")
         return result
 
 
-async def served_model(base_url: str, api_key: str | None = None, timeout_s: float = 30.0) -> str:
-    """The first model id from `GET {base_url}/models`, with a readable error if unreachable."""
+async def served_model(base_url: str, api_key: str | None = None, timeout_s: float = 30.0) -> tuple[str, str | None]:
+    """(id, root) of the first model of `GET {base_url}/models`; a readable error if unreachable.
+
+    vLLM lists the model's path or hub id as `root`, which lets the CLI find a tokenizer.
+    """
     url = base_url.rstrip("/") + "/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
@@ -214,4 +226,4 @@ async def served_model(base_url: str, api_key: str | None = None, timeout_s: flo
     models = response.json().get("data") or []
     if not models:
         raise BenchError(f"GET {url} lists no models; pass --model")
-    return models[0]["id"]
+    return models[0]["id"], models[0].get("root")
