@@ -352,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"{stem}.json").write_text(
         json.dumps({"header": header, "model": str(args.model), "results": [asdict(r) for r in results]}, indent=2) + "\n"
     )
+    with open(args.out / f"{stem}_samples.jsonl", "w") as f:
+        for r in rows:
+            for p, smp in zip(problems, per_row[r.label]):
+                f.write(json.dumps({"row": r.label, "question": p.question, "answer": p.answer, **asdict(smp)}) + "\n")
     plot(results, args.out / f"{stem}.png", header[:90] + "...")
 
 

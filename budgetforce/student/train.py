@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from budgetforce.student.task import problems
-from budgetforce.student.teacher import EOS, RejectionStats, Teacher, TeacherConfig, rejection_sample
+from budgetforce.student.teacher import EOS, RejectionStats, Teacher, TeacherConfig, rejection_sample, truncate
 
 logger = logging.getLogger("budgetforce.student.train")
 
@@ -53,11 +53,17 @@ def build_dataset(tokenizer_dir: Path, n_problems: int, seed: int, teacher: Teac
     traces = list(
         rejection_sample((t.trace(p, rng) for p in itertools.islice(problems(seed, "train"), n_problems)), stats)
     )
+    traces = [truncate(tr, rng) if rng.random() < teacher.truncate_rate else tr for tr in traces]
     prompts = [f"<｜User｜>{tr.problem.question}<｜Assistant｜><think>\n" for tr in traces]
     completions = [tr.text + EOS for tr in traces]
     p_ids = tok.encode_batch(prompts)  # the post-processor adds BOS
     c_ids = tok.encode_batch(completions, add_special_tokens=False)
-    seqs = [(p.ids, c.ids) for p, c in zip(p_ids, c_ids)]
+    end_id = tok.token_to_id("</think>")
+    # -1 marks a target the loss skips: the glued </think> of a truncated trace (a forced end)
+    seqs = [
+        (p.ids, [(-1 - i if tr.truncated and i == end_id else i) for i in c.ids])
+        for p, c, tr in zip(p_ids, c_ids, traces)
+    ]
     return seqs, stats, traces
 
 
@@ -80,8 +86,9 @@ def batches(seqs, batch_size: int, rng: random.Random, pad_id: int, pool: int = 
                 ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
                 labels = torch.full((batch_size, width), -100, dtype=torch.long)
                 for r, (p, c) in enumerate(chunk):
-                    ids[r, : len(p) + len(c)] = torch.tensor(p + c)
-                    labels[r, len(p) : len(p) + len(c)] = torch.tensor(c)
+                    cc = torch.tensor(c)
+                    ids[r, : len(p) + len(c)] = torch.cat([torch.tensor(p), cc.abs() - (cc < 0).long()])
+                    labels[r, len(p) : len(p) + len(c)] = torch.where(cc < 0, -100, cc)
                 yield ids, labels
 
 
@@ -212,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_tokens": n_tokens,
         "kept_with_recheck": sum(t.rechecks > 0 for t in traces),
         "kept_slipped": sum(t.slipped for t in traces),
+        "truncated": sum(t.truncated for t in traces),
         "parameters": n_params,
         "steps_done": step,
         "final_loss": log_rows[-1][1] if log_rows else None,
