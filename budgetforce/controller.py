@@ -85,7 +85,7 @@ class ThinkingController:
 
     __slots__ = (
         "plan", "phase", "thinking_tokens", "waits_inserted", "forced_end",
-        "think_end_at", "answer_at", "n_out", "_queue", "_recent",
+        "think_end_at", "answer_at", "n_out", "_queue", "_recent", "_tail",
     )
 
     def __init__(self, plan: ForcingPlan, prompt_ids: list[int]) -> None:
@@ -98,6 +98,7 @@ class ThinkingController:
         self.answer_at: int | None = None  # completion index where the answer starts
         self._queue: deque[int] = deque()
         self._recent: deque[int] = deque(prompt_ids[-len(plan.think_start) :], maxlen=len(plan.think_start))
+        self._tail: deque[int] = deque(maxlen=len(plan.think_end))  # for spotting a close when only observing
         self.phase = Phase.BEFORE
         if ends_inside(prompt_ids, plan.think_start, plan.think_end):
             self._enter_thinking()
@@ -154,6 +155,8 @@ class ThinkingController:
             self._recent.append(token)
             if tuple(self._recent) == self.plan.think_start:
                 self._enter_thinking()
+        elif self.phase is Phase.THINKING and not self.plan.is_active:
+            self._observe_thinking(index, token)
         elif self.phase is Phase.THINKING:
             if replaced:
                 wait = self.plan.waits[self.waits_inserted % len(self.plan.waits)]
@@ -169,8 +172,22 @@ class ThinkingController:
                 self.thinking_tokens += 1
                 self._check_max()
 
+    def _observe_thinking(self, index: int, token: int) -> None:
+        """Without a budget nothing is forced: the close is the whole delimiter, as generated."""
+        if token in self.plan.eos:
+            return  # the sequence ends inside its thinking
+        self.thinking_tokens += 1
+        self._tail.append(token)
+        end = self.plan.think_end
+        if tuple(self._tail) == end:
+            self.thinking_tokens -= len(end)
+            self.think_end_at = index - len(end) + 1
+            self.phase = Phase.ANSWERING
+            self.answer_at = self.n_out
+
     def _enter_thinking(self) -> None:
         self.phase = Phase.THINKING
+        self._tail.clear()
         self._check_max()
 
     def _check_max(self) -> None:

@@ -8,12 +8,13 @@ from typing import Any
 class IncrementalDecoder:
     """Turns a growing list of ids into text deltas, holding back incomplete characters.
 
-    Decoding the last few ids with some context before them keeps tokenizers that merge
-    spaces or bytes across ids (BPE byte fallback) from emitting broken text.
+    Each id is decoded with the previous chunk as context, so tokenizers that merge bytes or
+    spaces across ids emit whole characters; ids are taken one at a time, so the text does
+    not depend on how a stream was chunked.
 
     Example:
         >>> dec = IncrementalDecoder(tok)   # doctest: +SKIP
-        >>> dec.push([1234]) + dec.push([5678]) == tok.decode([1234, 5678])   # doctest: +SKIP
+        >>> dec.push([1234]) + dec.push([5678]) + dec.flush() == tok.decode([1234, 5678])   # doctest: +SKIP
         True
     """
 
@@ -26,13 +27,22 @@ class IncrementalDecoder:
         self._read = 0  # ids already turned into text
 
     def push(self, ids: list[int]) -> str:
-        self._ids.extend(ids)
+        parts = []
+        for token in ids:
+            self._ids.append(token)
+            parts.append(self._step(final=False))
+        return "".join(parts)
+
+    def flush(self) -> str:
+        """Whatever is held back, incomplete characters included (at the end of a stream)."""
+        return self._step(final=True)
+
+    def _step(self, final: bool) -> str:
         before = self._decode(self._ids[self._prefix : self._read])
         after = self._decode(self._ids[self._prefix :])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
             return ""  # wait for the rest of a multi-byte character
-        self._prefix = self._read
-        self._read = len(self._ids)
+        self._prefix, self._read = self._read, len(self._ids)
         return after[len(before) :]
 
     def _decode(self, ids: list[int]) -> str:

@@ -202,6 +202,9 @@ class BudgetForcingEngine:
         splitter = _Splitter(self.tokenizer, ThinkingController(self._observer_plan, prompt_ids))
         async for ids, finish, waits in source:
             reasoning, answer = splitter.push(ids)
+            if finish is not None:
+                rest_reasoning, rest_answer = splitter.flush()
+                reasoning, answer = reasoning + rest_reasoning, answer + rest_answer
             if finish is None:
                 if ids:
                     yield Delta(reasoning, answer, tuple(ids))
@@ -308,28 +311,53 @@ def _finish(reason: str | None) -> FinishReason:
 
 
 class _Splitter:
-    """Routes streamed ids to the reasoning or the answer text, following the controller's spans.
+    """Routes streamed ids to the reasoning or the answer text, following an observing controller.
 
-    Delimiters are shown nowhere; a forced answer prefix belongs to the answer.
+    Delimiters are shown nowhere; a forced answer prefix belongs to the answer. Reasoning ids
+    that could be the start of a multi-token close are held back until that is decided.
     """
 
     def __init__(self, tokenizer: Any, ctl: ThinkingController) -> None:
         self.ctl = ctl
         self._reasoning = IncrementalDecoder(tokenizer)
         self._answer = IncrementalDecoder(tokenizer)
+        self._held: list[int] = []
 
     def push(self, ids: list[int]) -> tuple[str, str]:
         r_ids: list[int] = []
         a_ids: list[int] = []
+        closed = ""
         ctl = self.ctl
+        end = ctl.plan.think_end
         for t in ids:
-            before, index = ctl.phase, ctl.n_out
+            before = ctl.phase
             ctl.accept(t)
             if before is Phase.THINKING and ctl.phase is Phase.THINKING:
-                r_ids.append(t)
-            elif before is Phase.ANSWERING or (before is Phase.BEFORE and ctl.phase is Phase.BEFORE):
+                if t in ctl.plan.eos:
+                    continue
+                self._held.append(t)
+                keep = _close_prefix(self._held, end)
+                r_ids.extend(self._held[: len(self._held) - keep])
+                del self._held[: len(self._held) - keep]
+            elif before is Phase.THINKING:
+                self._held.clear()  # they were the close delimiter
+                closed = self._reasoning.push(r_ids) + self._reasoning.flush()  # the reasoning is complete
+                r_ids = []
+            elif before is Phase.ANSWERING or ctl.phase is Phase.BEFORE:
                 a_ids.append(t)
-            elif before is Phase.CLOSING and ctl.think_end_at is not None:
-                if index >= ctl.think_end_at + len(ctl.plan.think_end):
-                    a_ids.append(t)  # the forced answer prefix
-        return self._reasoning.push(r_ids) if r_ids else "", self._answer.push(a_ids) if a_ids else ""
+        reasoning = closed + (self._reasoning.push(r_ids) if r_ids else "")
+        return reasoning, self._answer.push(a_ids) if a_ids else ""
+
+    def flush(self) -> tuple[str, str]:
+        """At the end: a still-open thinking keeps its held ids; both texts give up what they hold."""
+        held = self._reasoning.push(self._held) if self.ctl.phase is Phase.THINKING else ""
+        self._held = []
+        return held + self._reasoning.flush(), self._answer.flush()
+
+
+def _close_prefix(held: list[int], end: tuple[int, ...]) -> int:
+    """Length of the longest suffix of ``held`` that is a proper prefix of ``end``."""
+    for k in range(min(len(held), len(end) - 1), 0, -1):
+        if tuple(held[-k:]) == end[:k]:
+            return k
+    return 0
