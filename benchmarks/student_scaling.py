@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out / f"{stem}_samples.jsonl", "w") as f:
         for r in rows:
             for p, smp in zip(problems, per_row[r.label]):
-                f.write(json.dumps({"row": r.label, "question": p.question, "answer": p.answer, **asdict(smp)}) + "\n")
+                f.write(json.dumps({"row": r.label, "question": p.question, "expected": p.answer, **asdict(smp)}) + "\n")
     plot(results, args.out / f"{stem}.png", header[:90] + "...")
 
 

@@ -131,7 +131,7 @@ def make_problem(rng: random.Random) -> Problem:
             group = Step(tuple(nums), "+", sum(nums), f"Together that is {{expr}} {item}.")
         elif kind == "buy":
             n, m = rng.randint(2, 9), rng.randint(11, 29)
-            text = f"{pronoun} buys {n} {pack} with {m} {item} in each."
+            text = f"{pronoun} buys {n} {pack} of {item} with {m} in each."
             group = Step((n, m), "*", n * m, f"The {pack} hold {{expr}} {item}.")
         elif kind == "give":
             assert total is not None
