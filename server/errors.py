@@ -81,6 +81,14 @@ def _param(loc: tuple[Any, ...]) -> str | None:
     return out or None
 
 
+TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _is_label(part: Any) -> bool:
+    """Whether a loc part names a union member (`str`, `list[int]`, `function-after[...]`), not a field."""
+    return isinstance(part, str) and (not part.isidentifier() or part in TYPE_LABELS)
+
+
 def validation_error(exc: RequestValidationError) -> APIError:
     """The first validation problem as a 400 naming its field."""
     errors = exc.errors()
@@ -92,16 +100,20 @@ def validation_error(exc: RequestValidationError) -> APIError:
         detail = (err.get("ctx") or {}).get("error", "")
         return APIError(400, f"malformed JSON body: {detail}".rstrip(": "), code="invalid_json")
     loc = tuple(err.get("loc", ()))
-    # Union members report as extra loc parts (e.g. `str`, `list[...]`); keep the field path.
-    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "function-after"})))
-    param = _param(loc)
+    union_at = next((i for i, part in enumerate(loc) if _is_label(part)), None)
+    param = _param(loc if union_at is None else loc[:union_at])
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     cause = (err.get("ctx") or {}).get("error")
     if getattr(cause, "param", None):  # a cross-field rule names its own field
         param = f"{param}.{cause.param}" if param else cause.param
-    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    if getattr(cause, "param", None):
-        message = msg
-    elif kind == "missing":
+        return APIError(400, msg, param=param, code="invalid_value")
+    if union_at is not None:  # every member of a union failed: say why for a few of them
+        same = [e for e in errors if tuple(e.get("loc", ()))[:union_at] == loc[:union_at]]
+        reasons = list(dict.fromkeys(str(e.get("msg", "")) for e in same))[:3]
+        return APIError(
+            400, f"`{param}` fits none of its accepted forms: {'; '.join(reasons)}", param=param, code="invalid_value"
+        )
+    if kind == "missing":
         message = f"`{param}` is required"
     elif kind == "model_attributes_type" and param is None:
         message = "the request body must be a JSON object"

@@ -38,7 +38,7 @@ class FieldError(ValueError):
 class OpenAIModel(BaseModel):
     """Requests ignore unknown fields (clients send many); the route logs which ones."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     @property
     def ignored_fields(self) -> list[str]:
@@ -58,7 +58,13 @@ class ErrorResponse(BaseModel):
 
 
 # -- request pieces ------------------------------------------------------------------------------
-class TextPart(BaseModel):
+class WireModel(BaseModel):
+    """Strict types: `"5"` is not a number and `"yes"` is not a boolean, as in OpenAI's API."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class TextPart(WireModel):
     type: Literal["text"]
     text: str
 
@@ -74,19 +80,19 @@ class ChatMessage(OpenAIModel):
         return self.content or ""
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(WireModel):
     include_usage: bool | None = False
     continuous_usage_stats: bool | None = False
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(WireModel):
     type: Literal["text"] = Field(description="Only plain text; JSON modes are not supported.")
 
 
 class ThinkingConfig(BaseModel):
     """Anthropic's `thinking` parameter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["enabled", "disabled"]
     budget_tokens: int | None = Field(None, ge=0, description="Maximum thinking tokens.")
@@ -95,7 +101,7 @@ class ThinkingConfig(BaseModel):
 class ReasoningConfig(BaseModel):
     """OpenRouter's `reasoning` parameter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     effort: Effort | None = None
     max_tokens: int | None = Field(None, ge=0, description="Maximum thinking tokens.")
@@ -105,7 +111,7 @@ class ReasoningConfig(BaseModel):
     @model_validator(mode="after")
     def _disabled_has_no_budget(self) -> ReasoningConfig:
         if self.enabled is False and (self.max_tokens or self.effort not in (None, "none")):
-            raise FieldError("reasoning.enabled", "`reasoning.enabled` is false but `reasoning.max_tokens` or `reasoning.effort` asks for thinking")
+            raise FieldError("enabled", "`reasoning.enabled` is false but `reasoning.max_tokens` or `reasoning.effort` asks for thinking")
         return self
 
 
