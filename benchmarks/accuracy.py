@@ -398,6 +398,8 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    annotated: set[tuple[float, float, str]] = set()
+    all_ys: list[float] = []
     for name in dict.fromkeys(e["series"] for e in summary["points"]):
         entries = [e for e in summary["points"] if e["series"] == name and e["mean_thinking_tokens"] is not None and e["accuracy"] is not None]
         entries.sort(key=lambda e: e["mean_thinking_tokens"])
@@ -405,12 +407,20 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
             continue
         xs = [e["mean_thinking_tokens"] for e in entries]
         ys = [100 * e["accuracy"] for e in entries]
+        all_ys += ys
         if name == "baseline":
             ax.scatter(xs, ys, marker="*", s=160, color="black", label="no budget", zorder=3)
             continue
         ax.plot(xs, ys, marker="o", label=name)
         for x, y, e in zip(xs, ys, entries):
-            ax.annotate(e["point"].split(",strategy=")[0], (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
+            text = ",".join(p for p in e["point"].split(",") if not p.startswith(("wait=", "strategy=")))
+            if (x, y, text) not in annotated:  # series that share a budget share its label
+                annotated.add((x, y, text))
+                ax.annotate(text, (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
+    if all_ys and max(all_ys) - min(all_ys) < 10:  # keep flat curves readable: at least 10 points of range
+        middle = (max(all_ys) + min(all_ys)) / 2
+        low = min(max(middle - 5, 0), 90)
+        ax.set_ylim(low - 1, low + 11)
     ax.set_xlabel("mean thinking tokens per sample")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)

@@ -106,7 +106,7 @@ def show_accuracy(summary: dict[str, Any], title: str) -> None:
 
     table = Table(title=title)
     for column in ("point", "n", "err", "acc %", "mean think", "median think", "waits", "forced %", "control %"):
-        table.add_column(column, justify="left" if column == "point" else "right")
+        table.add_column(column, justify="left" if column == "point" else "right", overflow="fold")
     for e in summary["points"]:
         table.add_row(
             e["point"], f"{e['n']:.0f}", f"{e['errors']:.0f}", pct(e["accuracy"]), num(e["mean_thinking_tokens"]),
