@@ -84,7 +84,7 @@ class _Row:
     temperature: float
     rng: random.Random
     seen: int = 0  # output ids already fed to the controller
-    replaced: bool | None = None  # the last guard decision, until its token is fed
+    pending: tuple[int, float] | None = None  # last guard step: (wait token, P(a wait there replaced a close))
     board: StatsBoard | None = None
     slot: int = -1
     reported: tuple[int, bool] = (0, False)
@@ -101,19 +101,20 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
     Each step, per budgeted row, one of:
         FORCE     the row's logits become one-hot on the forced token (wait strings, the close
                   delimiter, the answer prefix: one token per step);
-        GUARD     below the minimum. Greedy rows: if the argmax is a close attempt (the close's
-                  first token or EOS) the first wait token is forced instead. Sampled rows: with
-                  probability p_close (softmax at the row's temperature, before top-k/top-p) the
-                  first wait token is forced, otherwise the close tokens are banned; the tokens
-                  are thus distributed exactly as in s1's loop, where a sampled close is replaced
-                  by the wait string. The draw uses a per-request RNG seeded from `seed`.
+        GUARD     below the minimum: the close attempts (the close's first token, EOS) are banned
+                  and their probability mass moves onto the first wait token (at the row's
+                  temperature; greedy rows: its logit becomes the max). A sampled wait token is
+                  then a replaced close with probability p_close / (p_close + p_wait), drawn with a
+                  per-request RNG seeded from `seed`; if so the rest of the wait string is forced.
+                  Tokens and wait counts are thus distributed exactly as in s1's loop (greedy: the
+                  wait follows iff the argmax was a close). Caveat: top-k/top-p see the merged mass.
         REDIRECT  a budgeted thinking past its minimum: EOS mass moves onto the close token
                   (max for greedy rows), so the thinking is closed rather than the sequence ended.
     Example: min 100, the model's argmax at thinking token 40 is `</think>` -> "Wait" is emitted;
     a request without a budget in the same batch is left exactly as plain vLLM samples it.
 
-    The guard decisions travel back in a pinned buffer that is read a step later, after vLLM
-    has synchronised on the sampled ids anyway: no extra host sync per step.
+    The guard shares travel back in a pinned buffer that is read a step later, after vLLM has
+    synchronised on the sampled ids anyway: no extra host sync per step, no pass over the vocabulary.
     """
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
@@ -121,9 +122,9 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         self.pin = is_pin_memory and device.type != "cpu"
         self.rows: dict[int, _Row] = {}
         self._model = vllm_config.model_config.tokenizer if vllm_config.model_config else None
-        self._attempts_host = torch.zeros(64, dtype=torch.bool, pin_memory=self.pin)
+        self._attempts_host = torch.zeros(64, dtype=torch.float32, pin_memory=self.pin)
         self._attempts_ready: torch.cuda.Event | None = None
-        self._guarded: list[_Row] = []  # rows whose decision waits in `_attempts_host`
+        self._guarded: list[tuple[_Row, int]] = []  # rows (and wait tokens) whose share waits in the host buffer
         self._boards: dict[str, StatsBoard] = {}
 
     @classmethod
@@ -233,8 +234,11 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             if token < 0:  # an async-scheduling placeholder not repaired yet
                 break
             replaced = False
-            if row.replaced is not None:
-                replaced, row.replaced = row.replaced, None
+            if row.pending is not None:
+                (wait, share), row.pending = row.pending, None
+                # Posterior draw: the sampled wait token came from the close attempts' mass with
+                # probability `share`; this makes (token, branch) distributed exactly as in s1.
+                replaced = token == wait and (share >= 1.0 or (share > 0.0 and row.rng.random() < share))
             elif row.seen < len(out) - 1 and row.ctl.guarding:
                 # Replaying ids from before a preemption: a guarded wait token was a replacement.
                 replaced = token == row.ctl.action()[1]
@@ -247,13 +251,13 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
                 row.reported = now
 
     def _collect_attempts(self) -> None:
-        """Hand last step's guard decisions to their rows."""
+        """Hand last step's guard shares to their rows."""
         if not self._guarded:
             return
         if self._attempts_ready is not None:
             self._attempts_ready.synchronize()  # long done: vLLM has synced on the sampled ids since
-        for row, replaced in zip(self._guarded, self._attempts_host.tolist()):
-            row.replaced = replaced
+        for (row, wait), share in zip(self._guarded, self._attempts_host.tolist()):
+            row.pending = (wait, share)
         self._guarded = []
 
     def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
@@ -281,28 +285,32 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         logits.index_copy_(0, rows_t, sub)
 
     def _guard(self, logits: torch.Tensor, entries: list[tuple[int, _Row, int]]) -> None:
-        rows_t = self._tensor([i for i, _, _ in entries], torch.long)
+        """Move the close attempts' mass onto the first wait token, and send back each row's
+        chance that a sampled wait token was a replaced close (exactly 0 or 1 for greedy rows).
+
+        Only the few close and wait columns are read: no pass over the vocabulary.
+        """
+        rows = self._tensor([i for i, _, _ in entries], torch.long)
         closes, close_w = self._pad([tuple(sorted(r.ctl.plan.close_attempts)) for _, r, _ in entries])
-        wait = self._tensor([[t] for _, _, t in entries], torch.long)
-        temp = self._tensor([r.temperature for _, r, _ in entries], torch.float32)[:, None]
+        wait = self._tensor([t for _, _, t in entries], torch.long)
+        temp = self._tensor([r.temperature for _, r, _ in entries], torch.float32)
         greedy = self._tensor([r.greedy for _, r, _ in entries], torch.bool)
-        draws = self._tensor([0.0 if r.greedy else r.rng.random() for _, r, _ in entries], torch.float32)
-        sub = logits.index_select(0, rows_t)
-        argmax_closes = (sub.argmax(1, keepdim=True) == closes).logical_and(close_w > 0).any(1)
-        p_close = ((sub / temp).softmax(1).gather(1, closes) * close_w).sum(1)
-        attempt = torch.where(greedy, argmax_closes, draws < p_close)
-        sub.scatter_(1, closes, float("-inf"))
-        wait_logit = sub.gather(1, wait)
-        sub.masked_fill_(attempt[:, None], float("-inf"))
-        sub.scatter_(1, wait, torch.where(attempt[:, None], torch.zeros_like(wait_logit), wait_logit))
-        logits.index_copy_(0, rows_t, sub)
+        close_logits = logits[rows[:, None], closes].masked_fill(close_w == 0, float("-inf"))
+        wait_logit = logits[rows, wait]
+        close_mass = torch.where(greedy, close_logits.amax(1), temp * torch.logsumexp(close_logits / temp[:, None], 1))
+        merged = torch.where(
+            greedy, torch.maximum(wait_logit, close_mass), temp * torch.logaddexp(wait_logit / temp, close_mass / temp)
+        )
+        share = torch.where(greedy, (close_mass > wait_logit).float(), torch.sigmoid((close_mass - wait_logit) / temp))
+        logits[rows[:, None], closes] = float("-inf")
+        logits[rows, wait] = merged
         if self._attempts_host.numel() < len(entries):
-            self._attempts_host = torch.zeros(max(64, 2 * len(entries)), dtype=torch.bool, pin_memory=self.pin)
-        self._attempts_host[: len(entries)].copy_(attempt, non_blocking=True)
+            self._attempts_host = torch.zeros(max(64, 2 * len(entries)), dtype=torch.float32, pin_memory=self.pin)
+        self._attempts_host[: len(entries)].copy_(share, non_blocking=True)
         if self.device.type == "cuda":
             self._attempts_ready = torch.cuda.Event()
             self._attempts_ready.record()
-        self._guarded = [row for _, row, _ in entries]
+        self._guarded = [(row, token) for _, row, token in entries]
 
 
 class StatsBoard:
