@@ -54,7 +54,7 @@ PLOT_FILE = "accuracy_vs_thinking.png"
 
 
 def parse_int_list(spec: str | None, option: str, example: str = "512,1024") -> list[int]:
-    """"512,1024" -> [512, 1024]; a readable BenchError for anything else."""
+    """ "512,1024" -> [512, 1024]; a readable BenchError for anything else."""
     if not spec:
         return []
     values = []
@@ -67,7 +67,7 @@ def parse_int_list(spec: str | None, option: str, example: str = "512,1024") -> 
 
 
 def parse_pairs(spec: str | None, option: str) -> list[tuple[int, int]]:
-    """"256:512,512:1024" -> [(256, 512), (512, 1024)]."""
+    """ "256:512,512:1024" -> [(256, 512), (512, 1024)]."""
     if not spec:
         return []
     pairs = []
@@ -250,7 +250,9 @@ async def run_sweep(
         for point, example, r in itertools.product(points, eval_.examples, range(repeats))
     ]
     pending = [job for job in jobs if job[0] not in done]
-    logger.info("%d samples in the sweep, %d already done, %d to run", len(jobs), len(jobs) - len(pending), len(pending))
+    logger.info(
+        "%d samples in the sweep, %d already done, %d to run", len(jobs), len(jobs) - len(pending), len(pending)
+    )
     semaphore = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), disable=not progress, desc=eval_.name, unit="sample")
 
@@ -331,7 +333,10 @@ def scaling(points: Sequence[tuple[float, float]]) -> float | None:
 
 def series_name(point: BudgetSettings) -> str:
     """Points that share strategy and wait strings form one series (one line in the plot)."""
-    parts = [f"strategy={point.strategy}" if point.strategy else "", "wait=" + "|".join(point.wait_strings) if point.wait_strings else ""]
+    parts = [
+        f"strategy={point.strategy}" if point.strategy else "",
+        "wait=" + "|".join(point.wait_strings) if point.wait_strings else "",
+    ]
     return ",".join(p for p in parts if p) or "default"
 
 
@@ -343,12 +348,22 @@ def summarize(rows: Sequence[dict[str, Any]], points: Sequence[BudgetSettings]) 
     table = []
     for point in points:
         result = aggregate(by_point[point.label], point)
-        table.append({"point": point.label, "series": "baseline" if point.is_baseline else series_name(point), **result.metrics})
+        table.append(
+            {"point": point.label, "series": "baseline" if point.is_baseline else series_name(point), **result.metrics}
+        )
 
     def s1_metrics(entries: list[dict[str, Any]]) -> dict[str, Any]:
         within_n = sum(e["within_n"] for e in entries)
-        control = sum(e["control"] * e["within_n"] for e in entries if e["control"] is not None) / within_n if within_n else None
-        curve = [(e["mean_thinking_tokens"], e["accuracy"]) for e in entries if e["mean_thinking_tokens"] is not None and e["accuracy"] is not None]
+        control = (
+            sum(e["control"] * e["within_n"] for e in entries if e["control"] is not None) / within_n
+            if within_n
+            else None
+        )
+        curve = [
+            (e["mean_thinking_tokens"], e["accuracy"])
+            for e in entries
+            if e["mean_thinking_tokens"] is not None and e["accuracy"] is not None
+        ]
         accuracies = [e["accuracy"] for e in entries if e["accuracy"] is not None]
         return {
             "points": len(entries),
@@ -358,7 +373,10 @@ def summarize(rows: Sequence[dict[str, Any]], points: Sequence[BudgetSettings]) 
         }
 
     budgeted = [e for e in table if e["series"] != "baseline"]
-    series = {name: s1_metrics([e for e in budgeted if e["series"] == name]) for name in dict.fromkeys(e["series"] for e in budgeted)}
+    series = {
+        name: s1_metrics([e for e in budgeted if e["series"] == name])
+        for name in dict.fromkeys(e["series"] for e in budgeted)
+    }
     return {"points": table, "s1": {"all": s1_metrics(budgeted), **({} if len(series) < 2 else series)}}
 
 
@@ -370,7 +388,13 @@ def markdown_table(summary: dict[str, Any]) -> str:
             return "-"
         if pct:
             return f"{100 * value:.1f}"
-        return f"{value:.0f}" if isinstance(value, float) and value.is_integer() else f"{value:.3g}" if isinstance(value, float) else str(value)
+        return (
+            f"{value:.0f}"
+            if isinstance(value, float) and value.is_integer()
+            else f"{value:.3g}"
+            if isinstance(value, float)
+            else str(value)
+        )
 
     lines = [
         "| point | n | errors | accuracy % | mean think | median think | mean waits | forced end % | control % |",
@@ -382,10 +406,15 @@ def markdown_table(summary: dict[str, Any]) -> str:
             f"{fmt(e['mean_thinking_tokens'])} | {fmt(e['median_thinking_tokens'])} | {fmt(e['mean_waits'])} | "
             f"{fmt(e['forced_end_rate'], True)} | {fmt(e['control'], True)} |"
         )
-    lines += ["", "| series | points | Control % | Scaling (pp / 1k thinking tokens) | Performance % |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| series | points | Control % | Scaling (pp / 1k thinking tokens) | Performance % |",
+        "|---|---|---|---|---|",
+    ]
     for name, m in summary["s1"].items():
+        scaling_ = fmt(m["scaling_pct_per_1k_tokens"])
         lines.append(
-            f"| {name} | {m['points']} | {fmt(m['control'], True)} | {fmt(m['scaling_pct_per_1k_tokens'])} | {fmt(m['performance'], True)} |"
+            f"| {name} | {m['points']} | {fmt(m['control'], True)} | {scaling_} | {fmt(m['performance'], True)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -401,7 +430,11 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     annotated: set[tuple[float, float, str]] = set()
     all_ys: list[float] = []
     for name in dict.fromkeys(e["series"] for e in summary["points"]):
-        entries = [e for e in summary["points"] if e["series"] == name and e["mean_thinking_tokens"] is not None and e["accuracy"] is not None]
+        entries = [
+            e
+            for e in summary["points"]
+            if e["series"] == name and e["mean_thinking_tokens"] is not None and e["accuracy"] is not None
+        ]
         entries.sort(key=lambda e: e["mean_thinking_tokens"])
         if not entries:
             continue

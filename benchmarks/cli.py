@@ -117,7 +117,9 @@ def show_accuracy(summary: dict[str, Any], title: str) -> None:
     for column in ("series", "points", "Control %", "Scaling (pp/1k tok)", "Performance %"):
         s1.add_column(column, justify="left" if column == "series" else "right")
     for name, m in summary["s1"].items():
-        s1.add_row(name, str(m["points"]), pct(m["control"]), num(m["scaling_pct_per_1k_tokens"]), pct(m["performance"]))
+        s1.add_row(
+            name, str(m["points"]), pct(m["control"]), num(m["scaling_pct_per_1k_tokens"]), pct(m["performance"])
+        )
     console.print(s1)
 
 
@@ -128,7 +130,9 @@ def accuracy_command(
     base_url: BaseUrl = DEFAULT_BASE_URL,
     model: Model = None,
     backend: BackendOpt = "budgetforce",
-    num_examples: Annotated[int | None, typer.Option("--num-examples", "-n", min=1, help="Seeded subsample size.")] = None,
+    num_examples: Annotated[
+        int | None, typer.Option("--num-examples", "-n", min=1, help="Seeded subsample size.")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Subsampling seed.")] = 0,
     data_path: Annotated[Path | None, typer.Option("--data-path", help="JSONL for aime2024/aime2025/jsonl.")] = None,
     question_field: Annotated[str, typer.Option(help="jsonl: question field.")] = "question",
@@ -139,10 +143,16 @@ def accuracy_command(
     max_: Annotated[str | None, typer.Option("--max", help="Max-only points, e.g. 512,1024,2048.")] = None,
     min_: Annotated[str | None, typer.Option("--min", help="Min-only points, e.g. 256,512.")] = None,
     min_max: Annotated[str | None, typer.Option("--min-max", help="MIN:MAX points, e.g. 256:512,512:1024.")] = None,
-    waits: Annotated[str | None, typer.Option("--waits", help="Number-of-waits points (s1 extrapolation), e.g. 0,1,2,4.")] = None,
-    waits_min: Annotated[int | None, typer.Option(min=1, help="Waits points: minimum thinking (default: the cap).")] = None,
+    waits: Annotated[
+        str | None, typer.Option("--waits", help="Number-of-waits points (s1 extrapolation), e.g. 0,1,2,4.")
+    ] = None,
+    waits_min: Annotated[
+        int | None, typer.Option(min=1, help="Waits points: minimum thinking (default: the cap).")
+    ] = None,
     waits_max: Annotated[int | None, typer.Option(min=1, help="Waits points: maximum thinking.")] = None,
-    wait_string: Annotated[list[str] | None, typer.Option("--wait-string", help="Repeatable: one series per string (s1 Table 4).")] = None,
+    wait_string: Annotated[
+        list[str] | None, typer.Option("--wait-string", help="Repeatable: one series per string (s1 Table 4).")
+    ] = None,
     strategy: Annotated[list[str] | None, typer.Option("--strategy", help="Repeatable: engine, rounds.")] = None,
     answer_prefix: Annotated[str | None, typer.Option(help="Text forced after the end of thinking.")] = None,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Add an unbudgeted point.")] = False,
@@ -155,7 +165,9 @@ def accuracy_command(
     overwrite: Annotated[bool, typer.Option(help="Discard earlier results in --out.")] = False,
     timeout: Annotated[float, typer.Option(min=1.0, help="Per-request timeout, seconds.")] = 600.0,
     retries: Annotated[int, typer.Option(min=0, help="Retries on 429/5xx/connection errors.")] = 5,
-    tokenizer: Annotated[str | None, typer.Option(help="Count thinking tokens locally when the server does not.")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Count thinking tokens locally when the server does not.")
+    ] = None,
     api_key: ApiKey = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -209,7 +221,8 @@ def accuracy_command(
 
     summary = run_cli(main)
     show_accuracy(summary, f"{summary['run']['eval']} - {summary['run']['model']}")
-    console.print(f"Wrote {out / accuracy.SAMPLES_FILE}, {out / accuracy.SUMMARY_FILE}, {out / accuracy.TABLE_FILE}, {out / accuracy.PLOT_FILE}")
+    names = (accuracy.SAMPLES_FILE, accuracy.SUMMARY_FILE, accuracy.TABLE_FILE, accuracy.PLOT_FILE)
+    console.print("Wrote " + ", ".join(str(out / name) for name in names))
 
 
 @app.command("load")
@@ -221,9 +234,13 @@ def load_command(
     requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests per level.")] = 32,
     input_len: Annotated[int, typer.Option(min=1, help="Approximate prompt tokens.")] = 128,
     output_len: Annotated[int, typer.Option(min=1, help="Completion tokens (a cap; pinned with --ignore-eos).")] = 128,
-    ignore_eos: Annotated[bool | None, typer.Option("--ignore-eos/--no-ignore-eos", help="Default: on for vllm.")] = None,
+    ignore_eos: Annotated[
+        bool | None, typer.Option("--ignore-eos/--no-ignore-eos", help="Default: on for vllm.")
+    ] = None,
     min_thinking: Annotated[int | None, typer.Option(min=0, help="budgetforce: min_thinking_tokens.")] = None,
-    max_thinking: Annotated[int | None, typer.Option(min=0, help="Max thinking tokens (vllm: thinking_token_budget).")] = None,
+    max_thinking: Annotated[
+        int | None, typer.Option(min=0, help="Max thinking tokens (vllm: thinking_token_budget).")
+    ] = None,
     max_waits: Annotated[int | None, typer.Option(min=0)] = None,
     strategy: Annotated[str | None, typer.Option(help="budgetforce: engine or rounds.")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Unmeasured warm-up requests.")] = 1,
@@ -283,7 +300,9 @@ def load_command(
     console.print(table)
     for level in report["levels"]:
         if level["first_error"]:
-            console.print(f"[red]concurrency {level['concurrency']}: {level['errors']} errors; first: {level['first_error']}")
+            console.print(
+                f"[red]concurrency {level['concurrency']}: {level['errors']} errors; first: {level['first_error']}"
+            )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")

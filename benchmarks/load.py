@@ -83,13 +83,11 @@ async def calibrate_prompt_words(client: httpx.AsyncClient, config: LoadConfig) 
     """
     url = config.base_url.rstrip("/") + "/chat/completions"
     sizes = (16, 64)  # small, so calibration fits any context window
+    probe = config.model_copy(update={"output_len": 1, "ignore_eos": False, "budget": BudgetSettings()})
     measured = []
     for words in sizes:
-        body = request_body(config, 0, words) | {"stream": False, "max_tokens": 1, "max_completion_tokens": 1}
-        body.pop("stream_options", None)
-        body.pop("min_tokens", None)
-        if config.backend == "vllm":
-            body.pop("max_completion_tokens")
+        body = request_body(probe, 0, words) | {"stream": False}
+        body.pop("stream_options")
         try:
             response = await client.post(url, json=body)
             if response.status_code != 200:
@@ -102,7 +100,9 @@ async def calibrate_prompt_words(client: httpx.AsyncClient, config: LoadConfig) 
     if per_word <= 0:
         return config.input_len
     words = round(sizes[0] + (config.input_len - measured[0]) / per_word)
-    logger.info("prompt calibration: %.2f tokens per word, %d words for %d tokens", per_word, max(words, 1), config.input_len)
+    logger.info(
+        "prompt calibration: %.2f tokens per word, %d words for %d tokens", per_word, max(words, 1), config.input_len
+    )
     return max(words, 1)
 
 
@@ -188,7 +188,9 @@ def level_report(concurrency: int, stats: list[RequestStats], wall_s: float) -> 
     errors = [s for s in stats if not s.ok]
     ttft = [s.ttft_s for s in ok if s.ttft_s is not None]
     itl = [gap for s in ok for gap in s.itl_s]
-    tpot = [(s.latency_s - s.ttft_s) / (s.output_tokens - 1) for s in ok if s.ttft_s is not None and s.output_tokens > 1]
+    tpot = [
+        (s.latency_s - s.ttft_s) / (s.output_tokens - 1) for s in ok if s.ttft_s is not None and s.output_tokens > 1
+    ]
     latency = [s.latency_s for s in ok]
     output_tokens = sum(s.output_tokens for s in ok)
     prompt_tokens = [s.prompt_tokens for s in ok if s.prompt_tokens is not None]
@@ -244,11 +246,15 @@ async def run_level(
 async def run_load(config: LoadConfig, api_key: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Warm up, then run every concurrency level; returns the JSON-ready report."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    limits = httpx.Limits(max_connections=max(config.concurrency) + 4, max_keepalive_connections=max(config.concurrency) + 4)
+    limits = httpx.Limits(
+        max_connections=max(config.concurrency) + 4, max_keepalive_connections=max(config.concurrency) + 4
+    )
     async with httpx.AsyncClient(timeout=config.timeout_s, headers=headers, limits=limits) as client:
         words = await calibrate_prompt_words(client, config)
         if config.warmup:
-            warm = await run_level(client, config, words, min(config.warmup, max(config.concurrency)), config.warmup, 1, False)
+            warm = await run_level(
+                client, config, words, min(config.warmup, max(config.concurrency)), config.warmup, 1, False
+            )
             logger.info("warm-up: %d/%d requests ok", warm["ok"], warm["requests"])
         levels = []
         for i, concurrency in enumerate(config.concurrency):

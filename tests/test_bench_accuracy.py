@@ -74,7 +74,9 @@ def test_empty_sweep_is_refused() -> None:
 
 
 def test_budget_fields_per_backend() -> None:
-    budget = BudgetSettings(min_thinking_tokens=8, max_thinking_tokens=64, max_waits=2, wait_strings=("Hmm",), strategy="rounds")
+    budget = BudgetSettings(
+        min_thinking_tokens=8, max_thinking_tokens=64, max_waits=2, wait_strings=("Hmm",), strategy="rounds"
+    )
     assert budget_fields(budget, "budgetforce") == {
         "min_thinking_tokens": 8, "max_thinking_tokens": 64, "max_waits": 2, "wait_strings": ["Hmm"],
         "budget_strategy": "rounds",
@@ -97,18 +99,37 @@ def test_scaling_is_the_mean_pairwise_slope() -> None:
 
 def row(point: BudgetSettings, score: float, tokens: int, waits: int = 0, forced: bool = False) -> dict[str, Any]:
     return {
-        "key": f"{point.label}|{tokens}", "point": point.label, "score": score, "error": None, "thinking_tokens": tokens,
-        "waits_inserted": waits, "forced_end": forced, "within_budget": point.within(tokens), "latency_s": 1.0,
+        "key": f"{point.label}|{tokens}", "point": point.label, "score": score, "error": None,
+        "thinking_tokens": tokens, "waits_inserted": waits, "forced_end": forced,
+        "within_budget": point.within(tokens), "latency_s": 1.0,
     }  # fmt: skip
 
 
 def test_summary_control_scaling_performance_on_known_numbers() -> None:
-    small, large = BudgetSettings(max_thinking_tokens=1000), BudgetSettings(min_thinking_tokens=1500, max_thinking_tokens=3000)
-    rows = [row(small, 1, 800), row(small, 0, 1200, forced=True), row(large, 1, 2000, waits=1), row(large, 1, 3000, waits=2)]
+    small, large = (
+        BudgetSettings(max_thinking_tokens=1000),
+        BudgetSettings(min_thinking_tokens=1500, max_thinking_tokens=3000),
+    )
+    rows = [
+        row(small, 1, 800),
+        row(small, 0, 1200, forced=True),
+        row(large, 1, 2000, waits=1),
+        row(large, 1, 3000, waits=2),
+    ]
     summary = accuracy.summarize(rows, [small, large])
     first, second = summary["points"]
-    assert (first["accuracy"], first["mean_thinking_tokens"], first["control"], first["forced_end_rate"]) == (0.5, 1000, 0.5, 0.5)
-    assert (second["accuracy"], second["median_thinking_tokens"], second["mean_waits"], second["control"]) == (1.0, 2500, 1.5, 1.0)
+    assert (first["accuracy"], first["mean_thinking_tokens"], first["control"], first["forced_end_rate"]) == (
+        0.5,
+        1000,
+        0.5,
+        0.5,
+    )
+    assert (second["accuracy"], second["median_thinking_tokens"], second["mean_waits"], second["control"]) == (
+        1.0,
+        2500,
+        1.5,
+        1.0,
+    )
     s1 = summary["s1"]["all"]
     assert s1["control"] == 0.75
     assert s1["scaling_pct_per_1k_tokens"] == pytest.approx(50 / 1.5)  # +50 points over 1500 tokens
@@ -127,7 +148,9 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 # --- sampler ------------------------------------------------------------------------------
 
 
-def completion(content: str, reasoning: str | None = None, usage_tokens: int | None = None, budget: dict | None = None) -> dict:
+def completion(
+    content: str, reasoning: str | None = None, usage_tokens: int | None = None, budget: dict | None = None
+) -> dict:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
@@ -157,7 +180,12 @@ def test_sampler_sends_budget_and_reads_usage() -> None:
     result = asyncio.run(sampler([{"role": "user", "content": "q"}], BudgetSettings(min_thinking_tokens=10)))
     assert sent[0]["max_completion_tokens"] == 100 and sent[0]["min_thinking_tokens"] == 10
     assert result.request == sent[0]
-    assert (result.content, result.reasoning, result.thinking_tokens, result.thinking_tokens_source) == ("\\boxed{4}", "think", 12, "usage")
+    assert (result.content, result.reasoning, result.thinking_tokens, result.thinking_tokens_source) == (
+        "\\boxed{4}",
+        "think",
+        12,
+        "usage",
+    )
     assert (result.waits_inserted, result.forced_end) == (1, False)
 
 
@@ -268,7 +296,9 @@ def test_rejected_request_stops_the_sweep_and_keeps_finished_samples(tmp_path: P
 
 
 def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
-    config = accuracy.RunConfig(eval="gsm8k", model="a", backend="budgetforce", max_tokens=10, temperature=0, prompt_template="{question}")
+    config = accuracy.RunConfig(
+        eval="gsm8k", model="a", backend="budgetforce", max_tokens=10, temperature=0, prompt_template="{question}"
+    )
     accuracy.check_run_config(tmp_path, config)
     accuracy.check_run_config(tmp_path, config)
     with pytest.raises(BenchError, match="model: 'a' -> 'b'"):
@@ -320,7 +350,9 @@ def imitation_app() -> FastAPI:
     async def chat(request: Request) -> Any:
         body = await request.json()
         if body.get("max_waits", 0) < 0:
-            return JSONResponse({"error": {"message": "bad", "type": "invalid_request_error", "param": "max_waits", "code": None}}, 400)
+            return JSONResponse(
+                {"error": {"message": "bad", "type": "invalid_request_error", "param": "max_waits", "code": None}}, 400
+            )
         lo, hi = body.get("min_thinking_tokens") or 0, body.get("max_thinking_tokens") or 10**6
         thinking = min(max(NATURAL_THINKING, lo), hi)
         waits = 1 if lo > NATURAL_THINKING else 0
@@ -331,12 +363,21 @@ def imitation_app() -> FastAPI:
         else:
             answer = "alpha"
         reasoning = "hm " * thinking
-        usage = {"prompt_tokens": 9, "completion_tokens": thinking + 5, "completion_tokens_details": {"reasoning_tokens": thinking}}
-        budget = {"thinking_tokens": thinking, "waits_inserted": waits, "forced_end": thinking < NATURAL_THINKING, "strategy": "engine"}
+        usage = {
+            "prompt_tokens": 9,
+            "completion_tokens": thinking + 5,
+            "completion_tokens_details": {"reasoning_tokens": thinking},
+        }
+        budget = {
+            "thinking_tokens": thinking,
+            "waits_inserted": waits,
+            "forced_end": thinking < NATURAL_THINKING,
+            "strategy": "engine",
+        }
         if not body.get("stream"):
             message = {"role": "assistant", "content": answer, "reasoning_content": reasoning, "reasoning": reasoning}
-            return {"id": "c", "object": "chat.completion", "model": "imitation", "usage": usage,
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop", "budget": budget}]}  # fmt: skip
+            choice = {"index": 0, "message": message, "finish_reason": "stop", "budget": budget}
+            return {"id": "c", "object": "chat.completion", "model": "imitation", "usage": usage, "choices": [choice]}
 
         async def events() -> Any:
             for _ in range(min(body.get("max_completion_tokens", 8), 8)):
@@ -368,7 +409,9 @@ def imitation_url() -> Iterator[str]:
 
 def test_cli_accuracy_end_to_end_and_resume(imitation_url: str, tmp_path: Path) -> None:
     data = tmp_path / "sums.jsonl"
-    data.write_text("".join(json.dumps({"q": f"What is {i}+{i}?", "a": str(2 * i), "id": f"s{i}"}) + "\n" for i in range(1, 5)))
+    data.write_text(
+        "".join(json.dumps({"q": f"What is {i}+{i}?", "a": str(2 * i), "id": f"s{i}"}) + "\n" for i in range(1, 5))
+    )
     out = tmp_path / "run"
     args = [
         "accuracy", "--base-url", imitation_url, "--eval", "jsonl", "--data-path", str(data), "--question-field", "q",
@@ -391,7 +434,22 @@ def test_cli_accuracy_end_to_end_and_resume(imitation_url: str, tmp_path: Path) 
 
 def test_cli_load_end_to_end(imitation_url: str, tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    args = ["load", "--base-url", imitation_url, "-c", "1,2", "-n", "4", "--output-len", "6", "--max-thinking", "4", "--out", str(out), "--no-progress"]
+    args = [
+        "load",
+        "--base-url",
+        imitation_url,
+        "-c",
+        "1,2",
+        "-n",
+        "4",
+        "--output-len",
+        "6",
+        "--max-thinking",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())

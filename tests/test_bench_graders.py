@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -60,14 +61,14 @@ def test_aime_reference_with_leading_zeros() -> None:
     assert graders.grade_integer("025", "\\boxed{250}")[0] == 0.0
 
 
-@given(st.integers(min_value=-10**9, max_value=10**9))
+@given(st.integers(min_value=-(10**9), max_value=10**9))
 def test_integer_grader_accepts_any_integer_and_thousands_separators(n: int) -> None:
     assert graders.grade_integer(str(n), f"\\boxed{{{n:,}}}") == (1.0, f"{n:,}")
     assert graders.grade_integer(str(n), f"\\boxed{{{n + 1}}}")[0] == 0.0
 
 
 def test_every_math500_reference_grades_itself_and_not_its_neighbour() -> None:
-    for row, other in zip(MATH500, MATH500[1:]):
+    for row, other in itertools.pairwise(MATH500):
         answer = row["answer"]
         assert graders.grade_math(answer, f"<think>x</think>So $\\boxed{{{answer}}}$.")[0] == 1.0, answer
         different = graders.normalize_latex(other["answer"]) != graders.normalize_latex(answer)

@@ -38,7 +38,9 @@ class StudentTaskEval(Eval):
         self.QUERY_TEMPLATE = getattr(task, "PROMPT_TEMPLATE", QUERY_TEMPLATE)
         seed = getattr(task, "EVAL_SEED", 0) if seed is None else seed
         problems = task.heldout_problems(num_examples or DEFAULT_NUM_EXAMPLES, seed=seed)
-        examples = [Example(id=f"{seed}-{i}", question=p.question, answer=str(p.answer)) for i, p in enumerate(problems)]
+        examples = [
+            Example(id=f"{seed}-{i}", question=p.question, answer=str(p.answer)) for i, p in enumerate(problems)
+        ]
         super().__init__(examples)
 
     def grade(self, reference: str, response_text: str) -> tuple[float, str | None]:
