@@ -1,0 +1,86 @@
+"""64 concurrent streams with mixed budgets share the engine: zero errors, exact per-request stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.server
+CAP = 32
+# (budget fields, min thinking, max thinking)
+MIX: list[tuple[dict[str, Any], int, int]] = [
+    ({"max_thinking_tokens": 8}, 0, 8),
+    ({"min_thinking_tokens": 4, "max_thinking_tokens": 16}, 4, 16),
+    ({"thinking_token_budget": 12}, 0, 12),
+    ({"max_thinking_tokens": 10, "budget_strategy": "rounds"}, 0, 10),
+    ({"reasoning_effort": "minimal"}, 0, CAP - 2),  # the table's 256 shrunk to fit the cap
+    ({"thinking": {"type": "disabled"}}, 0, 0),
+    ({"reasoning": {"max_tokens": 6, "exclude": True}}, 0, 6),
+    ({"min_thinking_tokens": 12, "max_thinking_tokens": 12, "budget_strategy": "rounds"}, 12, 12),
+]
+
+
+async def one(client: httpx.AsyncClient, url: str, i: int) -> dict[str, Any]:
+    fields = MIX[i % len(MIX)][0]
+    body = {
+        "model": "tiny", "messages": [{"role": "user", "content": f"{i}: how many apples are in {i} bags?"}],
+        "max_completion_tokens": CAP, "temperature": 0.8, "seed": i, "stream": True,
+        "stream_options": {"include_usage": True}, **fields,
+    }  # fmt: skip
+    out: dict[str, Any] = {"i": i, "errors": [], "reasoning": "", "content": "", "done": False}
+    async with client.stream("POST", url, json=body) as r:
+        out["status"] = r.status_code
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[len("data: ") :]
+            if data == "[DONE]":
+                out["done"] = True
+                continue
+            chunk = json.loads(data)
+            if "error" in chunk:
+                out["errors"].append(chunk["error"])
+                continue
+            out.setdefault("first_s", time.perf_counter())
+            out["last_s"] = time.perf_counter()
+            if chunk.get("usage"):
+                out["usage"] = chunk["usage"]
+            for c in chunk["choices"]:
+                out["reasoning"] += c["delta"].get("reasoning_content") or ""
+                out["content"] += c["delta"].get("content") or ""
+                if c["finish_reason"]:
+                    out["budget"], out["finish"] = c["budget"], c["finish_reason"]
+    return out
+
+
+async def storm(url: str, n: int) -> list[dict[str, Any]]:
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        return await asyncio.gather(*(one(client, url, i) for i in range(n)))
+
+
+def test_64_concurrent_streams(live_server_url: str, live_server: str) -> None:
+    start = time.perf_counter()
+    results = asyncio.run(storm(f"{live_server_url}/chat/completions", 64))
+    elapsed = time.perf_counter() - start
+    for r in results:
+        assert r["status"] == 200 and r["done"] and not r["errors"], r
+        budget, usage = r["budget"], r["usage"]
+        fields, lo, hi = MIX[r["i"] % len(MIX)]
+        thinking = budget["thinking_tokens"]
+        assert lo <= thinking <= hi, r
+        assert budget["forced_end"] is (thinking == hi), r
+        assert budget["strategy"] == fields.get("budget_strategy", "engine")
+        assert usage["completion_tokens_details"]["reasoning_tokens"] == thinking
+        assert usage["completion_tokens"] <= CAP and (r["finish"] == "length") is (usage["completion_tokens"] == CAP)
+        hidden = "reasoning" in fields
+        assert (r["reasoning"] == "") is (hidden or thinking == 0)
+    # Nothing serialises requests: the streams overlap in time.
+    peak = max(sum(1 for o in results if o["first_s"] <= r["first_s"] <= o["last_s"]) for r in results)
+    assert peak >= 16, f"at most {peak} streams overlapped"
+    print(f"64 streams x {CAP} tokens in {elapsed:.1f}s, peak overlap {peak}")
