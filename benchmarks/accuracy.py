@@ -84,9 +84,9 @@ def parse_pairs(spec: str | None, option: str) -> list[tuple[int, int]]:
 class SweepSpec(BaseModel):
     """Which budgets to run: each list adds points; strategies and wait strings multiply them.
 
-    A "waits" point forbids ending the thinking before `waits_min` tokens (default: the whole
-    completion cap) but inserts at most N waits, which is s1's "suppress the end of thinking N
-    times" extrapolation.
+    A "waits" point forbids ending the thinking before `waits_min` tokens (default: `waits_max`,
+    else one below the completion cap) but inserts at most N waits, which is s1's "suppress the
+    end of thinking N times" extrapolation.
     """
 
     baseline: bool = False
@@ -105,7 +105,7 @@ class SweepSpec(BaseModel):
         plain: list[BudgetSettings] = [BudgetSettings(max_thinking_tokens=hi) for hi in self.max_only]
         forcing: list[dict[str, Any]] = [{"min_thinking_tokens": lo} for lo in self.min_only]
         forcing += [{"min_thinking_tokens": lo, "max_thinking_tokens": hi} for lo, hi in self.min_max]
-        waits_min = self.waits_min or self.waits_max or max_tokens
+        waits_min = self.waits_min or self.waits_max or max(max_tokens - 1, 1)  # servers want min < cap
         forcing += [
             {"min_thinking_tokens": waits_min, "max_thinking_tokens": self.waits_max, "max_waits": n}
             for n in self.waits

@@ -61,10 +61,10 @@ def test_sweep_points_cross_wait_strings_and_strategies() -> None:
         "min=256,max=512,wait=Wait,strategy=rounds",
         "min=256,max=512,wait=Hmm,strategy=engine",
         "min=256,max=512,wait=Hmm,strategy=rounds",
-        "min=4096,waits=2,wait=Wait,strategy=engine",
-        "min=4096,waits=2,wait=Wait,strategy=rounds",
-        "min=4096,waits=2,wait=Hmm,strategy=engine",
-        "min=4096,waits=2,wait=Hmm,strategy=rounds",
+        "min=4095,waits=2,wait=Wait,strategy=engine",
+        "min=4095,waits=2,wait=Wait,strategy=rounds",
+        "min=4095,waits=2,wait=Hmm,strategy=engine",
+        "min=4095,waits=2,wait=Hmm,strategy=rounds",
     ]
 
 
