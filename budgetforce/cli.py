@@ -134,8 +134,9 @@ def serve(
         raise typer.Exit(2) from None
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        typer.secho(f"Error: `--{where.replace('_', '-')}`: {err['msg']}", fg=typer.colors.RED, err=True)
+        where = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-") if err["loc"] else ""
+        message = str(err["msg"]).removeprefix("Value error, ")
+        typer.secho(f"Error: `{where}`: {message}" if where else f"Error: {message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     run_server(settings, log_level)
 
@@ -161,3 +162,7 @@ except ImportError:  # pragma: no cover
     bench_app = None
 if bench_app is not None:
     app.add_typer(bench_app, name="bench")
+
+
+if __name__ == "__main__":
+    app()
