@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from benchmarks import graders
 from benchmarks.evals import load_eval
 from benchmarks.evals.files import bundled_path
+from benchmarks.types import BenchError
 
 
 def jsonl(name: str) -> list[dict]:
@@ -141,3 +143,28 @@ def test_student_eval_grades_the_students_answer_form() -> None:
     example = eval_.examples[0]
     assert eval_.messages(example)[0]["content"] == example.question
     assert eval_.grade(example.answer, f"\n\nThe answer is {example.answer}.")[0] == 1.0
+
+
+AIME_FILES = [
+    Path("/work/shared/datasets") / name for name in ("aime2024.jsonl", "aime2024_matharena.jsonl", "aime2025.jsonl")
+]
+
+
+@pytest.mark.parametrize("path", AIME_FILES, ids=lambda p: p.name)
+def test_aime_reads_both_layouts_from_a_path(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"{path} not present (AIME is not shipped)")
+    eval_ = load_eval("aime2024", data_path=path)
+    assert len(eval_.examples) == 30
+    for example in eval_.examples:
+        assert 0 <= int(example.answer) <= 999
+        assert eval_.grade(example.answer, f"\\boxed{{{int(example.answer)}}}")[0] == 1.0
+
+
+def test_jsonl_eval_names_the_missing_field(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"q": "1+1?", "a": "2"}\n')
+    with pytest.raises(BenchError, match="no field 'question'"):
+        load_eval("jsonl", data_path=data)
+    eval_ = load_eval("jsonl", data_path=data, question_field="q", answer_field="a", grader="exact")
+    assert eval_.grade("2", "The answer is 2.")[0] == 1.0
