@@ -116,18 +116,19 @@ def serve(
 
     try:
         engine_args = parse_engine_args(list(ctx.args), engine_arg or [])
-        named = dict(
-            tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-            max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
-        )  # fmt: skip
+        named = {
+            "tensor_parallel_size": tensor_parallel_size, "data_parallel_size": data_parallel_size,
+            "max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype,
+        }  # fmt: skip
         engine_args.update({k: v for k, v in named.items() if v is not None})
         check_engine_args(engine_args)
-        given = dict(
-            model=model, host=host, port=port, api_key=api_key, profile=profile, served_model_name=served_model_name,
-            default_min_thinking_tokens=default_min_thinking_tokens,
-            default_max_thinking_tokens=default_max_thinking_tokens, max_thinking_tokens_limit=max_thinking_tokens_limit,
-            default_budget_strategy=default_budget_strategy, max_body_bytes=max_body_bytes, engine_args=engine_args,
-        )  # fmt: skip
+        given = {
+            "model": model, "host": host, "port": port, "api_key": api_key, "profile": profile,
+            "served_model_name": served_model_name, "default_min_thinking_tokens": default_min_thinking_tokens,
+            "default_max_thinking_tokens": default_max_thinking_tokens,
+            "max_thinking_tokens_limit": max_thinking_tokens_limit, "default_budget_strategy": default_budget_strategy,
+            "max_body_bytes": max_body_bytes, "engine_args": engine_args,
+        }  # fmt: skip
         settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
     except UsageError as exc:
         typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)

@@ -60,7 +60,9 @@ def engine_kwargs(model: str | Path, engine_args: dict[str, Any]) -> dict[str, A
     if not torch.cuda.is_available():
         # vLLM's CPU worker sizes the KV cache as a fraction of the NUMA node minus its own RSS,
         # which fails on small or busy hosts; a fixed size is predictable.
-        sized = {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(out) or os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        sized = {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(out) or os.environ.get(
+            "VLLM_CPU_KVCACHE_SPACE"
+        )
         if not sized:
             out["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         if "dtype" not in out:

@@ -62,10 +62,20 @@ def from_exception(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param=exc.param, code="invalid_budget")
     if isinstance(exc, ProfileError):
         return APIError(400, str(exc), code="invalid_budget")
+    if _is_vllm_client_error(exc):
+        return APIError(400, str(exc), param=getattr(exc, "parameter", None), code="invalid_request")
     if isinstance(exc, EngineDeadError):
         return APIError(503, "the engine has stopped; the server needs a restart", code="engine_dead")
     log.error("internal error", exc_info=exc)
     return APIError(500, f"internal error ({type(exc).__name__}); see the server log", code="internal_error")
+
+
+def _is_vllm_client_error(exc: BaseException) -> bool:
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # pragma: no cover - older vLLM
+        return False
+    return isinstance(exc, VLLMClientError)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

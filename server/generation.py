@@ -86,12 +86,14 @@ def prepare(
             f"({engine.max_model_len}) after the prompt; lower it", param=cap_param, code="context_length_exceeded",
         )  # fmt: skip
     budget = _fit(engine, resolved, cap if cap is not None else smallest_room, cap_param)
+    sampling = request.sampling()
+    _check_sampling({**sampling, "max_tokens": cap if cap is not None else smallest_room})
     return Job(
         request_id=request_id,
         prompts=prompts,
         n=request.n,  # type: ignore[attr-defined]
         budget=budget,
-        sampling=request.sampling(),
+        sampling=sampling,
         seed=request.seed,  # type: ignore[attr-defined]
         stops=request.stop_strings,
         hide_reasoning=resolved.hide_reasoning,
@@ -122,6 +124,18 @@ def _fit(engine: BudgetForcingEngine, resolved: ResolvedBudget, limit: int, cap_
             message = message.replace(f"`{exc.param}`", f"`{param}`")
         raise APIError(400, message, param=param, code="invalid_budget") from None
     return budget
+
+
+def _check_sampling(sampling: dict[str, Any]) -> None:
+    """vLLM's own checks of the sampling parameters, at the edge rather than mid-request."""
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMClientError
+
+    try:
+        SamplingParams(**sampling, detokenize=False)
+    except (ValueError, TypeError, VLLMClientError) as exc:
+        param = getattr(exc, "parameter", None) or next((k for k in sampling if str(exc).startswith(k)), None)
+        raise APIError(400, f"invalid sampling parameters: {exc}", param=param) from None
 
 
 class _StopCutter:
@@ -188,11 +202,13 @@ async def run(engine: BudgetForcingEngine, job: Job) -> AsyncIterator[ChoiceEven
         if seed is not None:
             sampling["seed"] = seed
         try:
-            async for delta in engine.stream(prompt_ids, job.budget, request_id=f"{job.request_id}-{index}", **sampling):
+            async for delta in engine.stream(
+                prompt_ids, job.budget, request_id=f"{job.request_id}-{index}", **sampling
+            ):
                 queue.put_nowait((index, delta))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # handed to the consumer, which owns the error reporting
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which reports it
             queue.put_nowait((index, exc))
 
     choices: dict[int, _Choice] = {}
@@ -223,7 +239,9 @@ async def run(engine: BudgetForcingEngine, job: Job) -> AsyncIterator[ChoiceEven
                 assert item.stats is not None
                 answer += choice.cutter.flush() if choice.cutter else ""
                 choice.done, left = True, left - 1
-                yield ChoiceEvent(index, item.reasoning, answer, len(item.token_ids), item.finish_reason, report(item.stats))
+                yield ChoiceEvent(
+                    index, item.reasoning, answer, len(item.token_ids), item.finish_reason, report(item.stats)
+                )
             elif item.reasoning or answer or item.token_ids:
                 yield ChoiceEvent(index, item.reasoning, answer, len(item.token_ids))
     finally:

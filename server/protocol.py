@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from budgetforce.budget import Budget, BudgetError, Strategy
 from server.settings import Effort, ServerSettings
@@ -111,7 +111,10 @@ class ReasoningConfig(BaseModel):
     @model_validator(mode="after")
     def _disabled_has_no_budget(self) -> ReasoningConfig:
         if self.enabled is False and (self.max_tokens or self.effort not in (None, "none")):
-            raise FieldError("enabled", "`reasoning.enabled` is false but `reasoning.max_tokens` or `reasoning.effort` asks for thinking")
+            raise FieldError(
+                "enabled",
+                "`reasoning.enabled` is false but `reasoning.max_tokens` or `reasoning.effort` asks for thinking",
+            )
         return self
 
 
@@ -134,19 +137,26 @@ class BudgetFields(OpenAIModel):
     """budgetforce's extensions: top-level fields, so the openai SDK's `extra_body` carries them."""
 
     min_thinking_tokens: int | None = Field(
-        None, ge=0, description="Thinking tokens before the model may close its thinking; an earlier close "
-        "is replaced by a wait string (s1 budget forcing)."
+        None,
+        ge=0,
+        description="Thinking tokens before the model may close its thinking; an earlier close "
+        "is replaced by a wait string (s1 budget forcing).",
     )
     max_thinking_tokens: int | None = Field(
-        None, ge=0, description="Thinking tokens at which the end of thinking is forced; 0 = no thinking. "
-        "Must leave room for an answer within `max_completion_tokens`."
+        None,
+        ge=0,
+        description="Thinking tokens at which the end of thinking is forced; 0 = no thinking. "
+        "Must leave room for an answer within `max_completion_tokens`.",
     )
     max_waits: int | None = Field(
         None, ge=0, description="How many early closes may be replaced by a wait string; null = no limit."
     )
     wait_strings: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        None, min_length=1, max_length=32, description="Continuations that replace an early close, in rotation "
-        "(default: the model profile's, e.g. \"Wait\")."
+        None,
+        min_length=1,
+        max_length=32,
+        description="Continuations that replace an early close, in rotation "
+        '(default: the model profile\'s, e.g. "Wait").',
     )
     answer_prefix: str | None = Field(
         None, max_length=4096, description="Text forced after a forced end of thinking (default: the profile's)."
@@ -155,9 +165,7 @@ class BudgetFields(OpenAIModel):
         None, description="`engine`: a logits processor inside vLLM's batch; `rounds`: s1's stop-and-resubmit loop."
     )
     # Compatibility with other servers' budget fields, mapped onto the same budget.
-    thinking_token_budget: int | None = Field(
-        None, ge=-1, description="vLLM's maximum thinking tokens; -1 = unset."
-    )
+    thinking_token_budget: int | None = Field(None, ge=-1, description="vLLM's maximum thinking tokens; -1 = unset.")
     reasoning_effort: Effort | None = Field(
         None, description="OpenAI's effort level, mapped to a budget by the server's table; `none` = no thinking."
     )
@@ -173,7 +181,7 @@ class BudgetFields(OpenAIModel):
         if lo is not None and hi is not None and lo > hi:
             raise FieldError(
                 "min_thinking_tokens",
-                f"`min_thinking_tokens` ({lo}) exceeds `max_thinking_tokens` ({hi}); lower the minimum or raise the maximum"
+                f"`min_thinking_tokens` ({lo}) exceeds `max_thinking_tokens` ({hi}); lower the minimum or raise the maximum",
             )
         return self
 
@@ -328,7 +336,9 @@ class ChatCompletionRequest(SamplingFields):
     def _one_token_cap(self) -> ChatCompletionRequest:
         a, b = self.max_completion_tokens, self.max_tokens
         if a is not None and b is not None and a != b:
-            raise FieldError("max_tokens", f"`max_completion_tokens` ({a}) and its alias `max_tokens` ({b}) differ; set one")
+            raise FieldError(
+                "max_tokens", f"`max_completion_tokens` ({a}) and its alias `max_tokens` ({b}) differ; set one"
+            )
         return self
 
     @model_validator(mode="after")
@@ -356,7 +366,9 @@ class CompletionRequest(SamplingFields):
         Annotated[str, Field(min_length=1)]
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)]
         | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-        | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]], Field(min_length=1, max_length=64)]
+        | Annotated[
+            list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]], Field(min_length=1, max_length=64)
+        ]
     )
     echo: bool = Field(False, description="Not supported; must be false.")
     frequency_penalty: Penalty = None
@@ -383,7 +395,10 @@ class CompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _unsupported(self) -> CompletionRequest:
         if self.echo or self.logprobs or self.suffix:
-            raise FieldError("echo" if self.echo else "logprobs" if self.logprobs else "suffix", "`echo`, `logprobs` and `suffix` are not supported by this server")
+            raise FieldError(
+                "echo" if self.echo else "logprobs" if self.logprobs else "suffix",
+                "`echo`, `logprobs` and `suffix` are not supported by this server",
+            )
         if isinstance(self.prompt, list) and len(self.prompt) * self.n > 64:
             raise FieldError("n", f"{len(self.prompt)} prompts x `n` {self.n} exceeds 64 choices")
         return self

@@ -83,8 +83,8 @@ class ServerSettings(BaseSettings):
             raise ValueError("`default_min_thinking_tokens` exceeds `default_max_thinking_tokens`")
         if limit is not None and (self.default_min_thinking_tokens > limit or (mx is not None and mx > limit)):
             raise ValueError("the default budget exceeds `max_thinking_tokens_limit`")
-        for level in DEFAULT_EFFORT_BUDGETS:
-            self.reasoning_effort_budgets.setdefault(level, DEFAULT_EFFORT_BUDGETS[level])
+        for level, budget in DEFAULT_EFFORT_BUDGETS.items():
+            self.reasoning_effort_budgets.setdefault(level, budget)
         return self
 
     @property

@@ -62,7 +62,9 @@ def test_mistakes_are_one_line_and_exit_2(args: list[str], message: str) -> None
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_default_model_builds_a_tiny_one_until_the_student_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_model_builds_a_tiny_one_until_the_student_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import budgetforce.student
     import server.app
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -86,10 +87,10 @@ def test_split_and_usage_match_the_engine(client: OpenAI, engine: Any, run: Call
 
 
 def test_stream_equals_non_stream(client: OpenAI) -> None:
-    kwargs: dict[str, Any] = dict(
-        model="tiny", messages=MESSAGES, max_completion_tokens=48, seed=7, temperature=0.9,
-        extra_body={"min_thinking_tokens": 6, "max_thinking_tokens": 20},
-    )  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "model": "tiny", "messages": MESSAGES, "max_completion_tokens": 48, "seed": 7, "temperature": 0.9,
+        "extra_body": {"min_thinking_tokens": 6, "max_thinking_tokens": 20},
+    }  # fmt: skip
     full = client.chat.completions.create(**kwargs)
     stream = client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
     reasoning, content, finish, budget, usage = [], [], None, None, None
@@ -117,7 +118,7 @@ def test_stream_equals_non_stream(client: OpenAI) -> None:
 
 
 def test_n_choices_use_seed_plus_index(client: OpenAI) -> None:
-    common: dict[str, Any] = dict(model="tiny", messages=MESSAGES, max_completion_tokens=16, temperature=1.0)
+    common: dict[str, Any] = {"model": "tiny", "messages": MESSAGES, "max_completion_tokens": 16, "temperature": 1.0}
     many = client.chat.completions.create(**common, n=3, seed=100, extra_body={"max_thinking_tokens": 6})
     assert [c.index for c in many.choices] == [0, 1, 2]
     for c in many.choices:
@@ -167,7 +168,7 @@ def test_rounds_strategy(client: OpenAI) -> None:
 
 
 def test_stop_string_ends_the_answer(client: OpenAI) -> None:
-    common: dict[str, Any] = dict(model="tiny", messages=MESSAGES, max_completion_tokens=40, temperature=0)
+    common: dict[str, Any] = {"model": "tiny", "messages": MESSAGES, "max_completion_tokens": 40, "temperature": 0}
     full = client.chat.completions.create(**common, extra_body={"max_thinking_tokens": 6})
     answer = full.choices[0].message.content
     stop = answer[6:9]
@@ -252,7 +253,7 @@ def test_metrics(live_server: str, client: OpenAI) -> None:
 
 def _metric(live_server: str, name: str) -> float:
     for line in httpx.get(f"{live_server}/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith((name + " ", name + "{")):
             return float(line.split()[-1])
     return 0.0
 
@@ -289,9 +290,10 @@ def test_stream_disconnect_aborts_the_engine_request(
 ) -> None:
     before = _metric(live_server, ABORTED)
     processor = engine.llm.output_processor
-    with httpx.Client(timeout=60) as http, http.stream(
-        "POST", f"{live_server_url}/chat/completions", json={**LONG, "stream": True}
-    ) as r:
+    with (
+        httpx.Client(timeout=60) as http,
+        http.stream("POST", f"{live_server_url}/chat/completions", json={**LONG, "stream": True}) as r,
+    ):
         assert r.status_code == 200
         lines = r.iter_lines()
         for _ in range(4):

@@ -73,7 +73,10 @@ CHAT_CASES = [
     ({"messages": HELLO, "max_tokens": 8, "min_thinking_tokens": 8}, "min_thinking_tokens"),
     ({"messages": HELLO, "max_completion_tokens": 10, "thinking_token_budget": 12}, "thinking_token_budget"),
     ({"messages": HELLO, "max_completion_tokens": 10, "reasoning": {"max_tokens": 10}}, "reasoning.max_tokens"),
-    ({"messages": HELLO, "max_tokens": 6, "thinking": {"type": "enabled", "budget_tokens": 6}}, "thinking.budget_tokens"),
+    (
+        {"messages": HELLO, "max_tokens": 6, "thinking": {"type": "enabled", "budget_tokens": 6}},
+        "thinking.budget_tokens",
+    ),
     ({"messages": HELLO, "max_completion_tokens": 100000}, "max_completion_tokens"),
     ({"messages": [{"role": "user", "content": "apples " * 2000}]}, "messages"),
     # conflicting or unsupported fields
@@ -83,6 +86,7 @@ CHAT_CASES = [
     ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"messages": HELLO, "response_format": {"type": "json_object"}}, "response_format.type"),
     ({"messages": HELLO, "max_completion_tokens": 5, "min_tokens": 6}, "min_tokens"),
+    ({"messages": HELLO, "min_tokens": 5000}, "min_tokens"),  # vLLM's own check, at the edge
 ]
 
 
@@ -115,7 +119,15 @@ def test_completions_reject(live_server_url: str, body: dict[str, Any], param: s
 
 @pytest.mark.parametrize(
     "raw",
-    [b'{"messages": [', b"not json", b"", b"[1, 2]", b'"text"', b"null", b'{"messages": [{"role": "user", "content": "\xff"}]}'],
+    [
+        b'{"messages": [',
+        b"not json",
+        b"",
+        b"[1, 2]",
+        b'"text"',
+        b"null",
+        b'{"messages": [{"role": "user", "content": "\xff"}]}',
+    ],
 )
 def test_malformed_bodies_are_400(live_server_url: str, raw: bytes) -> None:
     r = httpx.post(f"{live_server_url}/chat/completions", content=raw, headers={"content-type": "application/json"})
@@ -159,7 +171,9 @@ def test_server_limit_on_budgets(loop: asyncio.AbstractEventLoop, engine: Any) -
         too_big = httpx.post(f"{url}/v1/chat/completions", json={"messages": HELLO, "thinking_token_budget": 17})
         assert_error(too_big, 400, "thinking_token_budget")
         assert_error(httpx.post(f"{url}/v1/chat/completions", json={"messages": HELLO, "min_thinking_tokens": 20}), 400)
-        default = httpx.post(f"{url}/v1/chat/completions", json={"messages": HELLO, "max_completion_tokens": 30}, timeout=30)
+        default = httpx.post(
+            f"{url}/v1/chat/completions", json={"messages": HELLO, "max_completion_tokens": 30}, timeout=30
+        )
         assert default.json()["choices"][0]["budget"]["thinking_tokens"] == 8
         effort = httpx.post(
             f"{url}/v1/chat/completions", json={"messages": HELLO, "max_completion_tokens": 30, "reasoning_effort": "high"},
@@ -223,7 +237,9 @@ class FakeEngine:
 
         self.is_dead = dead
         self.good = good
-        self.profile = SimpleNamespace(plan=lambda budget: SimpleNamespace(forced_end_length=1), profile=PRESETS["generic"])
+        self.profile = SimpleNamespace(
+            plan=lambda budget: SimpleNamespace(forced_end_length=1), profile=PRESETS["generic"]
+        )
 
     def prompt_ids(self, prompt: Any) -> list[int]:
         return [1, 2, 3]
@@ -231,7 +247,9 @@ class FakeEngine:
     def plan(self, budget: Any, max_tokens: Any) -> None:
         return None
 
-    async def stream(self, prompt: Any, budget: Any = None, request_id: str | None = None, **sampling: Any) -> AsyncIterator[Delta]:
+    async def stream(
+        self, prompt: Any, budget: Any = None, request_id: str | None = None, **sampling: Any
+    ) -> AsyncIterator[Delta]:
         for _ in range(self.good):
             yield Delta(reasoning="thinking", token_ids=(5,))
         raise RuntimeError("/secret/path/engine.py exploded")

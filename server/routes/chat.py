@@ -20,7 +20,15 @@ from server.protocol import (
     ChatCompletionResponse,
     ChatDelta,
 )
-from server.routes.common import SSE_HEADERS, check_model, collect, engine_of, new_request_id, settings_of, stream_events
+from server.routes.common import (
+    SSE_HEADERS,
+    check_model,
+    collect,
+    engine_of,
+    new_request_id,
+    settings_of,
+    stream_events,
+)
 
 router = APIRouter(tags=["chat"])
 ENDPOINT = "chat"
@@ -107,11 +115,15 @@ def _stream(
         if event.answer:
             out.append(chunk([ChatChunkChoice(index=event.index, delta=ChatDelta(content=event.answer))]))
         if event.finish_reason is not None:
-            last = ChatChunkChoice(index=event.index, delta=ChatDelta(), finish_reason=event.finish_reason, budget=event.report)
+            last = ChatChunkChoice(
+                index=event.index, delta=ChatDelta(), finish_reason=event.finish_reason, budget=event.report
+            )
             out.append(chunk([last]))
         return out
 
-    opening = [chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))]) for i in range(job.choices)]
+    opening = [
+        chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))]) for i in range(job.choices)
+    ]
 
     def closing() -> list[dict[str, Any]]:
         return [chunk([], tally.usage())] if usage_on else []

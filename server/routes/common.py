@@ -42,7 +42,9 @@ def check_model(request: Request, body: OpenAIModel, model: str | None) -> str:
     """The served model id; 404 for any other name."""
     served = request.app.state.model_id
     if model is not None and model != served:
-        raise APIError(404, f"the model `{model}` does not exist; this server serves `{served}`", "model", "model_not_found")
+        raise APIError(
+            404, f"the model `{model}` does not exist; this server serves `{served}`", "model", "model_not_found"
+        )
     if body.ignored_fields:
         log.warning("ignored unknown request fields: %s", ", ".join(body.ignored_fields))
     return served
@@ -134,7 +136,7 @@ async def stream_events(
         for chunk in closing():
             yield sse(chunk)
         outcome = "ok"
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure becomes an SSE error event
         outcome = "error"
         yield sse(ErrorResponse(error=from_exception(exc).info()).model_dump())
     finally:

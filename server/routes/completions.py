@@ -11,7 +11,15 @@ from fastapi.responses import Response, StreamingResponse
 from server.errors import APIError, error_responses
 from server.generation import ChoiceEvent, Job, Tally, prepare
 from server.protocol import CompletionChoice, CompletionRequest, CompletionResponse
-from server.routes.common import SSE_HEADERS, check_model, collect, engine_of, new_request_id, settings_of, stream_events
+from server.routes.common import (
+    SSE_HEADERS,
+    check_model,
+    collect,
+    engine_of,
+    new_request_id,
+    settings_of,
+    stream_events,
+)
 
 router = APIRouter(tags=["completions"])
 ENDPOINT = "completions"
