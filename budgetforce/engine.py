@@ -273,24 +273,29 @@ class BudgetForcingEngine:
                 stops = [plan.think_start[-1]]
             else:
                 stops = []
-            params = self._params(sampling, max_tokens=limit, stop_token_ids=stops or None)
+            # min_tokens counts the whole completion: each round owes what is still missing
+            owed = max(0, min(sampling.get("min_tokens") or 0, max_tokens) - len(out))
+            params = self._params(sampling, max_tokens=limit, stop_token_ids=stops or None, min_tokens=min(owed, limit))
             round_no += 1
             new: list[int] = []
             reason: str | None = None
+            stopped_on: int | None = None
             async for res in self.llm.generate(
                 TokensPrompt(prompt_token_ids=prompt_ids + out), params, f"{request_id}-{round_no}"
             ):
-                new.extend(res.outputs[0].token_ids)
-                reason = res.outputs[0].finish_reason if res.finished else None
-            stopped_on = new[-1] if reason == "stop" and new and new[-1] in stops else None
-            if stopped_on is not None and kind != Action.FREE:
-                new.pop()
-            for t in new:
-                ctl.accept(t)
-            out.extend(new)
-            if new:
-                yield new, None, 0
-            if stopped_on is not None and kind != Action.FREE:
+                chunk = list(res.outputs[0].token_ids)
+                if res.finished:
+                    reason = res.outputs[0].finish_reason
+                    # a stop token can only be the last one of a round
+                    if reason == "stop" and kind != Action.FREE and chunk and chunk[-1] in stops:
+                        stopped_on = chunk.pop()
+                for t in chunk:
+                    ctl.accept(t)
+                out.extend(chunk)
+                new.extend(chunk)
+                if chunk:
+                    yield chunk, None, 0
+            if stopped_on is not None:
                 if ctl.guarding:  # s1: ignore the close and append the wait string instead
                     replacement = ctl.action()[1]
                     ctl.accept(replacement, replaced=True)
@@ -300,7 +305,8 @@ class BudgetForcingEngine:
                 out.append(replacement)
                 yield [replacement], None, 0
                 continue
-            if stopped_on is not None or (reason == "length" and kind != Action.FREE):
+            opened = kind == Action.FREE and reason == "stop" and bool(stops) and new[-1:] == stops
+            if opened or (reason == "length" and kind != Action.FREE):
                 continue  # the thinking may have opened, or its maximum was reached
             yield [], _finish(reason), ctl.waits_inserted
             return

@@ -7,6 +7,7 @@ a budget cost nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import struct
@@ -122,9 +123,11 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         self.pin = is_pin_memory and device.type != "cpu"
         self.rows: dict[int, _Row] = {}
         self._model = vllm_config.model_config.tokenizer if vllm_config.model_config else None
-        self._attempts_host = torch.zeros(64, dtype=torch.float32, pin_memory=self.pin)
-        self._attempts_ready: torch.cuda.Event | None = None
-        self._guarded: list[tuple[_Row, int]] = []  # rows (and wait tokens) whose share waits in the host buffer
+        self._shares_host = torch.zeros(64, dtype=torch.float32, pin_memory=self.pin)
+        self._shares_ready: torch.cuda.Event | None = None
+        self._guarded: list[tuple[_Row, int, int]] = []  # (row, wait token, position in the host buffer)
+        self._moves_key: tuple = ()
+        self._moves: tuple = ()
         self._boards: dict[str, StatsBoard] = {}
 
     @classmethod
@@ -202,11 +205,10 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
-        self._collect_attempts()
+        self._collect_shares()
         force_rows: list[int] = []
         force_ids: list[int] = []
-        guard: list[tuple[int, _Row, int]] = []
-        redirect: list[tuple[int, _Row, int]] = []
+        moves: list[tuple[int, _Row, int, bool]] = []  # (row, state, target token, is a guard)
         for index, row in self.rows.items():
             self._feed(row)
             kind, token = row.ctl.action()
@@ -214,17 +216,15 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
                 force_rows.append(index)
                 force_ids.append(token)
             elif kind == Action.GUARD:
-                guard.append((index, row, token))
+                moves.append((index, row, token, True))
             elif kind == Action.REDIRECT:
-                redirect.append((index, row, token))
+                moves.append((index, row, token, False))
         if force_rows:
             rows_t = self._tensor(force_rows, torch.long)
             logits.index_fill_(0, rows_t, float("-inf"))
-            logits.index_put_((rows_t, self._tensor(force_ids, torch.long)), torch.zeros((), device=logits.device))
-        if redirect:
-            self._redirect(logits, redirect)
-        if guard:
-            self._guard(logits, guard)
+            logits.index_put_((rows_t, self._tensor(force_ids, torch.long)), self._zero(logits.device))
+        if moves:
+            self._move_mass(logits, moves)
         return logits
 
     def _feed(self, row: _Row) -> None:
@@ -250,67 +250,86 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
                 row.board.write(row.slot, *now)
                 row.reported = now
 
-    def _collect_attempts(self) -> None:
+    def _collect_shares(self) -> None:
         """Hand last step's guard shares to their rows."""
         if not self._guarded:
             return
-        if self._attempts_ready is not None:
-            self._attempts_ready.synchronize()  # long done: vLLM has synced on the sampled ids since
-        for (row, wait), share in zip(self._guarded, self._attempts_host.tolist()):
-            row.pending = (wait, share)
+        if self._shares_ready is not None:
+            self._shares_ready.synchronize()  # long done: vLLM has synced on the sampled ids since
+        shares = self._shares_host.tolist()
+        for row, wait, pos in self._guarded:
+            row.pending = (wait, shares[pos])
         self._guarded = []
 
     def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         t = torch.tensor(values, dtype=dtype, pin_memory=self.pin)
         return t.to(self.device, non_blocking=True)
 
-    def _pad(self, sets: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ragged id sets as a (rows, k) id tensor plus a 0/1 weight tensor for the padding."""
-        k = max(len(s) for s in sets)
-        ids = [list(s) + [s[0]] * (k - len(s)) for s in sets]
-        weights = [[1.0] * len(s) + [0.0] * (k - len(s)) for s in sets]
-        return self._tensor(ids, torch.long), self._tensor(weights, torch.float32)
+    @staticmethod
+    @functools.cache
+    def _zero(device: torch.device) -> torch.Tensor:
+        return torch.zeros((), device=device)
 
-    def _redirect(self, logits: torch.Tensor, entries: list[tuple[int, _Row, int]]) -> None:
-        rows_t = self._tensor([i for i, _, _ in entries], torch.long)
-        eos, eos_w = self._pad([tuple(sorted(r.ctl.plan.eos)) for _, r, _ in entries])
-        close = self._tensor([[t] for _, _, t in entries], torch.long)
-        temp = self._tensor([r.temperature for _, r, _ in entries], torch.float32)[:, None]
-        greedy = self._tensor([r.greedy for _, r, _ in entries], torch.bool)[:, None]
-        sub = logits.index_select(0, rows_t)
-        both = torch.cat([sub.gather(1, close), sub.gather(1, eos).masked_fill(eos_w == 0, float("-inf"))], 1)
-        merged = torch.where(greedy, both.amax(1, keepdim=True), temp * torch.logsumexp(both / temp, 1, keepdim=True))
-        sub.scatter_(1, eos, float("-inf"))
-        sub.scatter_(1, close, merged)
-        logits.index_copy_(0, rows_t, sub)
+    def _move_mass(self, logits: torch.Tensor, moves: list[tuple[int, _Row, int, bool]]) -> None:
+        """Ban each row's source tokens and move their probability mass onto its target token.
 
-    def _guard(self, logits: torch.Tensor, entries: list[tuple[int, _Row, int]]) -> None:
-        """Move the close attempts' mass onto the first wait token, and send back each row's
-        chance that a sampled wait token was a replaced close (exactly 0 or 1 for greedy rows).
-
-        Only the few close and wait columns are read: no pass over the vocabulary.
+        Guard rows: sources are the close attempts, the target the first wait token. Redirect
+        rows: sources are EOS, the target the close. Mass moves at the row's temperature
+        (greedy rows: the target's logit becomes the max). Each guard row also sends back its
+        share: P(the target, if sampled, stands for a source) = p_sources / (p_sources + p_target),
+        exactly 0 or 1 for greedy rows. Only these few columns are touched: no vocabulary pass.
+        The index tensors are rebuilt only when the set of rows or targets changes.
         """
-        rows = self._tensor([i for i, _, _ in entries], torch.long)
-        closes, close_w = self._pad([tuple(sorted(r.ctl.plan.close_attempts)) for _, r, _ in entries])
-        wait = self._tensor([t for _, _, t in entries], torch.long)
-        temp = self._tensor([r.temperature for _, r, _ in entries], torch.float32)
-        greedy = self._tensor([r.greedy for _, r, _ in entries], torch.bool)
-        close_logits = logits[rows[:, None], closes].masked_fill(close_w == 0, float("-inf"))
-        wait_logit = logits[rows, wait]
-        close_mass = torch.where(greedy, close_logits.amax(1), temp * torch.logsumexp(close_logits / temp[:, None], 1))
-        merged = torch.where(
-            greedy, torch.maximum(wait_logit, close_mass), temp * torch.logaddexp(wait_logit / temp, close_mass / temp)
+        key = tuple((i, t, g) for i, _, t, g in moves)
+        if key != self._moves_key:
+            self._moves_key, self._moves = key, self._prepare_moves(moves)
+        rows, cols, pad, temp, inv_temp, greedy, mode, guard_pos = self._moves
+        picked = logits[rows, cols]
+        target, sources = picked[:, 0], picked[:, 1:] + pad
+        if mode != "sampled":
+            g_mass = sources.amax(1)
+            g_merged, g_share = torch.maximum(target, g_mass), (g_mass > target).float()
+        if mode != "greedy":
+            t_scaled = target * inv_temp
+            s_mass = torch.logsumexp(sources * inv_temp[:, None], 1)
+            s_merged, s_share = torch.logaddexp(t_scaled, s_mass) * temp, torch.sigmoid(s_mass - t_scaled)
+        if mode == "greedy":
+            merged, share = g_merged, g_share
+        elif mode == "sampled":
+            merged, share = s_merged, s_share
+        else:
+            merged, share = torch.where(greedy, g_merged, s_merged), torch.where(greedy, g_share, s_share)
+        logits[rows[:, 1:], cols[:, 1:]] = float("-inf")
+        logits[rows[:, 0], cols[:, 0]] = merged
+        if guard_pos:
+            n = len(moves)
+            if self._shares_host.numel() < n:
+                self._shares_host = torch.zeros(max(64, 2 * n), dtype=torch.float32, pin_memory=self.pin)
+            self._shares_host[:n].copy_(share, non_blocking=True)
+            if self.device.type == "cuda":
+                self._shares_ready = torch.cuda.Event()
+                self._shares_ready.record()
+            self._guarded = [(moves[p][1], moves[p][2], p) for p in guard_pos]
+
+    def _prepare_moves(self, moves: list[tuple[int, _Row, int, bool]]) -> tuple:
+        sources = [tuple(sorted(r.ctl.plan.close_attempts if g else r.ctl.plan.eos)) for _, r, _, g in moves]
+        k = max(len(s) for s in sources)
+        cols = [[t, *s, *[s[0]] * (k - len(s))] for (_, _, t, _), s in zip(moves, sources)]
+        pad = [[0.0] * len(s) + [float("-inf")] * (k - len(s)) for s in sources]
+        greedy_flags = [r.greedy for _, r, _, _ in moves]
+        mode = "greedy" if all(greedy_flags) else "sampled" if not any(greedy_flags) else "mixed"
+        rows = self._tensor([i for i, _, _, _ in moves], torch.long)[:, None].expand(-1, k + 1)
+        temps = [r.temperature for _, r, _, _ in moves]
+        return (
+            rows,
+            self._tensor(cols, torch.long),
+            self._tensor(pad, torch.float32),
+            self._tensor(temps, torch.float32),
+            self._tensor([1.0 / t for t in temps], torch.float32),
+            self._tensor(greedy_flags, torch.bool),
+            mode,
+            [p for p, (_, _, _, g) in enumerate(moves) if g],
         )
-        share = torch.where(greedy, (close_mass > wait_logit).float(), torch.sigmoid((close_mass - wait_logit) / temp))
-        logits[rows[:, None], closes] = float("-inf")
-        logits[rows, wait] = merged
-        if self._attempts_host.numel() < len(entries):
-            self._attempts_host = torch.zeros(max(64, 2 * len(entries)), dtype=torch.float32, pin_memory=self.pin)
-        self._attempts_host[: len(entries)].copy_(share, non_blocking=True)
-        if self.device.type == "cuda":
-            self._attempts_ready = torch.cuda.Event()
-            self._attempts_ready.record()
-        self._guarded = [(row, token) for _, row, token in entries]
 
 
 class StatsBoard:
