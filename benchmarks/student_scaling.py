@@ -237,7 +237,10 @@ def run_budgetforce(model_path: Path, problems: list[Problem], rows: tuple[Row, 
             logger.info("%s: %.0fs", row.label, time.time() - t)
         return out
 
-    return asyncio.run(sweep())
+    try:
+        return asyncio.run(sweep())
+    finally:
+        engine.shutdown()
 
 
 # --- report -----------------------------------------------------------------------------------

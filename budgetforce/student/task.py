@@ -2,8 +2,8 @@
 
 GSM8K-flavoured: a person starts with some items, collects several batches of them (a sum of
 3-5 two-digit numbers), buys packs (a small product), receives or gives items away. Every problem
-needs 2-4 operations of ``+ - *``; the sum of several numbers is the step a tiny model gets wrong
-when it does it in one go, and gets right when it adds the numbers one at a time.
+needs 2-4 operations of ``+ - *``; about 98% contain a sum of several numbers, the step a tiny
+model gets wrong when it does it in one go, and gets right when it adds the numbers one at a time.
 
 Held-out split: a problem belongs to the held-out split when the SHA-256 of its question text
 falls in the first ``HELDOUT_PERCENT`` buckets. Training data skips those questions, whatever
@@ -97,7 +97,7 @@ def _listing(nums: list[int]) -> str:
 
 
 def make_problem(rng: random.Random) -> Problem:
-    """One problem drawn from ``rng``: 2-4 operations, one of them a sum of 3-5 numbers."""
+    """One problem drawn from ``rng``: 2-4 operations, usually one of them a sum of 3-5 numbers."""
     name = rng.choice(NAMES)
     item, pack = rng.choice(ITEMS)
     pronoun = "He" if name in NAMES[0::2] else "She"
