@@ -70,6 +70,15 @@ def _value(text: str) -> Any:
         return text
 
 
+def _json_option(name: str, text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"`{name}` must be JSON: {exc}") from None
+
+
 def check_engine_args(args: dict[str, Any]) -> None:
     """Reject names vLLM's `AsyncEngineArgs` does not have, before a minute of engine start-up."""
     import dataclasses
@@ -104,7 +113,11 @@ def serve(
     default_min_thinking_tokens: Annotated[int | None, Opt(help="Minimum for requests without one.")] = None,
     default_max_thinking_tokens: Annotated[int | None, Opt(help="Maximum for requests without one.")] = None,
     max_thinking_tokens_limit: Annotated[int | None, Opt(help="Largest budget a request may ask for.")] = None,
+    default_max_waits: Annotated[int | None, Opt(help="Waits allowed to requests that set none.")] = None,
     default_budget_strategy: Annotated[str | None, Opt(help="engine or rounds.")] = None,
+    reasoning_effort_budgets: Annotated[
+        str | None, Opt(help='JSON, e.g. \'{"low": {"max_thinking_tokens": 512}}\'; unnamed levels keep defaults.')
+    ] = None,
     max_body_bytes: Annotated[int | None, Opt(help="Larger request bodies get 413.")] = None,
     engine_arg: Annotated[list[str] | None, Opt(help="A vLLM engine argument as key=value (repeatable).")] = None,
     log_level: Annotated[str, Opt(help="debug, info, warning or error.")] = "info",
@@ -127,7 +140,8 @@ def serve(
             "served_model_name": served_model_name, "default_min_thinking_tokens": default_min_thinking_tokens,
             "default_max_thinking_tokens": default_max_thinking_tokens,
             "max_thinking_tokens_limit": max_thinking_tokens_limit, "default_budget_strategy": default_budget_strategy,
-            "max_body_bytes": max_body_bytes, "engine_args": engine_args,
+            "default_max_waits": default_max_waits, "max_body_bytes": max_body_bytes, "engine_args": engine_args,
+            "reasoning_effort_budgets": _json_option("--reasoning-effort-budgets", reasoning_effort_budgets),
         }  # fmt: skip
         settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
     except UsageError as exc:

@@ -288,9 +288,7 @@ def record(metrics: Metrics, settings: ServerSettings, endpoint: str, job: Job, 
     if tally.first_text_s is not None:
         metrics.ttft.labels(endpoint).observe(tally.first_text_s)
     for index, tokens in tally.tokens.items():
-        r = tally.reports.get(index)
-        stats = BudgetStats(r.thinking_tokens, r.waits_inserted or 0, r.forced_end, r.strategy) if r else None
-        metrics.choice_done(tokens, stats, r.waits_inserted if r else None)
+        metrics.choice_done(tokens, tally.reports.get(index))
     if outcome == "aborted":
         metrics.aborted.labels(endpoint).inc()
     if not settings.log_requests:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from budgetforce.engine import BudgetStats
+from server.protocol import BudgetReport
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40)
@@ -46,15 +46,15 @@ class Metrics:
             buckets=(0, 16, 64, 256, 1024, 4096, 16384, 65536), registry=r,
         )  # fmt: skip
 
-    def choice_done(self, completion_tokens: int, stats: BudgetStats | None, waits: int | None) -> None:
+    def choice_done(self, completion_tokens: int, report: BudgetReport | None) -> None:
         self.completion_tokens.inc(completion_tokens)
-        if stats is None:
+        if report is None:
             return
-        self.thinking_tokens.inc(stats.thinking_tokens)
-        self.thinking_hist.observe(stats.thinking_tokens)
-        if waits:
-            self.waits.inc(waits)
-        if stats.forced_end:
+        self.thinking_tokens.inc(report.thinking_tokens)
+        self.thinking_hist.observe(report.thinking_tokens)
+        if report.waits_inserted:
+            self.waits.inc(report.waits_inserted)
+        if report.forced_end:
             self.forced_ends.inc()
-        if stats.strategy is not None:
-            self.budgeted.labels(stats.strategy).inc()
+        if report.strategy is not None:
+            self.budgeted.labels(report.strategy).inc()

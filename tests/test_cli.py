@@ -54,6 +54,8 @@ def test_help_lists_serve_and_bench() -> None:
         (["serve", "--default-min-thinking-tokens", "10", "--default-max-thinking-tokens", "5"], "exceeds"),
         (["serve", "--default-budget-strategy", "fast"], "--default-budget-strategy"),
         (["serve", "--port", "70000"], "--port"),
+        (["serve", "--reasoning-effort-budgets", "{low"], "must be JSON"),
+        (["serve", "--reasoning-effort-budgets", '{"huge": {}}'], "reasoning-effort-budgets"),
     ],
 )
 def test_mistakes_are_one_line_and_exit_2(args: list[str], message: str) -> None:

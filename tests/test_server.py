@@ -317,3 +317,51 @@ def test_non_stream_disconnect_aborts_the_engine_request(
     assert aborts[0][0] - left < 1.0 and "chatcmpl-" in aborts[0][1]
     assert _wait_for(lambda: engine.llm.output_processor.get_num_unfinished_requests() == 0, 2.0)
     assert _wait_for(lambda: _metric(live_server, ABORTED) == before + 1, 2.0)
+
+
+# -- budget precedence (no engine) ---------------------------------------------------------------
+def _resolve(settings: Any = None, **fields: Any) -> tuple[int, int | None, str | None]:
+    from server.protocol import ChatCompletionRequest
+    from server.settings import ServerSettings
+
+    request = ChatCompletionRequest.model_validate({"messages": MESSAGES, **fields})
+    resolved = request.resolve_budget(settings or ServerSettings())
+    budget = resolved.budget
+    return (budget.min_thinking_tokens, budget.max_thinking_tokens, resolved.max_source) if budget else (0, None, None)
+
+
+def test_budget_precedence() -> None:
+    from server.settings import ServerSettings
+
+    every = {
+        "thinking_token_budget": 50, "reasoning": {"max_tokens": 40, "effort": "low"},
+        "thinking": {"type": "enabled", "budget_tokens": 30}, "reasoning_effort": "minimal",
+    }  # fmt: skip
+    assert _resolve(**every, max_thinking_tokens=60) == (0, 60, "max_thinking_tokens")
+    assert _resolve(**every) == (0, 50, "thinking_token_budget")
+    assert _resolve(**{**every, "thinking_token_budget": -1}) == (0, 40, "reasoning.max_tokens")
+    assert _resolve(thinking={"type": "enabled", "budget_tokens": 30}, reasoning={"effort": "low"}) == (
+        0,
+        30,
+        "thinking.budget_tokens",
+    )
+    assert _resolve(reasoning={"effort": "low"}, reasoning_effort="minimal") == (0, 1024, None)
+    assert _resolve(reasoning_effort="high") == (1024, 16384, None)
+    assert _resolve(thinking={"type": "enabled"}) == (0, None, None)  # enabled without a budget: no change
+    defaults = ServerSettings(default_min_thinking_tokens=100, default_max_thinking_tokens=200)
+    assert _resolve(defaults) == (100, 200, None)
+    assert _resolve(defaults, thinking_token_budget=10) == (10, 10, "thinking_token_budget")  # the default min yields
+    assert _resolve(min_thinking_tokens=2000, reasoning_effort="low") == (2000, 2000, None)  # the table's max yields
+    assert _resolve(defaults, min_thinking_tokens=5) == (5, 200, None)
+
+
+def test_effort_table_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.settings import ServerSettings
+
+    monkeypatch.setenv("BUDGETFORCE_REASONING_EFFORT_BUDGETS", '{"low": {"max_thinking_tokens": 512}}')
+    monkeypatch.setenv("BUDGETFORCE_MAX_THINKING_TOKENS_LIMIT", "4096")
+    settings = ServerSettings()
+    assert _resolve(settings, reasoning_effort="low") == (0, 512, None)
+    assert _resolve(settings, reasoning_effort="medium") == (0, 4096, None)  # default table entry
+    assert _resolve(settings, reasoning_effort="high") == (1024, 4096, None)  # capped by the limit
+    assert _resolve(settings) == (0, 4096, None)  # the limit is also the maximum of requests without one
