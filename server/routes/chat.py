@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from jinja2 import TemplateError
 
+from budgetforce.engine import BudgetForcingEngine
 from server.errors import APIError, error_responses
-from server.generation import ChoiceEvent, Tally, prepare
+from server.generation import ChoiceEvent, Job, Tally, prepare
 from server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -19,6 +21,7 @@ from server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    Usage,
 )
 from server.routes.common import (
     SSE_HEADERS,
@@ -85,12 +88,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 
 
 def _stream(
-    request: Request, body: ChatCompletionRequest, model: str, request_id: str, created: int, job: Any, tally: Tally,
-    engine: Any,
-) -> Any:  # fmt: skip
+    request: Request, body: ChatCompletionRequest, model: str, request_id: str, created: int, job: Job, tally: Tally,
+    engine: BudgetForcingEngine,
+) -> AsyncIterator[str]:  # fmt: skip
     usage_on = body.include_usage
 
-    def chunk(choices: list[ChatChunkChoice], usage: Any = None) -> dict[str, Any]:
+    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> dict[str, Any]:
         c = ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices, usage=usage)
         out = c.model_dump(mode="json", exclude={"choices", "usage"})
         out["choices"] = [

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from budgetforce.engine import BudgetForcingEngine
 from server.errors import APIError, error_responses
 from server.generation import ChoiceEvent, Job, Tally, prepare
-from server.protocol import CompletionChoice, CompletionRequest, CompletionResponse
+from server.protocol import CompletionChoice, CompletionRequest, CompletionResponse, Usage
 from server.routes.common import (
     SSE_HEADERS,
     check_model,
@@ -74,11 +76,11 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
 
 def _stream(
     request: Request, body: CompletionRequest, model: str, request_id: str, created: int, job: Job, tally: Tally,
-    engine: Any,
-) -> Any:  # fmt: skip
+    engine: BudgetForcingEngine,
+) -> AsyncIterator[str]:  # fmt: skip
     usage_on = body.include_usage
 
-    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
+    def chunk(choices: list[dict[str, Any]], usage: Usage | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": request_id, "object": "text_completion", "created": created, "model": model, "choices": choices,
         }  # fmt: skip
