@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from budgetforce.student import STUDENT_PATH  # noqa: E402
-from budgetforce.student.task import Problem, heldout_problems  # noqa: E402
+from budgetforce.student import STUDENT_PATH
+from budgetforce.student.task import Problem, heldout_problems
 
 logger = logging.getLogger("student_scaling")
 
@@ -107,8 +107,10 @@ def grade(problem: Problem, sample: Sample) -> tuple[float, bool]:
 
 
 def inside(row: Row, s: Sample) -> bool:
-    lo_ok = row.min_thinking_tokens is None or s.thinking_tokens >= row.min_thinking_tokens or (
-        row.max_waits is not None and s.waits >= row.max_waits
+    lo_ok = (
+        row.min_thinking_tokens is None
+        or s.thinking_tokens >= row.min_thinking_tokens
+        or (row.max_waits is not None and s.waits >= row.max_waits)
     )
     hi_ok = row.max_thinking_tokens is None or s.thinking_tokens <= row.max_thinking_tokens
     return lo_ok and hi_ok
@@ -131,7 +133,9 @@ def run_hf(model_path: Path, problems: list[Problem], rows: tuple[Row, ...], dev
     end_id = tok.convert_tokens_to_ids(THINK_END)
     eos_id = tok.eos_token_id
     (wait_id,) = tok.encode("Wait", add_special_tokens=False)
-    prompts = [tok.apply_chat_template(prompt_messages(p), tokenize=False, add_generation_prompt=True) for p in problems]
+    prompts = [
+        tok.apply_chat_template(prompt_messages(p), tokenize=False, add_generation_prompt=True) for p in problems
+    ]
     prompt_ids = [tok.encode(t, add_special_tokens=False) for t in prompts]
     out: dict[str, list[Sample]] = {}
     for row in rows:
@@ -275,7 +279,7 @@ def markdown(results: list[Result], header: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
+        fmt = lambda v: "-" if v is None else str(v)
         lines.append(
             f"| {r.row.label} | {fmt(r.row.min_thinking_tokens)} | {fmt(r.row.max_thinking_tokens)} | "
             f"{fmt(r.row.max_waits)} | {100 * r.accuracy:.1f}% | {r.mean_thinking_tokens:.1f} | {r.mean_waits:.2f} | "
@@ -300,7 +304,9 @@ def plot(results: list[Result], path: Path, title: str) -> None:
         ax.annotate(r.row.label, (r.mean_thinking_tokens, 100 * r.accuracy), textcoords="offset points",
                     xytext=offset, fontsize=8)  # fmt: skip
     curve = sorted((r for r in results if not r.row.label.startswith("control")), key=lambda r: r.mean_thinking_tokens)
-    ax.plot([r.mean_thinking_tokens for r in curve], [100 * r.accuracy for r in curve], color="tab:gray", lw=1, zorder=1)
+    ax.plot(
+        [r.mean_thinking_tokens for r in curve], [100 * r.accuracy for r in curve], color="tab:gray", lw=1, zorder=1
+    )
     ax.set_xlabel("mean thinking tokens")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=9)
@@ -362,12 +368,15 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(md)
     (args.out / f"{stem}.json").write_text(
-        json.dumps({"header": header, "model": str(args.model), "results": [asdict(r) for r in results]}, indent=2) + "\n"
+        json.dumps({"header": header, "model": str(args.model), "results": [asdict(r) for r in results]}, indent=2)
+        + "\n"
     )
     with gzip.open(args.out / f"{stem}_samples.jsonl.gz", "wt") as f:
         for r in rows:
             for p, smp in zip(problems, per_row[r.label]):
-                f.write(json.dumps({"row": r.label, "question": p.question, "expected": p.answer, **asdict(smp)}) + "\n")
+                f.write(
+                    json.dumps({"row": r.label, "question": p.question, "expected": p.answer, **asdict(smp)}) + "\n"
+                )
     plot(results, args.out / f"{stem}.png", header[:90] + "...")
 
 

@@ -127,7 +127,9 @@ def make_problem(rng: random.Random) -> Problem:
         group: Step | None = None
         if kind == "collect":
             nums = [rng.randint(11, 99) for _ in range(rng.randint(3, 5))]
-            text = rng.choice(COLLECT).format(pronoun=pronoun, nums=_listing(nums), item=item, count=COUNT_WORDS[len(nums)])
+            text = rng.choice(COLLECT).format(
+                pronoun=pronoun, nums=_listing(nums), item=item, count=COUNT_WORDS[len(nums)]
+            )
             group = Step(tuple(nums), "+", sum(nums), f"Together that is {{expr}} {item}.")
         elif kind == "buy":
             n, m = rng.randint(2, 9), rng.randint(11, 29)
@@ -137,7 +139,15 @@ def make_problem(rng: random.Random) -> Problem:
             assert total is not None
             k = rng.randint(11, min(99, total - 1))
             text = f"{pronoun} gives {k} {item} to {recipient}."
-            steps.append(Step((total, k), "-", total - k, f"After giving {k} away, {name} has {{expr}} {item}.", (total_from, None)))
+            steps.append(
+                Step(
+                    (total, k),
+                    "-",
+                    total - k,
+                    f"After giving {k} away, {name} has {{expr}} {item}.",
+                    (total_from, None),
+                )
+            )
             total -= k
         else:
             k = rng.randint(11, 99)
@@ -146,7 +156,15 @@ def make_problem(rng: random.Random) -> Problem:
                 total, start = k, None
                 sentences.append(f"{name} {rng.choice(GET_VERBS)} {k} {item}.")
                 continue
-            steps.append(Step((total, k), "+", total + k, f"After getting {k} more, {name} has {{expr}} {item}.", (total_from, None)))
+            steps.append(
+                Step(
+                    (total, k),
+                    "+",
+                    total + k,
+                    f"After getting {k} more, {name} has {{expr}} {item}.",
+                    (total_from, None),
+                )
+            )
             total += k
         if group is not None:
             steps.append(group)

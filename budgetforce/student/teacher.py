@@ -146,9 +146,7 @@ class Teacher:
         # Main pass: compact steps; a slip propagates to the later steps that use its value.
         written: list[tuple[tuple[int, ...], int]] = []
         for i, step in enumerate(problem.steps):
-            args = tuple(
-                a if step.source(j) is None else written[step.source(j)][1] for j, a in enumerate(step.args)
-            )
+            args = tuple(a if step.source(j) is None else written[step.source(j)][1] for j, a in enumerate(step.args))
             value = apply(step.op, args)
             if i == slip_at:
                 value = near_miss(value, rng)

@@ -115,7 +115,9 @@ def make_model(args, vocab_size: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, required=True, help="folder for the trained model (weights + tokenizer)")
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="folder with the tokenizer files")
     ap.add_argument("--record-dir", type=Path, default=None, help="where to write train_log.csv / train_record.json")
@@ -130,8 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--intermediate", type=int, default=0, help="MLP width (default 4x hidden)")
     ap.add_argument("--max-positions", type=int, default=2048)
-    ap.add_argument("--max-minutes", type=float, default=0,
-                    help="time cap: the learning-rate schedule runs on max(step/steps, time/cap) (0: steps only)")
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0,
+        help="time cap: the learning-rate schedule runs on max(step/steps, time/cap) (0: steps only)",
+    )
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="dtype of the saved weights")
     ap.add_argument("--max-shard-size", default="", help="split the safetensors file (e.g. 12MB) for transport")
     for f, v in asdict(TeacherConfig()).items():
@@ -145,8 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     teacher = TeacherConfig(**{f: getattr(args, f) for f in asdict(TeacherConfig())})
     seqs, stats, traces = build_dataset(args.tokenizer, args.problems, args.seed, teacher)
     n_tokens = sum(len(p) + len(c) for p, c in seqs)
-    logger.info("data: %s, %d sequences, %d tokens, max len %d (%.1fs)",
-                stats, len(seqs), n_tokens, max(len(p) + len(c) for p, c in seqs), time.time() - t0)
+    logger.info(
+        "data: %s, %d sequences, %d tokens, max len %d (%.1fs)",
+        stats,
+        len(seqs),
+        n_tokens,
+        max(len(p) + len(c) for p, c in seqs),
+        time.time() - t0,
+    )
 
     from transformers import AutoTokenizer
 
@@ -156,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %.2fM parameters, vocab %d", n_params / 1e6, vocab_size)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=args.device.startswith("cuda"))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=args.device.startswith("cuda")
+    )
     progress = [0.0]  # fraction of the run done: by steps, or by time under --max-minutes
 
     def lr_factor(s: int) -> float:
@@ -164,7 +178,11 @@ def main(argv: list[str] | None = None) -> None:
         return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress[0]))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if args.device.startswith("cuda")
+        else torch.autocast("cpu", enabled=False)
+    )
     record_dir = args.record_dir or args.out
     record_dir.mkdir(parents=True, exist_ok=True)
     log_rows = []
@@ -200,7 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     dtype = getattr(torch, args.dtype)
     model.to(dtype).to("cpu")
     model.config.torch_dtype = args.dtype
-    model.generation_config.update(bos_token_id=1, eos_token_id=0, pad_token_id=0, do_sample=True, temperature=0.6, top_p=0.95)
+    model.generation_config.update(
+        bos_token_id=1, eos_token_id=0, pad_token_id=0, do_sample=True, temperature=0.6, top_p=0.95
+    )
     save_kwargs = {"max_shard_size": args.max_shard_size} if args.max_shard_size else {}
     model.save_pretrained(args.out, **save_kwargs)
     if args.tokenizer.resolve() != args.out.resolve():
