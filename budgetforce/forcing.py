@@ -375,4 +375,7 @@ class StatsBoard:
     def close(self) -> None:
         self._shm.close()
         if self._owner:
-            self._shm.unlink()
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:  # an engine process's resource tracker got there first
+                pass

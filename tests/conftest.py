@@ -26,6 +26,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
+def engine_kwargs() -> dict[str, Any]:
+    """vLLM engine arguments every test engine shares."""
+    return dict(ENGINE_KWARGS)
+
+
+@pytest.fixture(scope="session")
 def tiny_r1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from budgetforce.tinymodel import build_tiny_model
 

@@ -23,15 +23,13 @@ PROMPTS = [[{"role": "user", "content": f"question {i}: how many apples {i * 7} 
 
 
 @pytest.fixture(scope="session")
-def plain_llm(run: Callable, tiny_r1: Path) -> Iterator[Any]:
+def plain_llm(run: Callable, tiny_r1: Path, engine_kwargs: dict[str, Any]) -> Iterator[Any]:
     """vLLM with no budgetforce processor at all: the reference for untouched requests."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from tests.conftest import ENGINE_KWARGS
-
     async def make() -> Any:
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(tiny_r1), **ENGINE_KWARGS))
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(tiny_r1), **engine_kwargs))
 
     llm = run(make())
     yield llm
