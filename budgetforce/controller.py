@@ -56,6 +56,11 @@ class ForcingPlan:
         return self.eos | {self.think_end[0]}
 
     @property
+    def special(self) -> frozenset[int]:
+        """Every token that can change a controller's state when it appears (see `quiet`)."""
+        return self.close_attempts | {w[0] for w in self.waits} | set(self.think_start) | set(self.think_end)
+
+    @property
     def forced_end_length(self) -> int:
         return len(self.think_end) + len(self.answer_prefix)
 
@@ -130,6 +135,30 @@ class ThinkingController:
         if self.plan.max_thinking is None:
             return None
         return self.plan.max_thinking - self.thinking_tokens
+
+    def quiet(self) -> int:
+        """How many tokens outside `plan.special` may follow without changing `action()`.
+
+        Adapters use it to skip the controller on ordinary tokens (`accept_quiet`).
+        """
+        if self._queue:
+            return 0
+        if self.phase is Phase.THINKING:
+            p, left = self.plan, 1 << 62
+            if self.guarding:
+                left = p.min_thinking - self.thinking_tokens - 1
+            if p.max_thinking is not None:
+                left = min(left, p.max_thinking - self.thinking_tokens - 1)
+            return max(left, 0)
+        if self.phase is Phase.BEFORE:
+            return 1 << 62 if len(self.plan.think_start) == 1 else 0
+        return 1 << 62
+
+    def accept_quiet(self) -> None:
+        """`accept` for a token outside `plan.special` while `quiet()` allows it."""
+        self.n_out += 1
+        if self.phase is Phase.THINKING:
+            self.thinking_tokens += 1
 
     @property
     def stats(self) -> ForcingStats:

@@ -20,7 +20,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from budgetforce.budget import Budget
-from budgetforce.controller import Action, ForcingPlan, ThinkingController
+from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -84,8 +84,11 @@ class _Row:
     greedy: bool
     temperature: float
     rng: random.Random
+    special: frozenset[int]  # tokens that need the controller (`ForcingPlan.special`)
     seen: int = 0  # output ids already fed to the controller
-    pending: tuple[int, float] | None = None  # last guard step: (wait token, P(a wait there replaced a close))
+    quiet: int = 0  # ordinary tokens that may still skip the controller
+    action: tuple[Action, int] = (Action.FREE, -1)
+    share_pos: int = -1  # where last step's guard share for this row lies, if it was guarded
     board: StatsBoard | None = None
     slot: int = -1
     reported: tuple[int, bool] = (0, False)
@@ -123,11 +126,12 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         self.pin = is_pin_memory and device.type != "cpu"
         self.rows: dict[int, _Row] = {}
         self._model = vllm_config.model_config.tokenizer if vllm_config.model_config else None
+        self._forcing: dict[int, int] = {}  # batch row -> token forced this step
+        self._moving: dict[int, tuple[_Row, int, bool]] = {}  # batch row -> (state, target, is a guard)
+        self._moves: tuple | None = None  # index tensors for `_moving`; None: rebuild
         self._shares_host = torch.zeros(64, dtype=torch.float32, pin_memory=self.pin)
         self._shares_ready: torch.cuda.Event | None = None
-        self._guarded: list[tuple[_Row, int, int]] = []  # (row, wait token, position in the host buffer)
-        self._moves_key: tuple = ()
-        self._moves: tuple = ()
+        self._shares: list[float] | None = None  # last step's guard shares, read lazily
         self._boards: dict[str, StatsBoard] = {}
 
     @classmethod
@@ -151,19 +155,27 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         if batch_update is None:
             return
         for index in batch_update.removed:
-            self.rows.pop(index, None)
+            self._drop(index)
         for index, params, prompt_ids, out_ids in batch_update.added:
+            self._drop(index)
             row = self._new_row(params, prompt_ids or [], out_ids)
-            if row is None:
-                self.rows.pop(index, None)
-            else:
+            if row is not None:
                 self.rows[index] = row
         for a, b, direction in batch_update.moved:
-            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
-            if ra is not None:
-                self.rows[b] = ra
-            if rb is not None and direction == MoveDirectionality.SWAP:
-                self.rows[a] = rb
+            swap = direction == MoveDirectionality.SWAP
+            for table in (self.rows, self._forcing, self._moving):
+                va, vb = table.pop(a, None), table.pop(b, None)
+                if va is not None:
+                    table[b] = va  # type: ignore[index]
+                if vb is not None and swap:
+                    table[a] = vb  # type: ignore[index]
+            self._moves = None
+
+    def _drop(self, index: int) -> None:
+        self.rows.pop(index, None)
+        self._forcing.pop(index, None)
+        if self._moving.pop(index, None) is not None:
+            self._moves = None
 
     def _new_row(self, params: SamplingParams, prompt_ids: list[int], out_ids: list[int]) -> _Row | None:
         args = params.extra_args or {}
@@ -182,6 +194,7 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             return None
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         return _Row(
+            special=plan.special,
             ctl=ThinkingController(plan, prompt_ids),
             out=out_ids,
             greedy=params.temperature < _GREEDY_EPS,
@@ -205,61 +218,75 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
-        self._collect_shares()
-        force_rows: list[int] = []
-        force_ids: list[int] = []
-        moves: list[tuple[int, _Row, int, bool]] = []  # (row, state, target token, is a guard)
-        for index, row in self.rows.items():
-            self._feed(row)
-            kind, token = row.ctl.action()
-            if kind == Action.FORCE:
-                force_rows.append(index)
-                force_ids.append(token)
-            elif kind == Action.GUARD:
-                moves.append((index, row, token, True))
-            elif kind == Action.REDIRECT:
-                moves.append((index, row, token, False))
-        if force_rows:
-            rows_t = self._tensor(force_rows, torch.long)
+        for index, row in list(self.rows.items()):
+            out = row.out
+            n = len(out)
+            # Fast path: one new ordinary token, and the controller said nothing can change.
+            if row.quiet > 0 and n == row.seen + 1 and out[-1] not in row.special:
+                row.quiet -= 1
+                row.seen = n
+                row.ctl.accept_quiet()
+                continue
+            self._step_row(index, row)
+        if self._forcing:
+            rows_t = self._tensor(list(self._forcing), torch.long)
             logits.index_fill_(0, rows_t, float("-inf"))
-            logits.index_put_((rows_t, self._tensor(force_ids, torch.long)), self._zero(logits.device))
-        if moves:
-            self._move_mass(logits, moves)
+            logits.index_put_((rows_t, self._tensor(list(self._forcing.values()), torch.long)), self._zero(logits.device))
+        if self._moving:
+            self._move_mass(logits)
         return logits
 
-    def _feed(self, row: _Row) -> None:
+    def _step_row(self, index: int, row: _Row) -> None:
+        """Feed a row's new ids to its controller and file its next action."""
+        ctl = row.ctl
         out = row.out
         while row.seen < len(out):
             token = out[row.seen]
             if token < 0:  # an async-scheduling placeholder not repaired yet
                 break
             replaced = False
-            if row.pending is not None:
-                (wait, share), row.pending = row.pending, None
-                # Posterior draw: the sampled wait token came from the close attempts' mass with
+            if row.share_pos >= 0:
+                # Posterior draw: a sampled wait token stood for the close attempts' mass with
                 # probability `share`; this makes (token, branch) distributed exactly as in s1.
-                replaced = token == wait and (share >= 1.0 or (share > 0.0 and row.rng.random() < share))
-            elif row.seen < len(out) - 1 and row.ctl.guarding:
+                if token == row.action[1]:
+                    share = self._read_shares()[row.share_pos]
+                    replaced = share >= 1.0 or (share > 0.0 and row.rng.random() < share)
+                row.share_pos = -1
+            elif row.seen < len(out) - 1 and ctl.guarding:
                 # Replaying ids from before a preemption: a guarded wait token was a replacement.
-                replaced = token == row.ctl.action()[1]
-            row.ctl.accept(token, replaced)
+                replaced = token == ctl.action()[1]
+            ctl.accept(token, replaced)
             row.seen += 1
         if row.board is not None:
-            now = (row.ctl.waits_inserted, row.ctl.forced_end)
+            now = (ctl.waits_inserted, ctl.forced_end)
             if now != row.reported:
                 row.board.write(row.slot, *now)
                 row.reported = now
-
-    def _collect_shares(self) -> None:
-        """Hand last step's guard shares to their rows."""
-        if not self._guarded:
+        action = ctl.action()
+        row.quiet = ctl.quiet()
+        row.share_pos = -1
+        if action == row.action and action[0] != Action.FORCE:
             return
-        if self._shares_ready is not None:
-            self._shares_ready.synchronize()  # long done: vLLM has synced on the sampled ids since
-        shares = self._shares_host.tolist()
-        for row, wait, pos in self._guarded:
-            row.pending = (wait, shares[pos])
-        self._guarded = []
+        row.action = action
+        kind, token = action
+        self._forcing.pop(index, None)
+        if self._moving.pop(index, None) is not None:
+            self._moves = None
+        if kind == Action.FORCE:
+            self._forcing[index] = token
+        elif kind in (Action.GUARD, Action.REDIRECT):
+            self._moving[index] = (row, token, kind == Action.GUARD)
+            self._moves = None
+        elif ctl.phase is Phase.ANSWERING:
+            del self.rows[index]  # answering freely: nothing left to enforce
+
+    def _read_shares(self) -> list[float]:
+        """Last step's guard shares (read once a step, after vLLM has synced on the sampled ids)."""
+        if self._shares is None:
+            if self._shares_ready is not None:
+                self._shares_ready.synchronize()  # long done by now
+            self._shares = self._shares_host.tolist()
+        return self._shares
 
     def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         t = torch.tensor(values, dtype=dtype, pin_memory=self.pin)
@@ -270,20 +297,19 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
     def _zero(device: torch.device) -> torch.Tensor:
         return torch.zeros((), device=device)
 
-    def _move_mass(self, logits: torch.Tensor, moves: list[tuple[int, _Row, int, bool]]) -> None:
-        """Ban each row's source tokens and move their probability mass onto its target token.
+    def _move_mass(self, logits: torch.Tensor) -> None:
+        """Ban each moving row's source tokens and move their probability mass onto its target.
 
         Guard rows: sources are the close attempts, the target the first wait token. Redirect
         rows: sources are EOS, the target the close. Mass moves at the row's temperature
         (greedy rows: the target's logit becomes the max). Each guard row also sends back its
         share: P(the target, if sampled, stands for a source) = p_sources / (p_sources + p_target),
         exactly 0 or 1 for greedy rows. Only these few columns are touched: no vocabulary pass.
-        The index tensors are rebuilt only when the set of rows or targets changes.
+        The index tensors are rebuilt only when a row starts or stops moving.
         """
-        key = tuple((i, t, g) for i, _, t, g in moves)
-        if key != self._moves_key:
-            self._moves_key, self._moves = key, self._prepare_moves(moves)
-        rows, cols, pad, temp, inv_temp, greedy, mode, guard_pos = self._moves
+        if self._moves is None:
+            self._moves = self._prepare_moves()
+        rows, cols, pad, temp, inv_temp, greedy, mode, guards = self._moves
         picked = logits[rows, cols]
         target, sources = picked[:, 0], picked[:, 1:] + pad
         if mode != "sampled":
@@ -301,34 +327,36 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             merged, share = torch.where(greedy, g_merged, s_merged), torch.where(greedy, g_share, s_share)
         logits[rows[:, 1:], cols[:, 1:]] = float("-inf")
         logits[rows[:, 0], cols[:, 0]] = merged
-        if guard_pos:
-            n = len(moves)
+        self._shares = None
+        if guards:
+            n = len(self._moving)
             if self._shares_host.numel() < n:
                 self._shares_host = torch.zeros(max(64, 2 * n), dtype=torch.float32, pin_memory=self.pin)
             self._shares_host[:n].copy_(share, non_blocking=True)
             if self.device.type == "cuda":
                 self._shares_ready = torch.cuda.Event()
                 self._shares_ready.record()
-            self._guarded = [(moves[p][1], moves[p][2], p) for p in guard_pos]
+            for row, pos in guards:
+                row.share_pos = pos
 
-    def _prepare_moves(self, moves: list[tuple[int, _Row, int, bool]]) -> tuple:
-        sources = [tuple(sorted(r.ctl.plan.close_attempts if g else r.ctl.plan.eos)) for _, r, _, g in moves]
+    def _prepare_moves(self) -> tuple:
+        moves = list(self._moving.items())
+        sources = [tuple(sorted(r.ctl.plan.close_attempts if g else r.ctl.plan.eos)) for _, (r, _, g) in moves]
         k = max(len(s) for s in sources)
-        cols = [[t, *s, *[s[0]] * (k - len(s))] for (_, _, t, _), s in zip(moves, sources)]
+        cols = [[t, *s, *[s[0]] * (k - len(s))] for (_, (_, t, _)), s in zip(moves, sources)]
         pad = [[0.0] * len(s) + [float("-inf")] * (k - len(s)) for s in sources]
-        greedy_flags = [r.greedy for _, r, _, _ in moves]
+        greedy_flags = [r.greedy for _, (r, _, _) in moves]
         mode = "greedy" if all(greedy_flags) else "sampled" if not any(greedy_flags) else "mixed"
-        rows = self._tensor([i for i, _, _, _ in moves], torch.long)[:, None].expand(-1, k + 1)
-        temps = [r.temperature for _, r, _, _ in moves]
+        temps = [r.temperature for _, (r, _, _) in moves]
         return (
-            rows,
+            self._tensor([i for i, _ in moves], torch.long)[:, None].expand(-1, k + 1),
             self._tensor(cols, torch.long),
             self._tensor(pad, torch.float32),
             self._tensor(temps, torch.float32),
             self._tensor([1.0 / t for t in temps], torch.float32),
             self._tensor(greedy_flags, torch.bool),
             mode,
-            [p for p, (_, _, _, g) in enumerate(moves) if g],
+            [(r, p) for p, (_, (r, _, g)) in enumerate(moves) if g],
         )
 
 
