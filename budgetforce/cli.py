@@ -177,6 +177,9 @@ except ImportError:  # pragma: no cover
     bench_app = None
 if bench_app is not None:
     app.add_typer(bench_app, name="bench")
+    from budgetforce.distill.cli import app as distill_app  # needs the benchmarks too
+
+    app.add_typer(distill_app, name="distill")
 
 
 if __name__ == "__main__":
