@@ -1,0 +1,133 @@
+"""`budgetforce.vllm` without a server: the entry point, its inert default, and the runner checks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate
+
+from budgetforce import Budget
+from budgetforce.forcing import EXTRA_KEY, plan_to_args
+from budgetforce.vllm import (
+    ASYNC_PLUGIN_ERROR,
+    PLUGIN_ENV,
+    RUNNER_V2_ERROR,
+    BudgetForcing,
+    BudgetForcingPlugin,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINT = "budgetforce.vllm:BudgetForcingPlugin"
+
+
+def config(model: Path, named: list[Any] | None = None, async_scheduling: bool = False) -> Any:
+    """The slice of `VllmConfig` the processors read."""
+    return SimpleNamespace(
+        model_config=SimpleNamespace(tokenizer=str(model), logits_processors=named),
+        scheduler_config=SimpleNamespace(async_scheduling=async_scheduling),
+    )
+
+
+def added(index: int, params: SamplingParams) -> BatchUpdate:
+    return BatchUpdate(batch_size=index + 1, removed=[], added=[(index, params, [0, 4], [])], moved=[])
+
+
+BUDGETED = SamplingParams(max_tokens=64, extra_args={"min_thinking_tokens": 8})
+BAD = SamplingParams(max_tokens=64, extra_args={"min_thinking_tokens": -1})
+
+
+def test_entry_point_is_declared_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyproject's entry point, installed as a dist-info, is what vLLM's plugin loader returns."""
+    from vllm.v1.sample.logits_processor import _load_logitsprocs_plugins
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert table["vllm.logits_processors"] == {"budgetforce": ENTRY_POINT}
+    info = tmp_path / "budgetforce-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: budgetforce\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[vllm.logits_processors]\nbudgetforce = {ENTRY_POINT}\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *[p for p in sys.path if p not in ("", str(ROOT))]])
+    assert BudgetForcingPlugin in _load_logitsprocs_plugins()
+
+
+def test_plugin_is_inert_by_default(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PLUGIN_ENV, raising=False)
+    plugin = BudgetForcingPlugin(config(tiny_r1), torch.device("cpu"), False)
+    plugin.update_state(added(0, BUDGETED))
+    logits = torch.randn(1, 8)
+    before = logits.clone()
+    assert not plugin.rows and plugin.apply(logits) is logits and torch.equal(logits, before)
+    BudgetForcingPlugin.validate_params(BAD)  # someone else's engine: not ours to refuse
+
+
+def test_enabled_plugin_budgets_xargs_only(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PLUGIN_ENV, "1")
+    plugin = BudgetForcingPlugin(config(tiny_r1), torch.device("cpu"), False)
+    with pytest.raises(ValueError, match="min_thinking_tokens"):
+        BudgetForcingPlugin.validate_params(BAD)
+    plugin.update_state(added(0, BUDGETED))
+    assert 0 in plugin.rows
+    plan = plugin._profile.plan(Budget(min_thinking_tokens=8))
+    own = SamplingParams(max_tokens=64, extra_args=plan_to_args(plan))
+    assert EXTRA_KEY in own.extra_args
+    plugin.update_state(added(1, own))
+    assert 1 not in plugin.rows  # budgetforce's engine plan belongs to its named processor
+
+
+@pytest.mark.parametrize("named", [["budgetforce.forcing:BudgetForcingLogitsProcessor"], [BudgetForcing]])
+def test_enabled_plugin_stands_aside_for_named_processor(
+    tiny_r1: Path, monkeypatch: pytest.MonkeyPatch, named: list[Any]
+) -> None:
+    monkeypatch.setenv(PLUGIN_ENV, "1")
+    plugin = BudgetForcingPlugin(config(tiny_r1, named=named), torch.device("cpu"), False)
+    plugin.update_state(added(0, BUDGETED))
+    assert not plugin.enabled and not plugin.rows
+
+
+def test_enabled_plugin_refuses_async_scheduling(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PLUGIN_ENV, "1")
+    with pytest.raises(RuntimeError, match="--no-async-scheduling") as err:
+        BudgetForcingPlugin(config(tiny_r1, async_scheduling=True), torch.device("cpu"), False)
+    assert str(err.value) == ASYNC_PLUGIN_ERROR
+    # named processors get their placeholder ids repaired by vLLM: async scheduling is fine for them
+    BudgetForcing(config(tiny_r1, async_scheduling=True), torch.device("cpu"), False)
+
+
+def test_runner_v2_loads_both_and_gets_a_clear_error(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model Runner V2 (vLLM >= 0.30) constructs processors as `(vllm_config, req_states)`."""
+    from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_by_fqcns
+
+    assert _load_v2_logitsprocs_by_fqcns(["budgetforce.vllm:BudgetForcing", ENTRY_POINT]) == [
+        BudgetForcing, BudgetForcingPlugin,
+    ]  # fmt: skip
+    req_states = SimpleNamespace()
+    with pytest.raises(RuntimeError, match="VLLM_USE_V2_MODEL_RUNNER=0") as err:
+        BudgetForcing(config(tiny_r1), req_states)
+    assert str(err.value) == RUNNER_V2_ERROR
+    monkeypatch.delenv(PLUGIN_ENV, raising=False)
+    inert = BudgetForcingPlugin(config(tiny_r1), req_states)  # other engines in the environment still start
+    logits = torch.randn(2, 8)
+    assert not inert.add_request(0, BUDGETED) and inert.apply(logits, object()) is logits
+    monkeypatch.setenv(PLUGIN_ENV, "1")
+    with pytest.raises(RuntimeError, match="VLLM_USE_V2_MODEL_RUNNER=0"):
+        BudgetForcingPlugin(config(tiny_r1), req_states)
+
+
+def test_unknown_model_stops_the_start(tiny_s1: Path, tmp_path: Path) -> None:
+    """A chat model without thinking delimiters: a clear error when the engine starts."""
+    import shutil
+
+    plain = tmp_path / "plain-chat"
+    plain.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tiny_s1 / name).exists():
+            shutil.copy(tiny_s1 / name, plain / name)
+    with pytest.raises(RuntimeError, match="cannot tell how this model delimits its thinking"):
+        BudgetForcing(config(plain), torch.device("cpu"), False)
