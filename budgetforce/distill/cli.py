@@ -299,6 +299,7 @@ def eval_command(
         list[str] | None,
         Opt("--serve-arg", help="Extra `budgetforce serve` argument for MODEL_DIR targets (repeatable)."),
     ] = None,
+    overwrite: Annotated[bool, Opt(help="Discard earlier samples of these targets (after retraining).")] = False,
     api_key: ApiKey = None,
     progress: Progress = True,
     verbose: Verbose = False,
@@ -313,7 +314,9 @@ def eval_command(
                           prompt_template)  # fmt: skip
         budget = BudgetSettings(max_thinking_tokens=max_thinking_tokens)
         serve_args = tuple(a for arg in serve_arg or [] for a in shlex.split(arg))
-        table = evaluate_targets(eval_, targets, out, max_tokens, budget, concurrency, progress, serve_args, api_key)
+        table = evaluate_targets(
+            eval_, targets, out, max_tokens, budget, concurrency, progress, serve_args, api_key, overwrite
+        )
     except BenchError as exc:
         fail(str(exc))
     view = Table(title=table["title"])

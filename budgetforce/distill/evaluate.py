@@ -3,7 +3,7 @@
 A target is ``NAME=PATH`` (a model folder, served here with `budgetforce serve` on a free loopback
 port for the duration of its evaluation, then stopped) or ``NAME=URL`` (an OpenAI-compatible API
 root already serving it). Each target's samples go to ``OUT/NAME/`` in the harness's format, so
-a rerun resumes; the table goes to ``OUT/table.md`` and ``OUT/table.json``.
+a rerun resumes (``--overwrite`` after retraining a target); the table goes to ``OUT/table.md`` and ``OUT/table.json``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,6 @@ async def evaluate_url(eval_: Eval, url: str, out_dir: Path, max_tokens: int, bu
     config = accuracy.RunConfig(eval=eval_.name, model=model_id, backend="budgetforce", max_tokens=max_tokens,
                                 temperature=0.0, prompt_template=eval_.QUERY_TEMPLATE)  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / accuracy.RUN_FILE).unlink(missing_ok=True)  # a retrained model keeps its target name
     accuracy.check_run_config(out_dir, config)
     sampler = ChatSampler(url, model_id, "budgetforce", max_tokens, 0.0, api_key=api_key)
     try:
@@ -139,18 +138,21 @@ def markdown(rows: dict[str, dict[str, Any]], title: str) -> str:
 
 def evaluate_targets(eval_: Eval, targets: list[tuple[str, str]], out_dir: Path, max_tokens: int = 1024,
                      budget: BudgetSettings | None = None, concurrency: int = 8, progress: bool = True,
-                     serve_args: tuple[str, ...] = (), api_key: str | None = None) -> dict[str, Any]:  # fmt: skip
+                     serve_args: tuple[str, ...] = (), api_key: str | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
     """Evaluate each target in turn (one server at a time); write and return the table."""
     import asyncio
 
     budget = budget or BudgetSettings()
-
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     kwargs = {"max_tokens": max_tokens, "budget": budget, "concurrency": concurrency, "progress": progress,
               "api_key": api_key}  # fmt: skip
     for name, where in targets:
         target_dir = out_dir / name
+        if overwrite:
+            for stale in (accuracy.SAMPLES_FILE, accuracy.RUN_FILE):
+                (target_dir / stale).unlink(missing_ok=True)
         if where.startswith(("http://", "https://")):
             rows[name] = asyncio.run(evaluate_url(eval_, where, target_dir, **kwargs))
         else:
