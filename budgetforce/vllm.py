@@ -86,6 +86,21 @@ class BudgetForcing(BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
         except ProfileError as e:
             raise RuntimeError(f"budgetforce cannot force budgets on {self._model}: {e}") from None
 
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        """Also refuses `vllm_xargs.budgetforce`: the engine plan's key, which no client can fill correctly."""
+        if EXTRA_KEY in (sampling_params.extra_args or {}):
+            raise ValueError(
+                f"`vllm_xargs.{EXTRA_KEY}` is reserved for budgetforce's own engine; "
+                "pass `min_thinking_tokens`, `max_thinking_tokens`, `max_waits`, ... instead"
+            )
+        super().validate_params(sampling_params)
+
+    def _new_row(self, params: SamplingParams, prompt_ids: list[int], out_ids: list[int]) -> Any:
+        if EXTRA_KEY in (params.extra_args or {}):
+            return None  # budgetforce's own engine plan (its named processor's), never a client's
+        return super()._new_row(params, prompt_ids, out_ids)
+
 
 class BudgetForcingPlugin(BudgetForcing):
     """The `vllm.logits_processors` entry point: inert unless `BUDGETFORCE_VLLM_PLUGIN=1`.
@@ -112,20 +127,18 @@ class BudgetForcingPlugin(BudgetForcing):
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        if plugin_enabled():
-            super().validate_params(sampling_params)
+        if plugin_enabled():  # budgetforce's own engine plans pass: its named processor reads them
+            super(BudgetForcing, cls).validate_params(sampling_params)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if self.enabled:
             super().update_state(batch_update)
 
-    def _new_row(self, params: SamplingParams, prompt_ids: list[int], out_ids: list[int]) -> Any:
-        if EXTRA_KEY in (params.extra_args or {}):
-            return None  # budgetforce's own engine plan: its named processor owns it
-        return super()._new_row(params, prompt_ids, out_ids)
-
     def apply(self, logits: torch.Tensor, *ctx: Any) -> torch.Tensor:
         return super().apply(logits) if self.enabled else logits
+
+    def is_argmax_invariant(self) -> bool:
+        return not self.enabled  # inert: it changes nothing, so greedy rows may skip it
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         return False  # runner V2: only ever constructed inert (an enabled one raised)

@@ -64,6 +64,7 @@ def test_plugin_is_inert_by_default(tiny_r1: Path, monkeypatch: pytest.MonkeyPat
     logits = torch.randn(1, 8)
     before = logits.clone()
     assert not plugin.rows and plugin.apply(logits) is logits and torch.equal(logits, before)
+    assert plugin.is_argmax_invariant()  # greedy rows skip it
     BudgetForcingPlugin.validate_params(BAD)  # someone else's engine: not ours to refuse
 
 
@@ -73,10 +74,10 @@ def test_enabled_plugin_budgets_xargs_only(tiny_r1: Path, monkeypatch: pytest.Mo
     with pytest.raises(ValueError, match="min_thinking_tokens"):
         BudgetForcingPlugin.validate_params(BAD)
     plugin.update_state(added(0, BUDGETED))
-    assert 0 in plugin.rows
+    assert 0 in plugin.rows and not plugin.is_argmax_invariant()
     plan = plugin._profile.plan(Budget(min_thinking_tokens=8))
     own = SamplingParams(max_tokens=64, extra_args=plan_to_args(plan))
-    assert EXTRA_KEY in own.extra_args
+    BudgetForcingPlugin.validate_params(own)  # budgetforce's engine sends these: not the plugin's to refuse
     plugin.update_state(added(1, own))
     assert 1 not in plugin.rows  # budgetforce's engine plan belongs to its named processor
 
@@ -131,3 +132,9 @@ def test_unknown_model_stops_the_start(tiny_s1: Path, tmp_path: Path) -> None:
             shutil.copy(tiny_s1 / name, plain / name)
     with pytest.raises(RuntimeError, match="cannot tell how this model delimits its thinking"):
         BudgetForcing(config(plain), torch.device("cpu"), False)
+
+
+def test_clients_cannot_send_an_engine_plan() -> None:
+    """`vllm_xargs.budgetforce` would reach the engine as a malformed plan: refused at the edge."""
+    with pytest.raises(ValueError, match="reserved"):
+        BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={EXTRA_KEY: "x"}))
