@@ -11,8 +11,8 @@ class IncrementalDecoder:
     """Turns ids into text deltas one id at a time, holding back incomplete characters.
 
     Backed by the `tokenizers` library's `DecodeStream` (Rust, a few µs per id), so the text
-    never depends on how a stream was chunked. A character still incomplete when the stream
-    ends is dropped, as vLLM's own detokeniser does.
+    never depends on how a stream was chunked. `flush()` gives up a character still incomplete
+    when a text ends, as U+FFFD, the way `tokenizer.decode` of the same ids does.
 
     Example:
         >>> dec = IncrementalDecoder(tok)   # doctest: +SKIP
@@ -20,12 +20,27 @@ class IncrementalDecoder:
         True
     """
 
-    __slots__ = ("_backend", "_stream")
+    __slots__ = ("_backend", "_stream", "_held")
 
     def __init__(self, tokenizer: Any) -> None:
         self._backend = tokenizer.backend_tokenizer  # a "fast" tokenizer's Rust core
         self._stream = DecodeStream(skip_special_tokens=True)
+        self._held: list[int] = []  # ids the stream has not turned into text yet
 
     def push(self, ids: list[int]) -> str:
-        step, backend = self._stream.step, self._backend
-        return "".join(filter(None, (step(backend, i) for i in ids)))
+        parts = []
+        for i in ids:
+            text = self._stream.step(self._backend, i)
+            if text is None:
+                self._held.append(i)
+            else:
+                self._held.clear()
+                parts.append(text)
+        return "".join(parts)
+
+    def flush(self) -> str:
+        """The held-back ids as text (an incomplete character becomes U+FFFD)."""
+        text = self._backend.decode(self._held, skip_special_tokens=True) if self._held else ""
+        self._held.clear()
+        self._stream = DecodeStream(skip_special_tokens=True)
+        return text

@@ -347,7 +347,7 @@ class _Splitter:
                 del self._held[: len(self._held) - keep]
             elif before is Phase.THINKING:
                 self._held.clear()  # they were the close delimiter
-                closed = self._reasoning.push(r_ids)
+                closed = self._reasoning.push(r_ids) + self._reasoning.flush()  # the reasoning is complete
                 r_ids = []
             elif before is Phase.ANSWERING or ctl.phase is Phase.BEFORE:
                 a_ids.append(t)
@@ -355,10 +355,10 @@ class _Splitter:
         return reasoning, self._answer.push(a_ids) if a_ids else ""
 
     def flush(self) -> tuple[str, str]:
-        """At the end: a still-open thinking gives up the ids it held back."""
+        """At the end: both texts give up what they held back."""
         held = self._reasoning.push(self._held) if self.ctl.phase is Phase.THINKING else ""
         self._held = []
-        return held, ""
+        return held + self._reasoning.flush(), self._answer.flush()
 
 
 def _close_prefix(held: list[int], end: tuple[int, ...]) -> int:

@@ -21,6 +21,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from budgetforce.budget import Budget
 from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController
+from budgetforce.profile import ProfileError
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -139,6 +140,10 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         """Reject bad `vllm_xargs` budgets before the request runs (HTTP 400 in `vllm serve`)."""
         args = sampling_params.extra_args
         if args and EXTRA_KEY in args:
+            try:
+                plan_from_args(args)
+            except Exception as e:
+                raise ValueError(f"`{EXTRA_KEY}` in extra_args is not a budgetforce plan: {e!r}") from None
             return
         try:
             budget = budget_from_xargs(args)
@@ -189,7 +194,11 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             budget = budget_from_xargs(args)
             if budget is None or not budget.is_active:
                 return None
-            plan = self._profile.plan(budget)
+            try:
+                plan = self._profile.plan(budget)
+            except ProfileError as e:  # never take the engine down over one request
+                log.error("budget ignored: %s", e)
+                return None
         if not plan.is_active:
             return None
         seed = params.seed if params.seed is not None else random.getrandbits(63)

