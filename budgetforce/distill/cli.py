@@ -201,9 +201,9 @@ def build(
         chars = "-" if t["mean_target_chars"] is None else f"{t['mean_target_chars']:.0f}"
         table.add_row(name, str(t["records"]), str(t["problems"]), chars, t["path"])
     console.print(table)
+    reasons = {"teacher": "the run kept no traces" if from_run else "no --from run"}
     for name in summary["unavailable"]:
-        console.print(f"[yellow]target `{name}` unavailable" + (" (no --from run)" if name == "teacher" else
-                      " (the data set has no rationales)"))  # fmt: skip
+        console.print(f"[yellow]target `{name}` unavailable ({reasons.get(name, 'the data set has no rationales')})")
 
 
 @app.command()

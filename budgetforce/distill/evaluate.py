@@ -100,21 +100,14 @@ def stop_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # engine processes left behind by a server that died
 
 
-async def evaluate_url(eval_: Eval, url: str, out_dir: Path, max_tokens: int, budget: BudgetSettings,
-                       concurrency: int, progress: bool, api_key: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """One target through the harness: accuracy, mean thinking and mean output (completion) tokens."""
-    model_id, _ = await served_model(url, api_key)
-    config = accuracy.RunConfig(eval=eval_.name, model=model_id, backend="budgetforce", max_tokens=max_tokens,
-                                temperature=0.0, prompt_template=eval_.QUERY_TEMPLATE)  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    accuracy.check_run_config(out_dir, config)
-    sampler = ChatSampler(url, model_id, "budgetforce", max_tokens, 0.0, api_key=api_key)
-    try:
-        rows = await accuracy.run_sweep(eval_, sampler, [budget], out_dir, concurrency, 1, progress)
-    finally:
-        await sampler.aclose()
-    summary = accuracy.summarize(rows, [budget])
-    point = summary["points"][0]
+def run_config(eval_: Eval, model_id: str, max_tokens: int) -> accuracy.RunConfig:
+    return accuracy.RunConfig(eval=eval_.name, model=model_id, backend="budgetforce", max_tokens=max_tokens,
+                              temperature=0.0, prompt_template=eval_.QUERY_TEMPLATE)  # fmt: skip
+
+
+def table_row(rows: list[dict[str, Any]], budget: BudgetSettings) -> dict[str, Any]:
+    """A target's line of the table: accuracy, mean output (completion) and mean thinking tokens."""
+    point = accuracy.summarize(rows, [budget])["points"][0]
     graded = [r for r in rows if r.get("error") is None and r.get("completion_tokens") is not None]
     return {
         "n": int(point["n"]),
@@ -123,6 +116,32 @@ async def evaluate_url(eval_: Eval, url: str, out_dir: Path, max_tokens: int, bu
         "mean_output_tokens": sum(r["completion_tokens"] for r in graded) / len(graded) if graded else None,
         "mean_thinking_tokens": point["mean_thinking_tokens"],
     }
+
+
+def finished_rows(eval_: Eval, out_dir: Path, budget: BudgetSettings, config: accuracy.RunConfig) -> list[dict[str, Any]] | None:  # fmt: skip
+    """The target's sample lines when an earlier run with the same settings finished them all, else None."""
+    run_file = out_dir / accuracy.RUN_FILE
+    if not run_file.is_file() or json.loads(run_file.read_text()) != config.model_dump():
+        return None
+    latest = accuracy.latest_by_key(accuracy.read_samples(out_dir / accuracy.SAMPLES_FILE))
+    keys = [accuracy.sample_key(budget, example, 0) for example in eval_.examples]
+    if any(key not in latest or latest[key].get("error") is not None for key in keys):
+        return None
+    return [latest[key] for key in keys]
+
+
+async def evaluate_url(eval_: Eval, url: str, out_dir: Path, max_tokens: int, budget: BudgetSettings,
+                       concurrency: int, progress: bool, api_key: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """One target through the harness (resuming `out_dir`); its line of the table."""
+    model_id, _ = await served_model(url, api_key)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accuracy.check_run_config(out_dir, run_config(eval_, model_id, max_tokens))
+    sampler = ChatSampler(url, model_id, "budgetforce", max_tokens, 0.0, api_key=api_key)
+    try:
+        rows = await accuracy.run_sweep(eval_, sampler, [budget], out_dir, concurrency, 1, progress)
+    finally:
+        await sampler.aclose()
+    return table_row(rows, budget)
 
 
 def markdown(rows: dict[str, dict[str, Any]], title: str) -> str:
@@ -155,6 +174,8 @@ def evaluate_targets(eval_: Eval, targets: list[tuple[str, str]], out_dir: Path,
                 (target_dir / stale).unlink(missing_ok=True)
         if where.startswith(("http://", "https://")):
             rows[name] = asyncio.run(evaluate_url(eval_, where, target_dir, **kwargs))
+        elif (done := finished_rows(eval_, target_dir, budget, run_config(eval_, name, max_tokens))) is not None:
+            rows[name] = table_row(done, budget)  # all samples are there: no need to serve the model again
         else:
             target_dir.mkdir(parents=True, exist_ok=True)
             with serve_model(where, name, serve_args, target_dir / "server.log") as url:
