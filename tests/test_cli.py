@@ -85,7 +85,9 @@ def test_cpu_engine_defaults(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> 
     from server.app import CPU_KV_CACHE_BYTES, engine_kwargs
 
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    assert engine_kwargs(tiny_r1, {}) == {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES, "dtype": "float32"}
+    assert engine_kwargs(tiny_r1, {}) == {
+        "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES, "dtype": "float32", "max_num_batched_tokens": 65536,
+    }
     explicit = {"gpu_memory_utilization": 0.05, "dtype": "bfloat16"}
     assert engine_kwargs(tiny_r1, explicit) == explicit
 
