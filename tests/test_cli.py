@@ -88,7 +88,7 @@ def test_cpu_engine_defaults(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert engine_kwargs(tiny_r1, {}) == {
         "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES, "dtype": "float32", "max_num_batched_tokens": 65536,
     }
-    explicit = {"gpu_memory_utilization": 0.05, "dtype": "bfloat16"}
+    explicit = {"gpu_memory_utilization": 0.05, "dtype": "bfloat16", "max_num_batched_tokens": 4096}
     assert engine_kwargs(tiny_r1, explicit) == explicit
 
 
