@@ -48,7 +48,7 @@ class ServerSettings(BaseSettings):
     `max_thinking_tokens_limit` caps every request's maximum, whatever its source.
     """
 
-    model_config = SettingsConfigDict(env_prefix="BUDGETFORCE_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix="BUDGETFORCE_", extra="ignore", validate_default=True, env_ignore_empty=True)
 
     # -- the model ---------------------------------------------------------------------------
     model: str | None = Field(None, description="Model path or Hugging Face id; None: the bundled student.")
