@@ -156,12 +156,10 @@ def detect_from_template(
     chatml = "<|im_start|>" in template
     if "<|im_start|>think" in template or "<|im_start|>answer" in template:
         return PRESETS["s1"]
-    if "<｜Assistant｜>" in template and has_think:
-        return PRESETS["r1-distill-llama" if vocab_size >= 128000 and vocab_size < 150000 else "r1-distill-qwen"]
-    if "<｜Assistant｜>" in template:
-        # Early R1 templates do not mention <think>; the special tokens still exist.
-        if "<think>" in tokens or not tokens:
-            return PRESETS["r1-distill-llama" if 128000 <= vocab_size < 150000 else "r1-distill-qwen"]
+    # Early R1 templates do not mention <think>, but the tokenizer still has the token.
+    if "<｜Assistant｜>" in template and (has_think or not tokens):
+        # Llama 3's vocabulary has 128k entries, Qwen2's 151k.
+        return PRESETS["r1-distill-llama" if 128000 <= vocab_size < 150000 else "r1-distill-qwen"]
     if chatml and "enable_thinking" in template:
         return PRESETS["qwen3"]
     if chatml and "<think>" in template:
