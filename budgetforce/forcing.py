@@ -142,12 +142,12 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         if args and EXTRA_KEY in args:
             try:
                 plan_from_args(args)
-            except Exception as e:
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise ValueError(f"`{EXTRA_KEY}` in extra_args is not a budgetforce plan: {e!r}") from None
             return
         try:
             budget = budget_from_xargs(args)
-        except Exception as e:  # pydantic's ValidationError reads well enough
+        except ValueError as e:  # pydantic's ValidationError is one, and reads well enough
             raise ValueError(f"invalid budget in vllm_xargs: {e}") from None
         if budget is not None and sampling_params.max_tokens is not None:
             budget.check_room(sampling_params.max_tokens, reserved=1)
