@@ -46,15 +46,27 @@ LOG_DIR = Path(os.environ.get("BUDGETFORCE_DOCKER_LOG_DIR") or tempfile.mkdtemp(
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 
 
+def _host_env() -> dict[str, str]:
+    """This process's environment for programs run inside an image.
+
+    vLLM's CPU build puts torch's libgomp into LD_PRELOAD once an engine has started in the
+    session; the image's programs must not inherit a path that exists only on the host.
+    """
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def _sh(cmd: list[str], *, log: str | None = None, timeout: float = 1800, check: bool = True) -> str:
     """Run a command; its output goes to LOG_DIR/<log> when named, and failures quote its tail."""
+    env = _host_env()
     if log is None:
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
         out = done.stdout + done.stderr
     else:
         path = LOG_DIR / log
         with path.open("w") as fh:
-            done = subprocess.run(cmd, check=False, stdout=fh, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+            done = subprocess.run(
+                cmd, check=False, stdout=fh, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env
+            )
         out = path.read_text()
     if check and done.returncode != 0:
         where = f" (log: {LOG_DIR / log})" if log else ""
@@ -288,7 +300,7 @@ def test_cpu_image_serves_a_budgeted_chat(cpu_root: Rootfs) -> None:
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             cpu_root.command(argv, BUDGETFORCE_PORT=str(port)), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env=_host_env(),
         )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
