@@ -258,6 +258,13 @@ def _first(levels: list[tuple[int | None, int | None, str | None]], i: int) -> t
 class SamplingFields(BudgetFields):
     """What chat and text completions share, besides the prompt."""
 
+    # vLLM's sampling extensions (OpenAI's own sampling fields sit in each request, in its order).
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    min_tokens: int | None = Field(None, ge=0)
+    ignore_eos: bool | None = None
+
     def sampling(self) -> dict[str, Any]:
         """vLLM `SamplingParams` fields of one choice (n, seed offsets and stop strings are the server's)."""
         out: dict[str, Any] = {"max_tokens": self.token_cap}
@@ -325,12 +332,6 @@ class ChatCompletionRequest(SamplingFields):
     top_p: TopP = None
     tools: list[dict[str, Any]] | None = Field(None, description="Not supported; must be empty.")
     user: str | None = None
-    # vLLM's sampling extensions.
-    top_k: int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, le=2)
-    min_tokens: int | None = Field(None, ge=0)
-    ignore_eos: bool | None = None
 
     @model_validator(mode="after")
     def _one_token_cap(self) -> ChatCompletionRequest:
@@ -386,11 +387,6 @@ class CompletionRequest(SamplingFields):
     temperature: Temperature = None
     top_p: TopP = None
     user: str | None = None
-    top_k: int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, le=2)
-    min_tokens: int | None = Field(None, ge=0)
-    ignore_eos: bool | None = None
 
     @model_validator(mode="after")
     def _unsupported(self) -> CompletionRequest:
