@@ -27,6 +27,7 @@ class Action(IntEnum):
     FORCE = 1  # exactly `token`
     GUARD = 2  # below the minimum: a close attempt becomes `token`, the first wait token
     REDIRECT = 3  # inside a budgeted thinking: end-of-sequence becomes `token`, the close
+    BAN = 4  # the first free token after a wait string: no close attempt (s1 resubmits with min_tokens=1)
 
 
 class ForcingError(RuntimeError):
@@ -90,7 +91,7 @@ class ThinkingController:
 
     __slots__ = (
         "plan", "phase", "thinking_tokens", "waits_inserted", "forced_end",
-        "think_end_at", "answer_at", "n_out", "_queue", "_recent", "_tail",
+        "think_end_at", "answer_at", "n_out", "_queue", "_recent", "_tail", "just_waited",
     )
 
     def __init__(self, plan: ForcingPlan, prompt_ids: list[int]) -> None:
@@ -102,6 +103,7 @@ class ThinkingController:
         self.think_end_at: int | None = None  # completion index where the close delimiter starts
         self.answer_at: int | None = None  # completion index where the answer starts
         self._queue: deque[int] = deque()
+        self.just_waited = False  # a wait string was just completed: the next token may not close
         self._recent: deque[int] = deque(prompt_ids[-len(plan.think_start) :], maxlen=len(plan.think_start))
         self._tail: deque[int] = deque(maxlen=len(plan.think_end))  # for spotting a close when only observing
         self.phase = Phase.BEFORE
@@ -113,6 +115,8 @@ class ThinkingController:
         if self._queue:
             return Action.FORCE, self._queue[0]
         if self.phase is Phase.THINKING and self.plan.is_active:
+            if self.just_waited:
+                return Action.BAN, -1
             if self.guarding:
                 waits = self.plan.waits
                 return Action.GUARD, waits[self.waits_inserted % len(waits)][0]
@@ -141,7 +145,7 @@ class ThinkingController:
 
         Adapters use it to skip the controller on ordinary tokens (`accept_quiet`).
         """
-        if self._queue:
+        if self._queue or self.just_waited:
             return 0
         if self.phase is Phase.THINKING:
             p, left = self.plan, 1 << 62
@@ -175,6 +179,7 @@ class ThinkingController:
                 raise ForcingError(f"expected forced token {expected}, got {token} at completion index {index}")
             if self.phase is Phase.THINKING:  # inside a wait string
                 self.thinking_tokens += 1
+                self.just_waited = not self._queue
                 self._check_max()
             elif not self._queue:
                 self.phase = Phase.ANSWERING
@@ -187,6 +192,9 @@ class ThinkingController:
         elif self.phase is Phase.THINKING and not self.plan.is_active:
             self._observe_thinking(index, token)
         elif self.phase is Phase.THINKING:
+            was_just, self.just_waited = self.just_waited, False
+            if was_just and (token == self.plan.think_end[0] or token in self.plan.eos):
+                raise ForcingError(f"a close attempt ({token}) right after a wait string")
             if replaced:
                 wait = self.plan.waits[self.waits_inserted % len(self.plan.waits)]
                 if token != wait[0]:
@@ -194,6 +202,7 @@ class ThinkingController:
                 self.waits_inserted += 1
                 self.thinking_tokens += 1
                 self._queue.extend(wait[1:])
+                self.just_waited = not self._queue
                 self._check_max()
             elif token == self.plan.think_end[0] or token in self.plan.eos:
                 self._close(index, self.plan.think_end[1:])
@@ -223,6 +232,7 @@ class ThinkingController:
         limit = self.plan.max_thinking
         if limit is not None and self.thinking_tokens >= limit:
             self._queue.clear()  # a forced end pre-empts an unfinished wait string
+            self.just_waited = False
             self.forced_end = True
             self._close(self.n_out, self.plan.think_end + self.plan.answer_prefix)
 

@@ -1,42 +1,58 @@
-"""The engine strategy: budget forcing as a vLLM (runner V1) logits processor.
+"""The engine strategy: budget forcing as vLLM logits processors over device-resident slots.
 
-Per-row controllers live on the host and advance on the tokens vLLM already brought back;
-the logits are changed with a handful of vectorised writes for the whole batch. Rows without
-a budget cost nothing.
+`ForcingSlots` (slots.py) holds every budgeted request's state on the engine's device and does
+each step's work in one fused pass; this module adapts it to vLLM's two runners:
+
+- `BudgetForcingLogitsProcessor`: runner V1 (`BatchUpdate` + `apply(logits)`), vLLM 0.26-0.33
+  with `VLLM_USE_V2_MODEL_RUNNER=0`, and the CPU build;
+- `BudgetForcingV2` (forcing_v2.py): Model Runner V2 (`add_request` + `apply(logits, ctx)`).
+
+Requests carry either a plan prepared by `BudgetForcingEngine` (token ids, a stats-board key and
+nonce) or, from a stock `vllm serve`, the `vllm_xargs` budget fields resolved with the model's
+profile. Each request's state lives under a *key* that survives preemption: a resumed request
+(same nonce) continues exactly where it stopped. Nothing here raises inside the engine: a
+request that cannot be forced runs unforced, with one log line and a Prometheus counter.
+
+Stats (waits inserted) reach the frontend through `StatsBoard`, a shared-memory table the
+step writes to directly (on CUDA through a mapped view of it): no extra sync, exact for the
+last token too (the frontend settles the pending decision of the final token itself).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
-import struct
+from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
-from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from budgetforce.budget import Budget
-from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController
+from budgetforce.controller import Action, ForcingPlan
 from budgetforce.profile import ProfileError
+from budgetforce.slots import NS, ForcingSlots, S, seed_key
 
 if TYPE_CHECKING:
+    from vllm import SamplingParams
     from vllm.config import VllmConfig
 
 log = logging.getLogger(__name__)
 
 EXTRA_KEY = "budgetforce"  # SamplingParams.extra_args[EXTRA_KEY] holds a serialised ForcingPlan
+NONCE_KEY = "budgetforce_nonce"  # set on vllm_xargs budgets at admission: a request's identity
 XARG_FIELDS = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix")
-_GREEDY_EPS = 1e-5  # vLLM's own threshold for greedy rows
+BOARD_KEYS = 8192  # keys the frontend hands out (FIFO); a key is reused only after all others
+OWN_KEYS = 4096  # keys the processor hands out itself (vllm_xargs requests)
+CAPACITY = BOARD_KEYS + OWN_KEYS
 
 
-def plan_to_args(plan: ForcingPlan, board: str | None = None, slot: int = -1) -> dict[str, Any]:
+def plan_to_args(plan: ForcingPlan, board: str | None = None, key: int = -1, nonce: int = 0) -> dict[str, Any]:
     """Serialise a plan for `SamplingParams.extra_args` (plain lists survive msgspec).
 
-    ``board``/``slot`` name the `StatsBoard` entry where the processor reports the request's stats.
+    ``board``/``key``/``nonce`` name the `StatsBoard` row where the processor reports stats.
     """
     return {
         EXTRA_KEY: {
@@ -49,7 +65,8 @@ def plan_to_args(plan: ForcingPlan, board: str | None = None, slot: int = -1) ->
             "max_thinking": plan.max_thinking,
             "max_waits": plan.max_waits,
             "board": board,
-            "slot": slot,
+            "key": key,
+            "nonce": nonce or random.getrandbits(62),
         }
     }
 
@@ -78,66 +95,46 @@ def budget_from_xargs(extra_args: dict[str, Any] | None) -> Budget | None:
     return Budget.model_validate(fields)
 
 
+def _split(n: int) -> tuple[int, int]:
+    return n & 0x7FFFFFFF, (n >> 31) & 0x7FFFFFFF
+
+
 @dataclass(slots=True)
-class _Row:
-    ctl: ThinkingController
-    out: list[int]  # vLLM's live list of this request's output ids
-    greedy: bool
+class Admitted:
+    """What a processor needs to know of one budgeted request."""
+
+    key: int
+    nonce: int
+    plan: ForcingPlan
     temperature: float
-    rng: random.Random
-    special: frozenset[int]  # tokens that need the controller (`ForcingPlan.special`)
-    seen: int = 0  # output ids already fed to the controller
-    quiet: int = 0  # ordinary tokens that may still skip the controller
-    action: tuple[Action, int] = (Action.FREE, -1)
-    share_pos: int = -1  # where last step's guard share for this row lies, if it was guarded
-    board: StatsBoard | None = None
-    slot: int = -1
-    reported: tuple[int, bool] = (0, False)
+    seed: int
+    board: str | None
 
 
-class BudgetForcingLogitsProcessor(LogitsProcessor):
-    """Replaces an early close of the thinking with a wait string and forces the close at the maximum.
+class Admission:
+    """Request admission shared by both runners' adapters: plans, keys, nonces and the slots.
 
-    Per request, through `SamplingParams.extra_args`: either a plan prepared by
-    `BudgetForcingEngine` (token ids) or, from a stock `vllm serve`, the `vllm_xargs`
-    `min_thinking_tokens`, `max_thinking_tokens`, `max_waits`, `wait_strings`, `answer_prefix`
-    resolved with the model's profile.
-
-    Each step, per budgeted row, one of:
-        FORCE     the row's logits become one-hot on the forced token (wait strings, the close
-                  delimiter, the answer prefix: one token per step);
-        GUARD     below the minimum: the close attempts (the close's first token, EOS) are banned
-                  and their probability mass moves onto the first wait token (at the row's
-                  temperature; greedy rows: its logit becomes the max). A sampled wait token is
-                  then a replaced close with probability p_close / (p_close + p_wait), drawn with a
-                  per-request RNG seeded from `seed`; if so the rest of the wait string is forced.
-                  Tokens and wait counts are thus distributed exactly as in s1's loop (greedy: the
-                  wait follows iff the argmax was a close). Caveat: top-k/top-p see the merged mass.
-        REDIRECT  a budgeted thinking past its minimum: EOS mass moves onto the close token
-                  (max for greedy rows), so the thinking is closed rather than the sequence ended.
-    Example: min 100, the model's argmax at thinking token 40 is `</think>` -> "Wait" is emitted;
-    a request without a budget in the same batch is left exactly as plain vLLM samples it.
-
-    The guard shares travel back in a pinned buffer that is read a step later, after vLLM has
-    synchronised on the sampled ids anyway: no extra host sync per step, no pass over the vocabulary.
+    The slots are created on the first budgeted request (the device is known by then).
     """
 
-    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
+    def _admission_init(self, vllm_config: Any, device: torch.device) -> None:
         self.device = device
-        self.pin = is_pin_memory and device.type != "cpu"
-        self.rows: dict[int, _Row] = {}
-        self._model = vllm_config.model_config.tokenizer if vllm_config.model_config else None
-        self._forcing: dict[int, int] = {}  # batch row -> token forced this step
-        self._moving: dict[int, tuple[_Row, int, bool]] = {}  # batch row -> (state, target, is a guard)
-        self._moves: tuple | None = None  # index tensors for `_moving`; None: rebuild
-        self._shares_host = torch.zeros(64, dtype=torch.float32, pin_memory=self.pin)
-        self._shares_ready: torch.cuda.Event | None = None
-        self._shares: list[float] | None = None  # last step's guard shares, read lazily
-        self._boards: dict[str, StatsBoard] = {}
+        self._model = vllm_config.model_config.tokenizer if getattr(vllm_config, "model_config", None) else None
+        self.slots: ForcingSlots | None = None
+        self._board: StatsBoard | None = None
+        self._board_name: str | None = None
+        self._own_next = 0
+        self._own: dict[int, int] = {}  # nonce -> own key (vllm_xargs requests), bounded
+        self._nonce_of: dict[int, int] = {}  # key -> the nonce whose state it holds
+        self.unforced = 0  # requests that could not be forced (each logged once)
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        """Reject bad `vllm_xargs` budgets before the request runs (HTTP 400 in `vllm serve`)."""
+        """Reject bad `vllm_xargs` budgets before the request runs (HTTP 400 in `vllm serve`).
+
+        A valid budget gets a nonce here, in the frontend: the request's identity, which lets
+        a preempted and resumed request find its state again.
+        """
         args = sampling_params.extra_args
         if args and EXTRA_KEY in args:
             try:
@@ -149,69 +146,87 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             budget = budget_from_xargs(args)
         except ValueError as e:  # pydantic's ValidationError is one, and reads well enough
             raise ValueError(f"invalid budget in vllm_xargs: {e}") from None
-        if budget is not None and sampling_params.max_tokens is not None:
-            budget.check_room(sampling_params.max_tokens, reserved=1)
-
-    def is_argmax_invariant(self) -> bool:
-        return False  # it forces and bans tokens, which moves the argmax
-
-    # -- batch bookkeeping ----------------------------------------------------------------
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
+        if budget is None:
             return
-        for index in batch_update.removed:
-            self._drop(index)
-        for index, params, prompt_ids, out_ids in batch_update.added:
-            self._drop(index)
-            row = self._new_row(params, prompt_ids or [], out_ids)
-            if row is not None:
-                self.rows[index] = row
-        for a, b, direction in batch_update.moved:
-            swap = direction == MoveDirectionality.SWAP
-            for table in (self.rows, self._forcing, self._moving):
-                va, vb = table.pop(a, None), table.pop(b, None)
-                if va is not None:
-                    table[b] = va  # type: ignore[index]
-                if vb is not None and swap:
-                    table[a] = vb  # type: ignore[index]
-            self._moves = None
+        if sampling_params.max_tokens is not None:
+            reserved = cls._reserved_tokens(budget)
+            budget.check_room(sampling_params.max_tokens, reserved=reserved)
+        assert args is not None
+        args.setdefault(NONCE_KEY, random.getrandbits(62))
 
-    def _drop(self, index: int) -> None:
-        self.rows.pop(index, None)
-        self._forcing.pop(index, None)
-        if self._moving.pop(index, None) is not None:
-            self._moves = None
+    @classmethod
+    def _reserved_tokens(cls, budget: Budget) -> int:
+        """Tokens forced after a maximum (close + answer prefix); the profile's when it is known."""
+        profile = _frontend_profile()
+        if profile is None:
+            return 1
+        try:
+            return profile.plan(budget).forced_end_length
+        except ProfileError:
+            return 1
 
-    def _new_row(self, params: SamplingParams, prompt_ids: list[int], out_ids: list[int]) -> _Row | None:
+    def _admit(self, params: SamplingParams) -> Admitted | None:
+        """The request's plan and key, or None (no budget, or one that cannot be forced)."""
         args = params.extra_args or {}
-        board, slot = None, -1
-        if EXTRA_KEY in args:
-            plan = plan_from_args(args)
-            name, slot = args[EXTRA_KEY].get("board"), args[EXTRA_KEY].get("slot", -1)
-            if name is not None:
-                board = self._boards.get(name) or self._boards.setdefault(name, StatsBoard(name))
-        else:
-            budget = budget_from_xargs(args)
-            if budget is None or not budget.is_active:
-                return None
-            try:
+        temperature = float(params.temperature)
+        seed = params.seed if params.seed is not None else random.getrandbits(62)
+        try:
+            if EXTRA_KEY in args:
+                a = args[EXTRA_KEY]
+                plan = plan_from_args(args)
+                key, nonce, board = int(a.get("key", -1)), int(a.get("nonce", 0)), a.get("board")
+                if not 0 <= key < BOARD_KEYS:
+                    key, board = self._own_key(nonce), None
+            else:
+                budget = budget_from_xargs(args)
+                if budget is None or not budget.is_active:
+                    return None
                 plan = self._profile.plan(budget)
-            except ProfileError as e:  # never take the engine down over one request
-                log.error("budget ignored: %s", e)
-                return None
+                nonce = int(args.get(NONCE_KEY) or random.getrandbits(62))
+                key, board = self._own_key(nonce), None
+        except Exception as e:  # noqa: BLE001 - never take the engine down over one request
+            self._unforced(f"budget ignored: {e!r}")
+            return None
         if not plan.is_active:
             return None
-        seed = params.seed if params.seed is not None else random.getrandbits(63)
-        return _Row(
-            special=plan.special,
-            ctl=ThinkingController(plan, prompt_ids),
-            out=out_ids,
-            greedy=params.temperature < _GREEDY_EPS,
-            temperature=max(params.temperature, _GREEDY_EPS),
-            rng=random.Random(seed ^ 0x5EED_F0CE),
-            board=board,
-            slot=slot,
-        )
+        return Admitted(key, nonce, plan, temperature, seed, board)
+
+    def _own_key(self, nonce: int) -> int:
+        key = self._own.get(nonce)
+        if key is None:
+            key = BOARD_KEYS + self._own_next
+            self._own_next = (self._own_next + 1) % OWN_KEYS
+            self._own[nonce] = key
+            if len(self._own) > OWN_KEYS:  # forget the oldest (dicts keep insertion order)
+                self._own.pop(next(iter(self._own)))
+        return key
+
+    def _slots_for(self, board: str | None) -> ForcingSlots:
+        if self.slots is None:
+            self.slots = ForcingSlots(CAPACITY, self.device)
+        if board is not None and board != self._board_name:
+            self._board_name = board
+            self._board = StatsBoard.attach(board)
+            self.slots.stats = self._board.device_view(self.device) if self._board is not None else None
+        return self.slots
+
+    def _is_resume(self, adm: Admitted) -> bool:
+        """Whether this request's state already sits under its key (a preempted request resuming)."""
+        return self._nonce_of.get(adm.key) == adm.nonce
+
+    def _load(self, adm: Admitted, prompt_ids: list[int] | None) -> bool:
+        slots = self._slots_for(adm.board)
+        seed_words = seed_key(adm.seed, prompt_ids) if prompt_ids is not None else _split(adm.seed)
+        if not slots.load(adm.key, adm.plan, adm.temperature, seed_words, prompt_ids, _split(adm.nonce)):
+            self._unforced("budget does not fit the processor's tables")
+            return False
+        self._nonce_of[adm.key] = adm.nonce
+        return True
+
+    def _unforced(self, why: str) -> None:
+        self.unforced += 1
+        log.warning("budgetforce: a request runs unforced: %s", why)
+        _count_unforced()
 
     @cached_property
     def _profile(self) -> Any:
@@ -223,193 +238,250 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         tok = AutoTokenizer.from_pretrained(self._model)
         return detect_profile(tok, str(self._model)).resolve(tok)
 
+
+_FRONTEND_PROFILE: list[Any] = []  # the profile admission checks against in this process
+
+
+def set_frontend_profile(profile: Any) -> None:
+    """Tell admission which model it serves (a `ResolvedProfile`), for exact room checks."""
+    _FRONTEND_PROFILE[:] = [profile]
+
+
+def _frontend_profile() -> Any:
+    """The served model's profile in the frontend process, if known (see `set_frontend_profile`)."""
+    if not _FRONTEND_PROFILE:
+        try:  # vLLM's frontend sets its config as current in some versions
+            from transformers import AutoTokenizer
+            from vllm.config import get_current_vllm_config
+
+            from budgetforce.profile import detect_profile
+
+            name = get_current_vllm_config().model_config.tokenizer
+            tok = AutoTokenizer.from_pretrained(name)
+            _FRONTEND_PROFILE.append(detect_profile(tok, str(name)).resolve(tok))
+        except Exception:  # noqa: BLE001 - unknown here: the check falls back to one forced token
+            _FRONTEND_PROFILE.append(None)
+    return _FRONTEND_PROFILE[0]
+
+
+def _count_unforced() -> None:
+    try:
+        from prometheus_client import Counter, REGISTRY
+
+        counter = REGISTRY._names_to_collectors.get("budgetforce_unforced_requests_total")  # noqa: SLF001
+        if counter is None:
+            counter = Counter("budgetforce_unforced_requests", "Budgeted requests that ran unforced (see the log)")
+        counter.inc()  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - metrics are best effort inside the engine
+        pass
+
+
+try:
+    from vllm.v1.sample.logits_processor import LogitsProcessor as _V1Base
+except ImportError:  # a vLLM without runner V1's interface
+    _V1Base = object  # type: ignore[assignment,misc]
+
+
+class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
+    """Budget forcing for vLLM's runner V1 (`BatchUpdate` + `apply(logits)`).
+
+    Per step it hands each budgeted row's new token ids (normally one) to `ForcingSlots.step`,
+    which advances the device state and writes the logits: FORCE one-hot-by-1e9 on the
+    forced token, GUARD (close attempts' mass moved onto the first wait token at the row's
+    temperature; a sampled wait is a replaced close with probability p_close/(p_close+p_wait),
+    drawn on the device), REDIRECT (EOS mass onto the close), BAN (the first token after a
+    wait string may not close, as in s1's loop). Rows without a budget are never touched.
+    Example: min 100, the model's argmax at thinking token 40 is `</think>` -> "Wait" is emitted.
+
+    The host work per step is reading each budgeted row's last token from vLLM's lists (V1
+    keeps them on the host anyway); adds, removals and moves only edit small host tables.
+    """
+
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
+        self._admission_init(vllm_config, device)
+        self.pin = is_pin_memory and device.type != "cpu"
+        self._rows: dict[int, tuple[int, list[int]]] = {}  # batch row -> (key, live output ids)
+        self._handed: dict[int, int] = {}  # key -> output ids handed to the device so far
+        self._layout: tuple | None = None  # cached (rows, keys, outs, row_keys tensor); None: rebuild
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it forces and bans tokens, which moves the argmax
+
+    # -- batch bookkeeping ----------------------------------------------------------------
+    def update_state(self, batch_update: Any) -> None:
+        if batch_update is None:
+            return
+        from vllm.v1.sample.logits_processor import MoveDirectionality
+
+        for index in batch_update.removed:
+            self._rows.pop(index, None)  # the key keeps its state: the request may resume
+        for index, params, prompt_ids, out_ids in batch_update.added:
+            self._rows.pop(index, None)
+            adm = self._admit(params) if params is not None else None
+            if adm is None:
+                continue
+            for other, (key, _) in list(self._rows.items()):
+                if key == adm.key:  # a request the frontend gave up on still holds the key
+                    del self._rows[other]
+            if not self._is_resume(adm):
+                if not self._load(adm, list(prompt_ids or [])):
+                    continue
+                self._handed[adm.key] = 0
+            self._rows[index] = (adm.key, out_ids)
+        for a, b, direction in batch_update.moved:
+            va, vb = self._rows.pop(a, None), self._rows.pop(b, None)
+            if va is not None:
+                self._rows[b] = va
+            if vb is not None and direction == MoveDirectionality.SWAP:
+                self._rows[a] = vb
+        self._layout = None
+
     # -- the step -------------------------------------------------------------------------
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.rows:
+        if not self._rows or self.slots is None:
             return logits
-        for index, row in list(self.rows.items()):
-            out = row.out
-            n = len(out)
-            # Fast path: one new ordinary token, and the controller said nothing can change.
-            if row.quiet > 0 and n == row.seen + 1 and out[-1] not in row.special:
-                row.quiet -= 1
-                row.seen = n
-                row.ctl.accept_quiet()
-                continue
-            self._step_row(index, row)
-        if self._forcing:
-            rows_t = self._tensor(list(self._forcing), torch.long)
-            logits.index_fill_(0, rows_t, float("-inf"))
-            logits.index_put_((rows_t, self._tensor(list(self._forcing.values()), torch.long)), self._zero(logits.device))
-        if self._moving:
-            self._move_mass(logits)
+        try:
+            self._step(logits)
+        except Exception as e:  # noqa: BLE001 - the engine keeps serving everyone else
+            log.exception("budgetforce: the forcing step failed; budgeted rows run unforced this step: %r", e)
+            _count_unforced()
         return logits
 
-    def _step_row(self, index: int, row: _Row) -> None:
-        """Feed a row's new ids to its controller and file its next action."""
-        ctl = row.ctl
-        out = row.out
-        while row.seen < len(out):
-            token = out[row.seen]
-            if token < 0:  # an async-scheduling placeholder not repaired yet
-                break
-            replaced = False
-            if row.share_pos >= 0:
-                # Posterior draw: a sampled wait token stood for the close attempts' mass with
-                # probability `share`; this makes (token, branch) distributed exactly as in s1.
-                if token == row.action[1]:
-                    share = self._read_shares()[row.share_pos]
-                    replaced = share >= 1.0 or (share > 0.0 and row.rng.random() < share)
-                row.share_pos = -1
-            elif row.seen < len(out) - 1 and ctl.guarding:
-                # Replaying ids from before a preemption: a guarded wait token was a replacement.
-                replaced = token == ctl.action()[1]
-            ctl.accept(token, replaced)
-            row.seen += 1
-        if row.board is not None:
-            now = (ctl.waits_inserted, ctl.forced_end)
-            if now != row.reported:
-                row.board.write(row.slot, *now)
-                row.reported = now
-        action = ctl.action()
-        row.quiet = ctl.quiet()
-        row.share_pos = -1
-        if action == row.action and action[0] != Action.FORCE:
-            return
-        row.action = action
-        kind, token = action
-        self._forcing.pop(index, None)
-        if self._moving.pop(index, None) is not None:
-            self._moves = None
-        if kind == Action.FORCE:
-            self._forcing[index] = token
-        elif kind in (Action.GUARD, Action.REDIRECT):
-            self._moving[index] = (row, token, kind == Action.GUARD)
-            self._moves = None
-        elif ctl.phase is Phase.ANSWERING:
-            del self.rows[index]  # answering freely: nothing left to enforce
-
-    def _read_shares(self) -> list[float]:
-        """Last step's guard shares (read once a step, after vLLM has synced on the sampled ids)."""
-        if self._shares is None:
-            if self._shares_ready is not None:
-                self._shares_ready.synchronize()  # long done by now
-            self._shares = self._shares_host.tolist()
-        return self._shares
-
-    def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
-        t = torch.tensor(values, dtype=dtype, pin_memory=self.pin)
-        return t.to(self.device, non_blocking=True)
-
-    @staticmethod
-    @functools.cache
-    def _zero(device: torch.device) -> torch.Tensor:
-        return torch.zeros((), device=device)
-
-    def _move_mass(self, logits: torch.Tensor) -> None:
-        """Ban each moving row's source tokens and move their probability mass onto its target.
-
-        Guard rows: sources are the close attempts, the target the first wait token. Redirect
-        rows: sources are EOS, the target the close. Mass moves at the row's temperature
-        (greedy rows: the target's logit becomes the max). Each guard row also sends back its
-        share: P(the target, if sampled, stands for a source) = p_sources / (p_sources + p_target),
-        exactly 0 or 1 for greedy rows. Only these few columns are touched: no vocabulary pass.
-        The index tensors are rebuilt only when a row starts or stops moving.
-        """
-        if self._moves is None:
-            self._moves = self._prepare_moves()
-        rows, cols, pad, temp, inv_temp, greedy, mode, guards = self._moves
-        picked = logits[rows, cols]
-        target, sources = picked[:, 0], picked[:, 1:] + pad
-        if mode != "sampled":
-            g_mass = sources.amax(1)
-            g_merged, g_share = torch.maximum(target, g_mass), (g_mass > target).float()
-        if mode != "greedy":
-            t_scaled = target * inv_temp
-            s_mass = torch.logsumexp(sources * inv_temp[:, None], 1)
-            s_merged, s_share = torch.logaddexp(t_scaled, s_mass) * temp, torch.sigmoid(s_mass - t_scaled)
-        if mode == "greedy":
-            merged, share = g_merged, g_share
-        elif mode == "sampled":
-            merged, share = s_merged, s_share
+    def _step(self, logits: torch.Tensor) -> None:
+        slots = self.slots
+        assert slots is not None
+        slots.flush()
+        if self._layout is None or self._layout[3].shape[0] != logits.shape[0]:
+            rows = sorted(self._rows)
+            keys = [self._rows[r][0] for r in rows]
+            outs = [self._rows[r][1] for r in rows]
+            row_keys = np.full(logits.shape[0], -1, dtype=np.int64)
+            row_keys[rows] = keys
+            hist_of_row = np.zeros(logits.shape[0], dtype=np.int64)
+            hist_of_row[rows] = np.arange(len(rows))
+            self._layout = (rows, keys, outs, self._put(row_keys), self._put(hist_of_row))
+        rows, keys, outs, row_keys, row_hist = self._layout
+        handed = [self._handed[k] for k in keys]
+        lens = [len(o) for o in outs]
+        if all(n == h + 1 for n, h in zip(lens, handed)) and min(o[-1] for o in outs) >= 0:
+            window = [[o[-1]] for o in outs]  # the steady state: one new token per row
         else:
-            merged, share = torch.where(greedy, g_merged, s_merged), torch.where(greedy, g_share, s_share)
-        logits[rows[:, 1:], cols[:, 1:]] = float("-inf")
-        logits[rows[:, 0], cols[:, 0]] = merged
-        self._shares = None
-        if guards:
-            n = len(self._moving)
-            if self._shares_host.numel() < n:
-                self._shares_host = torch.zeros(max(64, 2 * n), dtype=torch.float32, pin_memory=self.pin)
-            self._shares_host[:n].copy_(share, non_blocking=True)
-            if self.device.type == "cuda":
-                self._shares_ready = torch.cuda.Event()
-                self._shares_ready.record()
-            for row, pos in guards:
-                row.share_pos = pos
+            window = [_fresh(o, h) for o, h in zip(outs, handed)]
+        width = max(1, max(len(w) for w in window))
+        hist = np.full((len(rows), width), -1, dtype=np.int64)
+        base = np.zeros(logits.shape[0], dtype=np.int64)
+        upto = np.zeros(logits.shape[0], dtype=np.int64)
+        for i, w in enumerate(window):
+            hist[i, : len(w)] = w
+        base[rows] = [-h for h in handed]
+        upto[rows] = [h + len(w) for h, w in zip(handed, window)]
+        for k, h, w in zip(keys, handed, window):
+            self._handed[k] = h + len(w)
+        slots.step(logits, row_keys, self._put(hist), row_hist, self._put(base), self._put(upto), window=width)
 
-    def _prepare_moves(self) -> tuple:
-        moves = list(self._moving.items())
-        sources = [tuple(sorted(r.ctl.plan.close_attempts if g else r.ctl.plan.eos)) for _, (r, _, g) in moves]
-        k = max(len(s) for s in sources)
-        cols = [[t, *s, *[s[0]] * (k - len(s))] for (_, (_, t, _)), s in zip(moves, sources)]
-        pad = [[0.0] * len(s) + [float("-inf")] * (k - len(s)) for s in sources]
-        greedy_flags = [r.greedy for _, (r, _, _) in moves]
-        mode = "greedy" if all(greedy_flags) else "sampled" if not any(greedy_flags) else "mixed"
-        temps = [r.temperature for _, (r, _, _) in moves]
-        return (
-            self._tensor([i for i, _ in moves], torch.long)[:, None].expand(-1, k + 1),
-            self._tensor(cols, torch.long),
-            self._tensor(pad, torch.float32),
-            self._tensor(temps, torch.float32),
-            self._tensor([1.0 / t for t in temps], torch.float32),
-            self._tensor(greedy_flags, torch.bool),
-            mode,
-            [(r, p) for p, (_, (r, _, g)) in enumerate(moves) if g],
-        )
+    def _put(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        if self.device.type == "cpu":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True) if self.pin else t.to(self.device)
+
+
+def _fresh(out: list[int], handed: int) -> list[int]:
+    """Output ids not yet handed to the device, up to the first async-scheduling placeholder."""
+    new = out[handed:]
+    for i, t in enumerate(new):
+        if t < 0:
+            return new[:i]
+    return new
 
 
 class StatsBoard:
-    """Per-request forcing stats shared from the engine process back to the frontend.
+    """Per-request forcing stats, shared from the engine process back to the frontend.
 
-    Waits are decided on the device and only the processor learns of them, so it writes each
-    request's (waits_inserted, forced_end) into a slot of a shared-memory table the frontend
-    reads when the request ends. A slot is two little-endian int64s.
+    A shared-memory int32 table, one row per request key (`slots.S` columns: nonce, tokens
+    consumed, waits, the pending action and decision). The frontend hands keys out FIFO with a
+    fresh nonce; the processor writes the row every step (on CUDA through a mapped device view,
+    so the write lands before vLLM returns the step's tokens). A reader whose nonce does not
+    match sees no stats rather than someone else's. Where the engine cannot open the board
+    (another node), stats are absent and responses say so.
     """
 
-    SLOT_BYTES = 16
-
-    def __init__(self, name: str | None = None, slots: int = 65536) -> None:
+    def __init__(self, name: str | None = None, capacity: int = CAPACITY) -> None:
         from multiprocessing import shared_memory
 
         create = name is None
-        self._shm = shared_memory.SharedMemory(name=name, create=create, size=slots * self.SLOT_BYTES)
+        self._shm = shared_memory.SharedMemory(name=name, create=create, size=capacity * NS * 4)
         self._owner = create
-        self.slots = self._shm.size // self.SLOT_BYTES
-        self._free = list(range(self.slots - 1, -1, -1)) if create else []
+        self.table = torch.frombuffer(self._shm.buf, dtype=torch.int32).view(-1, NS)
+        self._free: deque[int] = deque(range(BOARD_KEYS)) if create else deque()
+        self._registered = False
+
+    @classmethod
+    def attach(cls, name: str) -> StatsBoard | None:
+        try:
+            return cls(name)
+        except (FileNotFoundError, OSError, ValueError) as e:
+            log.warning("budgetforce: stats board %s cannot be opened here (%r): stats are absent", name, e)
+            return None
 
     @property
     def name(self) -> str:
         return self._shm.name
 
-    def acquire(self) -> int:
+    def acquire(self) -> tuple[int, int]:
+        """A key (least recently used first) and a fresh nonce for one request."""
         if not self._free:
             raise RuntimeError("too many budgeted requests in flight for the stats board")
-        slot = self._free.pop()
-        self.write(slot, 0, False)
-        return slot
+        key = self._free.popleft()
+        nonce = random.getrandbits(62)
+        return key, nonce
 
-    def release(self, slot: int) -> None:
-        self._free.append(slot)
+    def release(self, key: int) -> None:
+        self._free.append(key)
 
-    def write(self, slot: int, waits: int, forced_end: bool) -> None:
-        struct.pack_into("<qq", self._shm.buf, slot * self.SLOT_BYTES, waits, int(forced_end))
+    def waits(self, key: int, nonce: int, token_ids: list[int]) -> int | None:
+        """Waits inserted into a finished request's ``token_ids``; None if the board lacks them."""
+        row = self.table[key].tolist()
+        if (row[S.NONCE_LO], row[S.NONCE_HI]) != _split(nonce) or row[S.FAIL]:
+            return None
+        waits = row[S.WAITS]
+        seen, n = row[S.SEEN], len(token_ids)
+        if seen == n - 1:  # the last token was sampled under the recorded action: settle it
+            if row[S.ACT] == Action.GUARD and row[S.DEC] and token_ids[-1] == row[S.ATOK]:
+                waits += 1
+        elif seen != n:
+            return None
+        return waits
 
-    def read(self, slot: int) -> tuple[int, bool]:
-        waits, forced = struct.unpack_from("<qq", self._shm.buf, slot * self.SLOT_BYTES)
-        return waits, bool(forced)
+    def device_view(self, device: torch.device) -> torch.Tensor | None:
+        """The table as the processor writes it: itself on the CPU, a mapped view on CUDA."""
+        if device.type != "cuda":
+            return self.table
+        try:
+            ptr, nbytes = self.table.data_ptr(), self.table.numel() * 4
+            rc = torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 2)  # cudaHostRegisterMapped
+            if int(rc) != 0:
+                raise RuntimeError(f"cudaHostRegister returned {rc}")
+            self._registered = True
+
+            class _View:  # UVA: the registered host address is valid on the device
+                __cuda_array_interface__ = {
+                    "shape": tuple(self.table.shape), "typestr": "<i4", "data": (ptr, False),
+                    "version": 3, "strides": None,
+                }
+
+            return torch.as_tensor(_View(), device=device)
+        except Exception as e:  # noqa: BLE001
+            log.warning("budgetforce: cannot map the stats board into device memory (%r): stats are absent", e)
+            return None
 
     def close(self) -> None:
+        if self._registered:
+            try:
+                torch.cuda.cudart().cudaHostUnregister(self.table.data_ptr())
+            except Exception:  # noqa: BLE001
+                pass
+        del self.table
         self._shm.close()
         if self._owner:
             try:

@@ -7,9 +7,10 @@ Clients then pass budgets per request as `vllm_xargs` (`min_thinking_tokens`,
 with HTTP 400 by `validate_params`, requests without them are left untouched. The delimiters
 and wait strings come from the served model's profile, detected from its tokenizer.
 
-Both classes implement vLLM's runner-V1 interface. vLLM >= 0.30 runs Model Runner V2 by
-default on CUDA; there both refuse to start (the named processor) or stay out of the way (the
-plugin, unless enabled) and ask for `VLLM_USE_V2_MODEL_RUNNER=0`. See docs/vllm-serve.md.
+Both classes serve both of vLLM's runners: constructed by runner V1 (`vllm_config, device,
+is_pin_memory`) they are `BudgetForcingLogitsProcessor`s; constructed by Model Runner V2
+(`vllm_config, req_states`; vLLM >= 0.31, the default on CUDA) they become `BudgetForcingV2`.
+Speculative decoding is refused at start-up. See docs/vllm-serve.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
 from budgetforce.forcing import EXTRA_KEY, BudgetForcingLogitsProcessor
+from budgetforce.forcing_v2 import BudgetForcingV2
 from budgetforce.profile import ProfileError
 
 if TYPE_CHECKING:
@@ -39,11 +41,9 @@ except ImportError:  # older vLLM: runner V1 only
 log = logging.getLogger(__name__)
 
 PLUGIN_ENV = "BUDGETFORCE_VLLM_PLUGIN"  # "1" turns the entry-point plugin on
-RUNNER_V2_ERROR = (
-    "budgetforce's logits processor implements vLLM's runner-V1 interface, but this engine runs "
-    "Model Runner V2 (the default of vLLM >= 0.30 on CUDA). Start vLLM with "
-    "`VLLM_USE_V2_MODEL_RUNNER=0` in its environment (and without options that require runner V2, "
-    "such as watermarking)."
+SPEC_DECODE_ERROR = (
+    "budgetforce forces one token per request per step and cannot follow speculative decoding's "
+    "draft tokens; start vLLM without a speculative config to use thinking budgets."
 )
 ASYNC_PLUGIN_ERROR = (
     f"`{PLUGIN_ENV}=1` enables budgetforce as an entry-point plugin, but this engine uses async "
@@ -58,12 +58,26 @@ def _runner_v1(args: tuple[Any, ...]) -> bool:
     return len(args) == 2
 
 
+def _refuse_spec_decode(vllm_config: Any) -> None:
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        raise RuntimeError(SPEC_DECODE_ERROR)
+
+
+class _V2(BudgetForcingV2):
+    """Runner V2's instance of `BudgetForcing`: drops engine plans, which belong to budgetforce's own processor."""
+
+    def _admit(self, params: SamplingParams) -> Any:
+        if EXTRA_KEY in (params.extra_args or {}):
+            return None
+        return super()._admit(params)
+
+
 class BudgetForcing(BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
-    """`BudgetForcingLogitsProcessor` for `vllm serve --logits-processors budgetforce.vllm:BudgetForcing`.
+    """The processor for `vllm serve --logits-processors budgetforce.vllm:BudgetForcing`.
 
     Budgets arrive as `vllm_xargs`; see `BudgetForcingLogitsProcessor` for the mechanism. It
-    also declares Model Runner V2's interface so that vLLM >= 0.30 constructs it and it can
-    fail with `RUNNER_V2_ERROR` instead of vLLM's generic "not a subclass" message.
+    declares both runners' interfaces: runner V1 gets this class, Model Runner V2 a
+    `BudgetForcingV2` (chosen by the constructor's arguments).
 
     The profile (delimiters, default wait string) is detected from the served model's
     tokenizer when the engine starts; a model it does not recognise stops the start.
@@ -77,14 +91,18 @@ class BudgetForcing(BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
         a request without budget xargs samples exactly as in plain vLLM.
     """
 
+    def __new__(cls, vllm_config: VllmConfig, *args: Any) -> Any:
+        if _runner_v1(args):
+            return super().__new__(cls)
+        _refuse_spec_decode(vllm_config)
+        proc = _V2(vllm_config, *args)
+        _check_profile(proc)
+        return proc
+
     def __init__(self, vllm_config: VllmConfig, *args: Any) -> None:
-        if not _runner_v1(args):
-            raise RuntimeError(RUNNER_V2_ERROR)
+        _refuse_spec_decode(vllm_config)
         super().__init__(vllm_config, *args)
-        try:  # now: a model without a known profile fails at startup, not on its first budgeted request
-            _ = self._profile
-        except ProfileError as e:
-            raise RuntimeError(f"budgetforce cannot force budgets on {self._model}: {e}") from None
+        _check_profile(self)
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -96,10 +114,39 @@ class BudgetForcing(BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
             )
         super().validate_params(sampling_params)
 
-    def _new_row(self, params: SamplingParams, prompt_ids: list[int], out_ids: list[int]) -> Any:
+    def _admit(self, params: SamplingParams) -> Any:
         if EXTRA_KEY in (params.extra_args or {}):
             return None  # budgetforce's own engine plan (its named processor's), never a client's
-        return super()._new_row(params, prompt_ids, out_ids)
+        return super()._admit(params)
+
+
+class EngineForcing(BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
+    """The processor `BudgetForcingEngine` registers: its plans (and `vllm_xargs`) on either runner."""
+
+    def __new__(cls, vllm_config: VllmConfig, *args: Any) -> Any:
+        _refuse_spec_decode(vllm_config)
+        return super().__new__(cls) if _runner_v1(args) else BudgetForcingV2(vllm_config, *args)
+
+
+def _check_profile(proc: Any) -> None:
+    """A model without a known profile fails at startup, not on its first budgeted request."""
+    try:
+        _ = proc._profile
+    except ProfileError as e:
+        raise RuntimeError(f"budgetforce cannot force budgets on {proc._model}: {e}") from None
+
+
+class _InertV2(*_RUNNER_V2_BASES):  # type: ignore[misc]
+    """The plugin on runner V2 when it is not enabled: adds no rows, changes nothing."""
+
+    def __init__(self, *args: Any) -> None:
+        self.enabled = False
+
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        return False
+
+    def apply(self, logits: torch.Tensor, ctx: Any) -> torch.Tensor:
+        return logits
 
 
 class BudgetForcingPlugin(BudgetForcing):
@@ -109,19 +156,26 @@ class BudgetForcingPlugin(BudgetForcing):
     adds no rows, validates nothing and returns the logits untouched unless the variable is
     set. Even then it stands aside where a `BudgetForcingLogitsProcessor` is configured by name
     (budgetforce's own engine, or `--logits-processors`), never acts on budgetforce's engine
-    plans, and refuses async scheduling (see `ASYNC_PLUGIN_ERROR`).
+    plans, and refuses async scheduling on runner V1 (see `ASYNC_PLUGIN_ERROR`).
 
     Example:
         `BUDGETFORCE_VLLM_PLUGIN=1 vllm serve MODEL --no-async-scheduling` honours `vllm_xargs`
         budgets; without the variable the same server behaves as if budgetforce were absent.
     """
 
+    def __new__(cls, vllm_config: VllmConfig, *args: Any) -> Any:
+        enabled = plugin_enabled() and not _named_processor(vllm_config)
+        if not _runner_v1(args):
+            return BudgetForcing.__new__(BudgetForcing, vllm_config, *args) if enabled else _InertV2()
+        return object.__new__(cls)
+
     def __init__(self, vllm_config: VllmConfig, *args: Any) -> None:
         self.enabled = plugin_enabled() and not _named_processor(vllm_config)
-        self.rows = {}
+        self._rows = {}
+        self.slots = None
         if not self.enabled:
             return
-        if _runner_v1(args) and getattr(vllm_config.scheduler_config, "async_scheduling", False):
+        if getattr(vllm_config.scheduler_config, "async_scheduling", False):
             raise RuntimeError(ASYNC_PLUGIN_ERROR)
         super().__init__(vllm_config, *args)
 
@@ -139,9 +193,6 @@ class BudgetForcingPlugin(BudgetForcing):
 
     def is_argmax_invariant(self) -> bool:
         return not self.enabled  # inert: it changes nothing, so greedy rows may skip it
-
-    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
-        return False  # runner V2: only ever constructed inert (an enabled one raised)
 
 
 def plugin_enabled() -> bool:

@@ -32,6 +32,9 @@ def drive(ctl: ThinkingController, proposals: list[int], limit: int = 400) -> li
             emit, replaced = token, False
         else:
             proposal = next(it, EOS)
+            if kind == Action.BAN:  # s1's min_tokens=1 after a wait: the model's next non-close choice
+                while proposal in ctl.plan.close_attempts:
+                    proposal = next(it, X)
             emit, replaced = proposal, False
             if kind == Action.GUARD and proposal in ctl.plan.close_attempts:
                 emit, replaced = token, True
@@ -71,8 +74,9 @@ def test_multi_token_waits_rotate_and_count_as_thinking() -> None:
 
 def test_max_waits_lets_the_model_close() -> None:
     ctl = ThinkingController(ForcingPlan(**R1, min_thinking=100, max_waits=1), OPEN_R1)
-    out = drive(ctl, [END, END, X, EOS])
-    assert out == [WAIT, END, X, EOS] and ctl.waits_inserted == 1
+    out = drive(ctl, [END, END, X, END, X, EOS])
+    # s1 resubmits after the wait with min_tokens=1: the close right after "Wait" is not allowed
+    assert out == [WAIT, X, END, X, EOS] and ctl.waits_inserted == 1
 
 
 def test_zero_max_closes_immediately() -> None:

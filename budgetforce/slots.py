@@ -1,0 +1,525 @@
+"""Per-request forcing state as device tensors: the controller's rules, vectorised over a batch.
+
+`ThinkingController` (controller.py) is the specification: one request, one token at a time, on
+the host. `ForcingSlots` holds the same state for many requests as rows of tensors that live on
+the engine's device, keyed by a *request key* that survives preemption (a request that is
+preempted and resumed finds its state where it left it). Each decoding step, `step()`:
+
+1. consumes the tokens committed since the last step (normally one per row), advancing phase,
+   thinking count, waits used and the position in the forced-token table;
+2. settles last step's posterior draw: a sampled wait token stood for the close attempts with
+   probability `share`; the draw ``u < share`` was made on the device with a counter-based hash
+   of (request key, position), so it is reproducible, independent across requests that share
+   a seed, and needs no read-back;
+3. decides the next action (FREE, FORCE, GUARD, REDIRECT, BAN) and applies it to the logits with
+   a few column writes per row (no pass over the vocabulary);
+4. writes the request's stats row (waits, pending decision) for the frontend.
+
+On CUDA one Triton kernel does all of this (`budgetforce.slots_kernel`); elsewhere the same rules
+run as plain torch ops. Nothing here imports vLLM, and nothing raises inside `step()`: a row
+whose forced token did not come out (a user's logit bias, a stop string) turns inert (`FAIL`),
+counted in `failures`, and the request continues unforced.
+
+Example (R1 ids: `</think>`=6, "Wait"=9; min 3, greedy):
+    slots.load(key=0, plan, temperature=0.0, seed_key=(1, 2), prompt_ids=[..., 5])
+    step 1: argmax is `</think>` -> GUARD moves its mass onto 9; 9 is sampled, DEC=1
+    step 2: consumes 9 as a replaced close -> WAITS=1, THINK=1, next action BAN (no close)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+
+from budgetforce.controller import Action, ForcingPlan, Phase, ends_inside
+
+log = logging.getLogger(__name__)
+
+INT32_MAX = 2**31 - 1
+FORCE_LOGIT = 1.0e9  # as vLLM's own thinking budget: the forced token wins under any temperature
+GREEDY_EPS = 1e-5  # vLLM's threshold for greedy rows
+
+
+class F(IntEnum):
+    """Columns of the int32 state table, one row per request key."""
+
+    ON = 0  # 1: budgeted and healthy; 0: inert
+    PHASE = 1
+    THINK = 2
+    WAITS = 3
+    MIN = 4
+    MAXT = 5  # INT32_MAX: no maximum
+    MAXW = 6  # INT32_MAX: no limit
+    QSRC = 7  # forced sequence being written (-1: none); see `Src`
+    QPOS = 8
+    SMATCH = 9  # think_start tokens matched so far (phase BEFORE)
+    JUST = 10  # a wait string was just completed: ban close attempts once
+    ACT = 11  # the action applied at the last step
+    ATOK = 12  # its token (the forced token, or the GUARD/REDIRECT target)
+    DEC = 13  # GUARD: whether a sampled target stands for a close (the posterior draw)
+    SEEN = 14  # completion tokens consumed
+    FORCED = 15
+    NWAIT = 16
+    KLO = 17  # counter-RNG key (two 31-bit words)
+    KHI = 18
+    FAIL = 19
+    TSLEN = 20
+    NCA = 21  # close attempts in the CA table (think_end[0] first, then EOS ids)
+    GREEDY = 22
+    NONCE_LO = 23
+    NONCE_HI = 24
+
+
+NF = 25
+
+
+class S(IntEnum):
+    """Columns of the stats table the frontend reads (shared memory)."""
+
+    NONCE_LO = 0
+    NONCE_HI = 1
+    SEEN = 2
+    WAITS = 3
+    ACT = 4
+    ATOK = 5
+    DEC = 6
+    FAIL = 7
+
+
+NS = 8
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Fixed table shapes; plans beyond them run unforced (`fits` says so up front)."""
+
+    max_waits_strings: int = 8
+    max_seq: int = 32  # tokens in one forced sequence (a wait string, close + answer prefix)
+    max_start: int = 8  # think_start tokens
+    max_close_attempts: int = 6  # think_end[0] plus EOS ids
+
+    def fits(self, plan: ForcingPlan) -> str | None:
+        """Why ``plan`` does not fit these tables, or None."""
+        if len(plan.waits) > self.max_waits_strings:
+            return f"more than {self.max_waits_strings} wait strings"
+        longest = max([len(w) for w in plan.waits] + [len(plan.think_end) + len(plan.answer_prefix)])
+        if longest > self.max_seq:
+            return f"a forced sequence of {longest} tokens (at most {self.max_seq})"
+        if len(plan.think_start) > self.max_start:
+            return f"a think-start delimiter of {len(plan.think_start)} tokens"
+        if 1 + len(plan.eos) > self.max_close_attempts:
+            return f"{len(plan.eos)} end-of-sequence ids"
+        if not plan.waits and plan.min_thinking > 0:
+            return "a minimum without wait strings"
+        return None
+
+
+class ForcingSlots:
+    """The state of up to ``capacity`` budgeted requests, on ``device``.
+
+    Args:
+        capacity: request keys (rows of every table).
+        device: where the state lives (the engine's device).
+        stats: an int32 tensor [capacity, NS] the frontend can read (shared memory on the
+            host; on CUDA a device view of it), or None when stats cannot be shared.
+    """
+
+    def __init__(
+        self, capacity: int, device: torch.device, stats: torch.Tensor | None = None, limits: Limits = Limits()
+    ) -> None:
+        self.capacity = capacity
+        self.device = device
+        self.limits = limits
+        w, ls = limits.max_waits_strings, limits.max_seq
+        self.src_end = w  # think_end + answer_prefix (a forced end)
+        self.src_close = w + 1  # think_end[1:] (a natural close)
+        self.state = torch.zeros(capacity, NF, dtype=torch.int32, device=device)
+        self.seq = torch.zeros(capacity, w + 2, ls, dtype=torch.int32, device=device)
+        self.seq_len = torch.zeros(capacity, w + 2, dtype=torch.int32, device=device)
+        self.start = torch.full((capacity, limits.max_start), -1, dtype=torch.int32, device=device)
+        self.close = torch.full((capacity, limits.max_close_attempts), -1, dtype=torch.int32, device=device)
+        self.temp = torch.ones(capacity, dtype=torch.float32, device=device)
+        self.stats = stats
+        self.failures = 0  # rows turned inert (read lazily: `count_failures`)
+        self._staged: dict[int, tuple] = {}
+
+    # -- host side: requests come and go ---------------------------------------------------
+    def load(
+        self,
+        key: int,
+        plan: ForcingPlan,
+        temperature: float,
+        seed_key: tuple[int, int],
+        prompt_ids: list[int] | None,
+        nonce: tuple[int, int] = (0, 0),
+    ) -> bool:
+        """Stage a fresh request's state under ``key``; False (with a log line) if it cannot be forced.
+
+        ``prompt_ids`` decide whether the completion starts inside the thinking; None leaves
+        that to `open_from_history` (runner V2, where the prompt lives on the device).
+        """
+        why = self.limits.fits(plan)
+        if why is not None:
+            log.warning("budget not forced (runs unforced): %s", why)
+            return False
+        row = [0] * NF
+        row[F.ON] = 1
+        inside = prompt_ids is not None and ends_inside(prompt_ids, plan.think_start, plan.think_end)
+        row[F.PHASE] = int(Phase.THINKING if inside else Phase.BEFORE)
+        row[F.MIN] = plan.min_thinking
+        row[F.MAXT] = INT32_MAX if plan.max_thinking is None else plan.max_thinking
+        row[F.MAXW] = INT32_MAX if plan.max_waits is None else plan.max_waits
+        row[F.QSRC] = -1
+        row[F.NWAIT] = max(len(plan.waits), 1)
+        row[F.KLO], row[F.KHI] = seed_key
+        row[F.TSLEN] = len(plan.think_start)
+        row[F.NCA] = 1 + len(plan.eos)
+        row[F.GREEDY] = int(temperature < GREEDY_EPS)
+        row[F.NONCE_LO], row[F.NONCE_HI] = nonce
+        if inside and plan.max_thinking == 0:  # a zero budget closes before the first token
+            row[F.QSRC], row[F.FORCED], row[F.PHASE] = self.src_end, 1, int(Phase.CLOSING)
+        w, ls = self.limits.max_waits_strings, self.limits.max_seq
+        seq = [[0] * ls for _ in range(w + 2)]
+        seq_len = [0] * (w + 2)
+        for i, ids in enumerate(plan.waits):
+            seq[i][: len(ids)], seq_len[i] = list(ids), len(ids)
+        end = list(plan.think_end) + list(plan.answer_prefix)
+        seq[self.src_end][: len(end)], seq_len[self.src_end] = end, len(end)
+        rest = list(plan.think_end[1:])
+        seq[self.src_close][: len(rest)], seq_len[self.src_close] = rest, len(rest)
+        start = list(plan.think_start) + [-1] * (self.limits.max_start - len(plan.think_start))
+        close = [plan.think_end[0], *sorted(plan.eos)]
+        close += [-1] * (self.limits.max_close_attempts - len(close))
+        self._staged[key] = (row, seq, seq_len, start, close, max(temperature, GREEDY_EPS))
+        return True
+
+    def disable(self, key: int) -> None:
+        """Make ``key`` inert (its request left, or another request took the key over)."""
+        self._staged.pop(key, None)
+        self.state[key, F.ON] = 0
+
+    def flush(self) -> None:
+        """Write the staged rows to the device in one go (a handful of copies per batch of adds)."""
+        if not self._staged:
+            return
+        keys = list(self._staged)
+        rows, seq, seq_len, start, close, temp = zip(*self._staged.values())
+        self._staged.clear()
+        pin = self.device.type == "cuda"
+
+        def put(table: torch.Tensor, values: object, dtype: torch.dtype) -> None:
+            src = torch.tensor(values, dtype=dtype, pin_memory=pin).to(self.device, non_blocking=True)
+            table.index_copy_(0, idx, src)
+
+        idx = torch.tensor(keys, dtype=torch.long, pin_memory=pin).to(self.device, non_blocking=True)
+        put(self.state, rows, torch.int32)
+        put(self.seq, seq, torch.int32)
+        put(self.seq_len, seq_len, torch.int32)
+        put(self.start, start, torch.int32)
+        put(self.close, close, torch.int32)
+        put(self.temp, temp, torch.float32)
+        if self.stats is not None:
+            init = torch.zeros(len(keys), NS, dtype=torch.int32)
+            init[:, S.NONCE_LO] = torch.tensor([r[F.NONCE_LO] for r in rows], dtype=torch.int32)
+            init[:, S.NONCE_HI] = torch.tensor([r[F.NONCE_HI] for r in rows], dtype=torch.int32)
+            init[:, S.ACT] = int(Action.FREE)
+            self.stats.index_copy_(0, idx.to(self.stats.device), init.to(self.stats.device))
+
+    def open_from_history(
+        self, keys: torch.Tensor, history: torch.Tensor, rows: torch.Tensor, prompt_len: torch.Tensor
+    ) -> None:
+        """Runner V2: set each new key's phase from its prompt on the device (no host sync).
+
+        A prompt that ends inside an opened thinking span starts the completion in THINKING.
+        ``history[rows[i], :prompt_len[i]]`` is key ``keys[i]``'s prompt.
+        """
+        if keys.numel() == 0:
+            return
+        width = history.shape[1]
+        pos = torch.arange(width, device=history.device)
+        hist = history[rows].long()
+        valid = pos[None, :] < prompt_len[:, None].long()
+
+        def last_match(pattern: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            ok = valid.clone()
+            for j in range(pattern.shape[1]):
+                shifted = torch.roll(hist, -j, dims=1)
+                inside_pat = j < n
+                ok &= (shifted == pattern[:, j : j + 1].long()) | ~inside_pat[:, None]
+                ok &= (pos[None, :] + j < prompt_len[:, None]) | ~inside_pat[:, None]
+            return torch.where(ok, pos[None, :], -1).amax(1)
+
+        start = self.start[keys]
+        tslen = self.state[keys, F.TSLEN]
+        last_start = last_match(start, tslen)
+        ends = self.seq[keys, self.src_end]  # think_end is the head of the forced-end sequence
+        te_len = (self.seq_len[keys, self.src_close] + 1).long()
+        last_end = last_match(ends, te_len)
+        inside = (last_start >= 0) & (last_end < last_start)
+        st = self.state[keys]
+        # the load left the raw seed in the key words: mix in the prompt (as `seed_key` does on the host)
+        ids = torch.where(valid, hist, -1)
+        digest = prompt_digest(ids, digest_weights(width, history.device))
+        seed = st[:, F.KLO].long() + (st[:, F.KHI].long() << 31)
+        klo, khi = key_words(seed, digest)
+        st[:, F.KLO], st[:, F.KHI] = klo.int(), khi.int()
+        zero_max = inside & (st[:, F.MAXT] == 0)
+        st[:, F.PHASE] = torch.where(inside, int(Phase.THINKING), st[:, F.PHASE])
+        st[:, F.QSRC] = torch.where(zero_max, self.src_end, st[:, F.QSRC])
+        st[:, F.FORCED] = torch.where(zero_max, 1, st[:, F.FORCED])
+        st[:, F.PHASE] = torch.where(zero_max, int(Phase.CLOSING), st[:, F.PHASE])
+        self.state[keys] = st
+
+    def count_failures(self) -> int:
+        return int(self.state[:, F.FAIL].sum())
+
+    # -- device side: one decoding step ----------------------------------------------------
+    def step(
+        self,
+        logits: torch.Tensor,
+        row_keys: torch.Tensor,
+        history: torch.Tensor,
+        row_hist: torch.Tensor,
+        row_base: torch.Tensor,
+        row_len: torch.Tensor,
+        window: int | None = None,
+    ) -> None:
+        """Advance every row on its new tokens, then apply its action to ``logits`` in place.
+
+        Args:
+            logits: [B, V] float32.
+            row_keys: [B] request key per row, -1 for rows without a budget.
+            history: [H, W] int token table; row ``r``'s completion token ``j`` is
+                ``history[row_hist[r], row_base[r] + j]`` for ``j < row_len[r]``.
+            window: an upper bound of new tokens per row (torch path only; None: computed).
+        """
+        if logits.is_cuda:
+            from budgetforce.slots_kernel import step_cuda
+
+            step_cuda(self, logits, row_keys, history, row_hist, row_base, row_len)
+            return
+        _step_torch(self, logits, row_keys, history, row_hist, row_base, row_len, window)
+
+
+# -- the counter-based RNG (identical in torch and Triton) --------------------------------
+M32 = 0xFFFFFFFF
+SEED_MASK = (1 << 62) - 1  # seeds are taken modulo 2**62 (two 31-bit words)
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for 0 <= x < 2**32 without int64 overflow."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & M32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit avalanche hash (lowbias32) on int64 tensors holding uint32 values."""
+    x = x & M32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def uniform(klo: torch.Tensor, khi: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """A uniform draw in [0, 1) per (key, position): float32."""
+    x = mix32(khi.long() ^ mix32(position.long() * 2 + 1))
+    x = mix32(x ^ klo.long())
+    return (x >> 8).float() * (1.0 / (1 << 24))
+
+
+def key_words(seed: torch.Tensor, digest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two 31-bit key words from a seed and a prompt digest (int64 tensors, same shape)."""
+    a = mix32((seed & M32) ^ mix32((digest & M32) + 0x9E37))
+    b = mix32(((seed >> 32) & M32) ^ mix32(((digest >> 32) & M32) + 0x79B9) ^ a)
+    return a & INT32_MAX, b & INT32_MAX
+
+
+_DIGEST_MOD = 1 << 20
+
+
+def digest_weights(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Per-position weights of `prompt_digest` (below 2**20, so sums of products stay exact in int64)."""
+    i = torch.arange(n, dtype=torch.int64, device=device)
+    return (mix32(i + 1) % _DIGEST_MOD) + 1
+
+
+def prompt_digest(prompt_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """What differs between requests that share a seed: a weighted sum of the prompt's ids.
+
+    ``prompt_ids`` [..., L] (padding -1), ``weights`` [L]; the same on the host and the device.
+    """
+    ids = prompt_ids.long()
+    return torch.where(ids >= 0, (ids + 1) * weights, 0).sum(-1)
+
+
+def seed_key(seed: int, prompt_ids: list[int]) -> tuple[int, int]:
+    """A request's RNG key words on the host (runner V1, which sees the prompt there)."""
+    d = prompt_digest(torch.tensor(prompt_ids, dtype=torch.int64), digest_weights(len(prompt_ids)))
+    a, b = key_words(torch.tensor(seed & SEED_MASK, dtype=torch.int64), d)
+    return int(a), int(b)
+
+
+# -- the torch implementation (CPU; the reference for the Triton kernel) -----------------
+def _step_torch(
+    slots: ForcingSlots,
+    logits: torch.Tensor,
+    row_keys: torch.Tensor,
+    history: torch.Tensor,
+    row_hist: torch.Tensor,
+    row_base: torch.Tensor,
+    row_len: torch.Tensor,
+    window: int | None,
+) -> None:
+    rows = torch.nonzero(row_keys >= 0).flatten()
+    if rows.numel() == 0:
+        return
+    keys = row_keys[rows].long()
+    st = slots.state[keys]  # [R, NF] (a copy; written back at the end)
+    seq, seq_len = slots.seq[keys], slots.seq_len[keys]
+    start, close = slots.start[keys], slots.close[keys]
+    n_new = (row_len[rows] - st[:, F.SEEN]).clamp(min=0)
+    steps = int(n_new.max()) if window is None else window
+    ar = torch.arange(len(rows))
+    hist_rows, base = row_hist[rows].long(), row_base[rows].long()
+    for j in range(steps):
+        live = (j < n_new) & (st[:, F.ON] == 1)
+        col = (base + st[:, F.SEEN]).clamp(max=history.shape[1] - 1)
+        tok = history[hist_rows, col].int()
+        _consume(slots, st, live, tok, seq, seq_len, start, close, ar)
+    _decide(st, logits, rows, seq, close, slots.temp[keys], ar)
+    slots.state[keys] = st
+    if slots.stats is not None:
+        out = torch.stack(
+            [st[:, F.NONCE_LO], st[:, F.NONCE_HI], st[:, F.SEEN], st[:, F.WAITS], st[:, F.ACT], st[:, F.ATOK],
+             st[:, F.DEC], st[:, F.FAIL]], dim=1,
+        )
+        slots.stats[keys] = out.to(slots.stats.device)
+
+
+def _consume(
+    slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, tok: torch.Tensor, seq: torch.Tensor,
+    seq_len: torch.Tensor, start: torch.Tensor, close: torch.Tensor, ar: torch.Tensor,
+) -> None:
+    """One committed token per live row: the controller's `accept`, vectorised."""
+    phase = st[:, F.PHASE]
+    qsrc = st[:, F.QSRC]
+    forcing = live & (qsrc >= 0)
+    q = qsrc.clamp(min=0).long()
+    qpos = st[:, F.QPOS].long().clamp(max=seq.shape[2] - 1)
+    expected = seq[ar, q, qpos]
+    bad = forcing & (tok != expected)
+    ok_force = forcing & ~bad
+    in_think = phase == Phase.THINKING
+    new_qpos = st[:, F.QPOS] + 1
+    done = new_qpos >= seq_len[ar, q]
+    # inside a wait string (thinking) or the close (closing)
+    think_add = ok_force & in_think
+    st[:, F.THINK] += think_add.int()
+    st[:, F.QPOS] = torch.where(ok_force, new_qpos, st[:, F.QPOS])
+    st[:, F.QSRC] = torch.where(ok_force & done, -1, st[:, F.QSRC])
+    st[:, F.JUST] = torch.where(think_add, done.int(), st[:, F.JUST])
+    st[:, F.PHASE] = torch.where(ok_force & ~in_think & done, int(Phase.ANSWERING), st[:, F.PHASE])
+    # phase BEFORE: match the think-start delimiter
+    before = live & ~forcing & (phase == Phase.BEFORE)
+    m = st[:, F.SMATCH].long().clamp(max=start.shape[1] - 1)
+    nxt = torch.where(tok == start[ar, m], st[:, F.SMATCH] + 1, (tok == start[:, 0]).int())
+    st[:, F.SMATCH] = torch.where(before, nxt, st[:, F.SMATCH])
+    opened = before & (st[:, F.SMATCH] == st[:, F.TSLEN])
+    st[:, F.PHASE] = torch.where(opened, int(Phase.THINKING), st[:, F.PHASE])
+    # phase THINKING, free tokens
+    thinking = live & ~forcing & (phase == Phase.THINKING)
+    is_close = (close == tok[:, None]) & (close >= 0)
+    close_attempt = is_close.any(1)
+    replaced = thinking & (st[:, F.ACT] == Action.GUARD) & (st[:, F.DEC] == 1) & (tok == st[:, F.ATOK])
+    # a close right after a wait string was banned; if it still came (a user's bias), no forcing
+    bad = bad | (thinking & (st[:, F.JUST] == 1) & close_attempt & ~replaced)
+    st[:, F.JUST] = torch.where(thinking, 0, st[:, F.JUST])
+    wi = (st[:, F.WAITS] % st[:, F.NWAIT]).long()
+    wlen = seq_len[ar, wi]
+    st[:, F.WAITS] += replaced.int()
+    st[:, F.THINK] += replaced.int()
+    st[:, F.QSRC] = torch.where(replaced & (wlen > 1), wi.int(), st[:, F.QSRC])
+    st[:, F.QPOS] = torch.where(replaced, 1, st[:, F.QPOS])
+    st[:, F.JUST] = torch.where(replaced & (wlen <= 1), 1, st[:, F.JUST])
+    closing = thinking & ~replaced & close_attempt & ~bad
+    has_rest = seq_len[:, slots.src_close] > 0
+    st[:, F.QSRC] = torch.where(closing & has_rest, slots.src_close, st[:, F.QSRC])
+    st[:, F.QPOS] = torch.where(closing, 0, st[:, F.QPOS])
+    st[:, F.PHASE] = torch.where(
+        closing, torch.where(has_rest, int(Phase.CLOSING), int(Phase.ANSWERING)), st[:, F.PHASE]
+    )
+    plain = thinking & ~replaced & ~close_attempt
+    st[:, F.THINK] += plain.int()
+    # the maximum: inside the thinking (free token, replaced close, or a wait string's token)
+    counted = (plain | replaced | think_add) & ~bad
+    at_max = counted & (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.THINK] >= st[:, F.MAXT])
+    st[:, F.QSRC] = torch.where(at_max, slots.src_end, st[:, F.QSRC])
+    st[:, F.QPOS] = torch.where(at_max, 0, st[:, F.QPOS])
+    st[:, F.FORCED] = torch.where(at_max, 1, st[:, F.FORCED])
+    st[:, F.JUST] = torch.where(at_max, 0, st[:, F.JUST])
+    st[:, F.PHASE] = torch.where(at_max, int(Phase.CLOSING), st[:, F.PHASE])
+    # a row whose forced token did not come out runs on unforced
+    st[:, F.ON] = torch.where(bad, 0, st[:, F.ON])
+    st[:, F.FAIL] = torch.where(bad, 1, st[:, F.FAIL])
+    st[:, F.SEEN] += live.int()
+
+
+def _decide(
+    st: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, seq: torch.Tensor, close: torch.Tensor,
+    t: torch.Tensor, ar: torch.Tensor,
+) -> None:
+    """The controller's `action()` per row, applied to the logits with a few column writes."""
+    on = st[:, F.ON] == 1
+    qsrc = st[:, F.QSRC]
+    force = on & (qsrc >= 0)
+    thinking = on & ~force & (st[:, F.PHASE] == Phase.THINKING)
+    ban = thinking & (st[:, F.JUST] == 1)
+    guard = thinking & ~ban & (st[:, F.THINK] < st[:, F.MIN]) & (st[:, F.WAITS] < st[:, F.MAXW])
+    redirect = thinking & ~ban & ~guard
+    forced_tok = seq[ar, qsrc.clamp(min=0).long(), st[:, F.QPOS].long().clamp(max=seq.shape[2] - 1)]
+    wait_tok = seq[ar, (st[:, F.WAITS] % st[:, F.NWAIT]).long(), 0]
+    target = torch.where(force, forced_tok, torch.where(guard, wait_tok, close[:, 0]))
+    act = torch.full_like(qsrc, int(Action.FREE))
+    act = torch.where(force, int(Action.FORCE), act)
+    act = torch.where(guard, int(Action.GUARD), act)
+    act = torch.where(redirect, int(Action.REDIRECT), act)
+    act = torch.where(ban, int(Action.BAN), act)
+    st[:, F.ACT] = act
+    st[:, F.ATOK] = torch.where(force | guard | redirect, target, -1)
+    st[:, F.DEC] = 0
+    # sources: all close attempts (GUARD, BAN) or end-of-sequence only (REDIRECT: skip column 0)
+    cols = close.long()
+    valid = cols >= 0
+    valid[:, 0] &= ~redirect
+    moving = guard | redirect | ban
+    sel = moving[:, None] & valid
+    if bool(sel.any()):
+        r = rows[:, None].expand_as(cols)
+        c = cols.clamp(min=0)
+        src = logits[r, c].masked_fill(~sel, float("-inf"))
+        tcol = target.long().clamp(min=0)
+        tgt = logits[rows, tcol]
+        greedy = st[:, F.GREEDY] == 1
+        lt = tgt / t
+        ls = src / t[:, None]
+        both = torch.logsumexp(torch.cat([lt[:, None], ls], 1), 1)
+        merged = torch.where(greedy, torch.maximum(tgt, src.amax(1)), both * t)
+        share = torch.where(
+            greedy, (src.amax(1) > tgt).float(), 1.0 - torch.exp(lt - both)
+        )
+        share = torch.nan_to_num(share, nan=0.0)
+        u = uniform(st[:, F.KLO], st[:, F.KHI], st[:, F.SEEN])
+        st[:, F.DEC] = torch.where(guard, (u < share).int(), 0)
+        # bans first, then the target's merged logit (the target is never a source)
+        flat_r, flat_c = r[sel], c[sel]
+        logits[flat_r, flat_c] = float("-inf")
+        mv = guard | redirect
+        logits[rows[mv], tcol[mv]] = merged[mv]
+    if bool(force.any()):
+        logits[rows[force], forced_tok[force].long()] = FORCE_LOGIT
+
