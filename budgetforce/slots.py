@@ -406,7 +406,7 @@ def _consume(
     seq_len: torch.Tensor, start: torch.Tensor, close: torch.Tensor, ar: torch.Tensor,
 ) -> None:
     """One committed token per live row: the controller's `accept`, vectorised."""
-    phase = st[:, F.PHASE]
+    phase = st[:, F.PHASE].clone()  # the phase each token arrived in (the writes below must not leak)
     qsrc = st[:, F.QSRC]
     forcing = live & (qsrc >= 0)
     q = qsrc.clamp(min=0).long()
@@ -456,7 +456,7 @@ def _consume(
     plain = thinking & ~replaced & ~close_attempt
     st[:, F.THINK] += plain.int()
     # the maximum: inside the thinking (free token, replaced close, or a wait string's token)
-    counted = (plain | replaced | think_add) & ~bad
+    counted = (plain | replaced | think_add | opened) & ~bad  # a thinking opened at a zero maximum closes
     at_max = counted & (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.THINK] >= st[:, F.MAXT])
     st[:, F.QSRC] = torch.where(at_max, slots.src_end, st[:, F.QSRC])
     st[:, F.QPOS] = torch.where(at_max, 0, st[:, F.QPOS])

@@ -68,7 +68,7 @@ def test_slots_follow_the_controller_under_greedy(seed: int, specs: list) -> Non
             keys.append(-1)
             continue
         plan = ForcingPlan(**(R1 if family == "r1" else S1), min_thinking=lo, max_thinking=hi, max_waits=waits)
-        prompt = PROMPT["s1" if family == "s1" else ("closed" if i == 5 else "r1")]
+        prompt = PROMPT["s1" if family == "s1" else ("closed" if i % 3 == 2 else "r1")]
         assert slots.load(i, plan, 0.0, (i, 7), prompt, (i, 1))
         ctls.append(ThinkingController(plan, prompt) if plan.is_active else None)
         keys.append(i if plan.is_active else -1)
@@ -81,6 +81,7 @@ def test_slots_follow_the_controller_under_greedy(seed: int, specs: list) -> Non
         for r, spec in enumerate(specs):
             raw[r, END] += spec[4]
             raw[r, IM] += spec[4]
+            raw[r, START] += 1.0
         logits = raw.clone()
         hist = torch.tensor([[o[-1] if o else -1] for o in outs])
         seen = torch.tensor([len(o) - 1 if o else 0 for o in outs])

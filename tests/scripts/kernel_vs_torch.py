@@ -1,0 +1,75 @@
+"""Run `ForcingSlots.step` through the Triton kernel (interpreter) and the torch path on the same batches.
+
+Invoked by tests/test_slots_kernel.py with TRITON_INTERPRET=1; prints "OK <steps>" or raises.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import sys
+
+import torch
+
+from budgetforce.controller import ForcingPlan
+from budgetforce.slots import NS, ForcingSlots, _step_torch
+from budgetforce.slots_kernel import step_cuda
+
+V = 48
+START, END, EOS, WAIT, HMM, COMMA = 5, 6, 2, 9, 10, 11
+IM, THINK, ANSWER, NL, FINAL, COLON = 30, 31, 32, 33, 34, 35
+R1 = dict(think_start=(START,), think_end=(END,), eos=frozenset({EOS}), waits=((WAIT,), (HMM, COMMA)))
+S1 = dict(
+    think_start=(IM, THINK, NL), think_end=(IM, ANSWER, NL), eos=frozenset({EOS, 3}),
+    waits=((WAIT,), (HMM, COMMA, WAIT)), answer_prefix=(FINAL, COLON),
+)
+
+
+def main(seed: int) -> None:
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    b = 12
+    a = ForcingSlots(32, torch.device("cpu"), stats=torch.zeros(32, NS, dtype=torch.int32))
+    keys = []
+    for i in range(b):
+        if i % 5 == 4:
+            keys.append(-1)
+            continue
+        s1 = rng.random() < 0.5
+        lo = rng.randrange(0, 40)
+        hi = rng.choice([None, rng.randrange(lo, 60)])
+        plan = ForcingPlan(**(S1 if s1 else R1), min_thinking=lo, max_thinking=hi, max_waits=rng.choice([None, 1, 3]))
+        prompt = [1, IM, THINK, NL] if s1 else rng.choice([[1, START, NL], [1, 4], [1, START, 7, END]])
+        temp = rng.choice([0.0, 0.6, 1.0])
+        key = 2 * i + 1
+        a.load(key, plan, temp, (rng.randrange(2**31), rng.randrange(2**31)), prompt, (i, 9))
+        keys.append(key)
+    a.flush()
+    k = copy.deepcopy(a)
+    row_keys = torch.tensor(keys)
+    outs: list[list[int]] = [[] for _ in range(b)]
+    for step in range(80):
+        raw = torch.randn(b, V, generator=gen) * 2
+        raw[:, END] += 1.5
+        raw[:, IM] += 1.5
+        raw[:, START] += 0.5
+        la, lk = raw.clone(), raw.clone()
+        hist = torch.tensor([[o[-1] if o else -1] for o in outs])
+        seen = torch.tensor([len(o) - 1 if o else 0 for o in outs])
+        n = torch.tensor([len(o) for o in outs])
+        _step_torch(a, la, row_keys, hist, torch.arange(b), -seen, n, None)
+        step_cuda(k, lk, row_keys, hist, torch.arange(b), -seen, n)
+        if not torch.equal(a.state, k.state):
+            diff = (a.state != k.state).nonzero().tolist()
+            raise AssertionError(f"step {step}: state differs at (key, field): {[(r, c, int(a.state[r, c]), int(k.state[r, c])) for r, c in diff]}")
+        assert torch.allclose(la, lk, rtol=1e-5, atol=1e-5, equal_nan=True), f"step {step}: logits differ"
+        assert torch.equal(a.stats, k.stats), f"step {step}: stats differ"
+        probs = torch.softmax(la, 1)
+        tok = torch.multinomial(probs, 1, generator=gen).flatten().tolist()
+        for o, t in zip(outs, tok):
+            o.append(t)
+    print("OK", step + 1, int(a.state[:, 3].sum()), int(a.state[:, 15].sum()))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
