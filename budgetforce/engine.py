@@ -22,15 +22,15 @@ from budgetforce.profile import Profile, ResolvedProfile, detect_profile, get_pr
 
 log = logging.getLogger(__name__)
 
-PROCESSOR_FQCN = "budgetforce.forcing:BudgetForcingLogitsProcessor"
+PROCESSOR_FQCN = "budgetforce.vllm:EngineForcing"
 Messages = Sequence[dict[str, Any]]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length"]  # vLLM's `abort` and `error` raise `GenerationFailed` instead
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetStats:
     thinking_tokens: int
-    waits_inserted: int
+    waits_inserted: int | None  # None: the engine could not share it (another node, a failed row)
     forced_end: bool
     strategy: str | None  # None: the request had no budget
 
@@ -60,6 +60,19 @@ class Completion:
 
 class EngineDeadError(RuntimeError):
     """The vLLM engine has died; the server answers 503."""
+
+
+class GenerationFailed(RuntimeError):
+    """vLLM ended a request with `abort` or `error`: the output is cut, not an answer; the server answers 500.
+
+    Args:
+        reason: vLLM's finish reason, `"abort"` or `"error"`.
+    """
+
+    def __init__(self, reason: str) -> None:
+        what = "aborted" if reason == "abort" else "failed"
+        super().__init__(f"the engine {what} the generation (finish reason `{reason}`)")
+        self.reason = reason
 
 
 class BudgetForcingEngine:
@@ -229,20 +242,22 @@ class BudgetForcingEngine:
 
         from budgetforce.forcing import plan_to_args
 
-        slot = self._board.acquire() if plan is not None else -1
+        key, nonce = self._board.acquire() if plan is not None else (-1, 0)
         try:
-            extra = plan_to_args(plan, self._board.name, slot) if plan is not None else None
+            extra = plan_to_args(plan, self._board.name, key, nonce) if plan is not None else None
             params = self._params(sampling, max_tokens=max_tokens, extra_args=extra)
+            ids: list[int] = []
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id):
                 o = out.outputs[0]
+                ids.extend(o.token_ids)
                 if out.finished:
-                    waits = self._board.read(slot)[0] if slot >= 0 else 0
+                    waits = self._board.waits(key, nonce, ids) if key >= 0 else 0
                     yield list(o.token_ids), _finish(o.finish_reason), waits
                     return
                 yield list(o.token_ids), None, 0
         finally:
-            if slot >= 0:
-                self._board.release(slot)
+            if key >= 0:
+                self._board.release(key)
 
     async def _rounds(
         self, prompt_ids: list[int], plan: ForcingPlan, max_tokens: int, request_id: str, sampling: dict[str, Any]
@@ -265,7 +280,7 @@ class BudgetForcingEngine:
                 yield [token], None, 0
                 continue
             limit = remaining
-            if kind in (Action.GUARD, Action.REDIRECT):  # budgeted thinking: stop at any close attempt
+            if kind in (Action.GUARD, Action.REDIRECT, Action.BAN):  # budgeted thinking: stop at any close attempt
                 stops = sorted(plan.close_attempts)
                 if ctl.tokens_to_max is not None:
                     limit = min(remaining, ctl.tokens_to_max)
@@ -275,6 +290,8 @@ class BudgetForcingEngine:
                 stops = []
             # min_tokens counts the whole completion: each round owes what is still missing
             owed = max(0, min(sampling.get("min_tokens") or 0, max_tokens) - len(out))
+            if ctl.just_waited:  # s1 resubmits after a wait with min_tokens=1: no close as the first token
+                owed = max(owed, 1)
             params = self._params(sampling, max_tokens=limit, stop_token_ids=stops or None, min_tokens=min(owed, limit))
             round_no += 1
             new: list[int] = []
@@ -313,7 +330,10 @@ class BudgetForcingEngine:
 
 
 def _finish(reason: str | None) -> FinishReason:
-    return "length" if reason == "length" else "stop"
+    """vLLM's finish reason as the API's; `abort` and `error` raise `GenerationFailed`."""
+    if reason in ("abort", "error"):
+        raise GenerationFailed(reason)
+    return "length" if reason == "length" else "stop"  # `stop`, and vLLM's `repetition`
 
 
 class _Splitter:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import cache
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from budgetforce.budget import BudgetError
-from budgetforce.engine import EngineDeadError
+from budgetforce.engine import EngineDeadError, GenerationFailed
 from budgetforce.profile import ProfileError
 from server.protocol import ErrorInfo, ErrorResponse
 
@@ -66,16 +67,36 @@ def from_exception(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param=getattr(exc, "parameter", None), code="invalid_request")
     if isinstance(exc, EngineDeadError):
         return APIError(503, "the engine has stopped; the server needs a restart", code="engine_dead")
+    if isinstance(exc, GenerationFailed):
+        log.error("generation ended by vLLM with finish reason %s", exc.reason)
+        code = "generation_aborted" if exc.reason == "abort" else "generation_failed"
+        return APIError(500, f"{exc}; no answer was produced", code=code)
     log.error("internal error", exc_info=exc)
     return APIError(500, f"internal error ({type(exc).__name__}); see the server log", code="internal_error")
 
 
 def _is_vllm_client_error(exc: BaseException) -> bool:
+    return isinstance(exc, vllm_client_errors())
+
+
+@cache
+def vllm_client_errors() -> tuple[type[BaseException], ...]:
+    """vLLM's exception classes for a bad request, whichever the installed release has.
+
+    vLLM 0.32 has `VLLMClientError`; 0.26 has only `VLLMValidationError` (a `ValueError`).
+    """
     try:
         from vllm.exceptions import VLLMClientError
-    except ImportError:  # pragma: no cover - older vLLM
-        return False
-    return isinstance(exc, VLLMClientError)
+
+        return (VLLMClientError,)
+    except ImportError:
+        pass
+    try:
+        from vllm.exceptions import VLLMValidationError
+
+        return (VLLMValidationError,)
+    except ImportError:
+        return ()
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -166,6 +187,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(EngineDeadError)
     async def _dead(request: Request, exc: EngineDeadError) -> JSONResponse:
+        return from_exception(exc).response()
+
+    @app.exception_handler(GenerationFailed)
+    async def _failed(request: Request, exc: GenerationFailed) -> JSONResponse:
         return from_exception(exc).response()
 
     @app.exception_handler(Exception)

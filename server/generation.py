@@ -17,7 +17,7 @@ from typing import Any
 from budgetforce.budget import Budget, BudgetError
 from budgetforce.controller import ThinkingController
 from budgetforce.engine import BudgetForcingEngine, BudgetStats, Delta
-from server.errors import APIError
+from server.errors import APIError, vllm_client_errors
 from server.metrics import Metrics
 from server.protocol import BudgetReport, FinishReason, ResolvedBudget, SamplingFields, Usage
 from server.settings import ServerSettings
@@ -129,24 +129,36 @@ def _fit(engine: BudgetForcingEngine, resolved: ResolvedBudget, limit: int, cap_
 def _check_sampling(sampling: dict[str, Any]) -> None:
     """vLLM's own checks of the sampling parameters, at the edge rather than mid-request."""
     from vllm import SamplingParams
-    from vllm.exceptions import VLLMClientError
 
     try:
         SamplingParams(**sampling, detokenize=False)
-    except (ValueError, TypeError, VLLMClientError) as exc:
+    except (ValueError, TypeError, *vllm_client_errors()) as exc:
         param = getattr(exc, "parameter", None) or next((k for k in sampling if str(exc).startswith(k)), None)
         raise APIError(400, f"invalid sampling parameters: {exc}", param=param) from None
 
 
 class _StopCutter:
-    """Holds back the answer's tail until it cannot be the start of a stop string."""
+    """Holds back the answer's tail until it cannot be the start of a stop string.
+
+    The whitespace that opens the answer (R1 writes "</think>\\n\\n") is passed through and never
+    matched: lm-evaluation-harness's default stop "\\n\\n" would otherwise cut every answer to "".
+    """
 
     def __init__(self, stops: list[str]) -> None:
         self.stops = stops
         self.hold = max(len(s) for s in stops) - 1
         self.buf = ""
+        self.opened = False  # whether the answer's first non-whitespace character has come
 
     def push(self, text: str) -> tuple[str, bool]:
+        lead = ""
+        if not self.opened:
+            body = text.lstrip()
+            lead, text, self.opened = text[: len(text) - len(body)], body, bool(body)
+        out, cut = self._match(text)
+        return lead + out, cut
+
+    def _match(self, text: str) -> tuple[str, bool]:
         self.buf += text
         hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
         if hits:

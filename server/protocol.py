@@ -13,6 +13,7 @@ way; when they come from the same level the request is rejected.
 
 from __future__ import annotations
 
+import difflib
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,13 @@ from server.settings import Effort, ServerSettings
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FinishReason = Literal["stop", "length"]
+# The budget fields a misspelled unknown field is compared with, and the other APIs' token caps,
+# which resemble them but are not misspellings (e.g. `max_completion_tokens` on /v1/completions).
+BUDGET_FIELD_NAMES = (
+    "min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix", "budget_strategy",
+    "thinking_token_budget",
+)  # fmt: skip
+NOT_BUDGET_FIELDS = frozenset({"max_completion_tokens", "max_tokens", "min_tokens", "max_new_tokens", "min_new_tokens"})
 
 
 class FieldError(ValueError):
@@ -176,6 +184,15 @@ class BudgetFields(OpenAIModel):
     include_reasoning: bool = Field(True, description="vLLM's switch; false leaves the reasoning text out.")
 
     @model_validator(mode="after")
+    def _no_misspelled_budget_field(self) -> BudgetFields:
+        """An unknown field that resembles a budget field is a typo, not a field to ignore."""
+        for name in self.ignored_fields:
+            close = [] if name in NOT_BUDGET_FIELDS else difflib.get_close_matches(name, BUDGET_FIELD_NAMES, 1, 0.7)
+            if close:
+                raise FieldError(name, f"unknown field `{name}`; did you mean `{close[0]}`?")
+        return self
+
+    @model_validator(mode="after")
     def _min_not_above_max(self) -> BudgetFields:
         lo, hi = self.min_thinking_tokens, self.max_thinking_tokens
         if lo is not None and hi is not None and lo > hi:
@@ -308,6 +325,7 @@ Temperature = Annotated[float | None, Field(None, ge=0, le=2)]
 TopP = Annotated[float | None, Field(None, gt=0, le=1)]
 Penalty = Annotated[float | None, Field(None, ge=-2, le=2)]
 Seed = Annotated[int | None, Field(None, ge=INT64_MIN, le=INT64_MAX)]
+STOP_DOC = "Up to 16 strings that end the answer (never matched in the thinking, nor in the whitespace opening it)."
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -325,7 +343,7 @@ class ChatCompletionRequest(SamplingFields):
     presence_penalty: Penalty = None
     response_format: ResponseFormat | None = None
     seed: Seed = Field(None, description="Choice i samples with seed + i.")
-    stop: Stop = Field(None, description="Up to 16 strings that end the answer (the thinking is never cut).")
+    stop: Stop = Field(None, description=STOP_DOC)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Temperature = None
@@ -380,7 +398,7 @@ class CompletionRequest(SamplingFields):
     n: int = Field(1, ge=1, le=64)
     presence_penalty: Penalty = None
     seed: Seed = Field(None, description="Choice i samples with seed + i.")
-    stop: Stop = Field(None, description="Up to 16 strings that end the answer (the thinking is never cut).")
+    stop: Stop = Field(None, description=STOP_DOC)
     stream: bool = False
     stream_options: StreamOptions | None = None
     suffix: str | None = Field(None, description="Not supported.")

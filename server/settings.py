@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Effort = Literal["none", "minimal", "low", "medium", "high"]
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]  # OpenAI's levels, and vLLM's `max`
 
 
 class EffortBudget(BaseModel):
@@ -36,6 +36,8 @@ DEFAULT_EFFORT_BUDGETS: dict[Effort, EffortBudget] = {
     "low": EffortBudget(max_thinking_tokens=1024),
     "medium": EffortBudget(max_thinking_tokens=4096),
     "high": EffortBudget(min_thinking_tokens=1024, max_thinking_tokens=16384),
+    "xhigh": EffortBudget(min_thinking_tokens=2048, max_thinking_tokens=32768),
+    "max": EffortBudget(min_thinking_tokens=4096, max_thinking_tokens=65536),
 }
 
 

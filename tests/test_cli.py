@@ -126,10 +126,14 @@ def test_serve_starts_and_answers(tiny_r1: Path, tmp_path: Path) -> None:
         headers = {"Authorization": "Bearer sk-cli"}
         assert httpx.get(f"{url}/v1/models", headers=headers).json()["data"][0]["id"] == "tiny-cli"
         assert httpx.get(f"{url}/v1/models").status_code == 401
-        body = {"model": "tiny-cli", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 16}
+        body = {
+            "model": "tiny-cli", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 16,
+            "min_thinking_tokens": 6, "seed": 0,  # the minimum pins the outcome: the model may close on its own
+        }  # fmt: skip
         r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
         assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["budget"]["thinking_tokens"] == 6  # the server's default maximum
+        budget = r.json()["choices"][0]["budget"]
+        assert budget["thinking_tokens"] == 6 and budget["forced_end"] is True  # the server's default maximum
         time.sleep(0.5)
         assert "thinking=6" in log.read_text()
     finally:

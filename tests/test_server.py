@@ -140,6 +140,8 @@ def test_n_choices_use_seed_plus_index(client: OpenAI) -> None:
         ({"reasoning": {"enabled": False}}, 0, False),
         ({"reasoning_effort": "none"}, 0, False),
         ({"reasoning_effort": "low"}, 22, False),  # the table's 1024 shrunk to fit 24 tokens
+        ({"reasoning_effort": "xhigh"}, 22, False),  # the table's 2048..32768, shrunk: min = max
+        ({"reasoning": {"effort": "max"}}, 22, False),
         ({"include_reasoning": False, "max_thinking_tokens": 3}, 3, True),
     ],
 )
@@ -180,6 +182,33 @@ def test_stop_string_ends_the_answer(client: OpenAI) -> None:
     assert budget["thinking_tokens"] == 6 and budget["forced_end"] is True and budget["waits_inserted"] is None
     assert cut.choices[0].message.model_extra["reasoning"] == full.choices[0].message.model_extra["reasoning"]
     assert cut.usage.completion_tokens < full.usage.completion_tokens
+
+
+def test_stop_string_skips_the_whitespace_that_opens_the_answer(client: OpenAI) -> None:
+    """lm-evaluation-harness's default stop "\\n\\n" must not match the blank line after `</think>`."""
+    common: dict[str, Any] = {
+        "model": "tiny", "messages": MESSAGES, "max_completion_tokens": 40, "temperature": 0, "seed": 0,
+        "extra_body": {"max_thinking_tokens": 6, "answer_prefix": "\n\n"},  # an R1 answer's opening, forced
+    }  # fmt: skip
+    full = client.chat.completions.create(**common).choices[0].message.content
+    body = full.lstrip()
+    assert full.startswith("\n\n") and body, repr(full)
+    cut = client.chat.completions.create(**common, stop=["\n\n"]).choices[0]
+    assert cut.message.content == full[: len(full) - len(body)] + body.split("\n\n")[0]
+    streamed = client.chat.completions.create(**common, stop=["\n\n"], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == cut.message.content
+
+
+def test_stop_cutter_passes_the_answers_opening_whitespace() -> None:
+    from server.generation import _StopCutter
+
+    cutter = _StopCutter(["\n\n", "\nThe"])
+    pieces = [cutter.push(t) for t in ["\n", "\n  The answer", " is 4.\n", "\nMore"]]
+    assert "".join(text for text, _ in pieces) == "\n\n  The answer is 4."
+    assert [cut for _, cut in pieces] == [False, False, False, True]
+    only_space = _StopCutter(["\n\n"])
+    assert [only_space.push(t) for t in ["\n\n", " \n\n"]] == [("\n\n", False), (" \n\n", False)]
+    assert only_space.flush() == ""
 
 
 def test_completions_text_and_ids(client: OpenAI, engine: Any) -> None:
@@ -233,8 +262,9 @@ def test_raw_sse_framing(live_server_url: str) -> None:
 
 def test_metrics(live_server: str, client: OpenAI) -> None:
     client.chat.completions.create(
-        model="tiny", messages=MESSAGES, max_completion_tokens=12, extra_body={"max_thinking_tokens": 3}
-    )
+        model="tiny", messages=MESSAGES, max_completion_tokens=12, seed=0,
+        extra_body={"min_thinking_tokens": 3, "max_thinking_tokens": 3},
+    )  # fmt: skip
     text = httpx.get(f"{live_server}/metrics").text
     for name in (
         'budgetforce_requests_total{endpoint="chat",status="200"}',
@@ -281,7 +311,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
 
 # A request that would run 900 tokens (seconds on the CPU) if nobody aborted it.
 LONG = {"model": "tiny", "messages": MESSAGES, "max_completion_tokens": 900, "min_thinking_tokens": 880,
-        "max_thinking_tokens": 890}  # fmt: skip
+        "max_thinking_tokens": 890, "seed": 0}  # fmt: skip
 ABORTED = 'budgetforce_requests_aborted_total{endpoint="chat"}'
 
 
@@ -347,6 +377,10 @@ def test_budget_precedence() -> None:
     )
     assert _resolve(reasoning={"effort": "low"}, reasoning_effort="minimal") == (0, 1024, None)
     assert _resolve(reasoning_effort="high") == (1024, 16384, None)
+    assert _resolve(reasoning_effort="xhigh") == (2048, 32768, None)
+    assert _resolve(reasoning_effort="max") == (4096, 65536, None)
+    assert _resolve(reasoning={"effort": "xhigh"}, reasoning_effort="low") == (2048, 32768, None)
+    assert _resolve(reasoning={"effort": "max"}) == (4096, 65536, None)
     assert _resolve(thinking={"type": "enabled"}) == (0, None, None)  # enabled without a budget: no change
     defaults = ServerSettings(default_min_thinking_tokens=100, default_max_thinking_tokens=200)
     assert _resolve(defaults) == (100, 200, None)
@@ -358,10 +392,13 @@ def test_budget_precedence() -> None:
 def test_effort_table_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from server.settings import ServerSettings
 
-    monkeypatch.setenv("BUDGETFORCE_REASONING_EFFORT_BUDGETS", '{"low": {"max_thinking_tokens": 512}}')
+    table = '{"low": {"max_thinking_tokens": 512}, "max": {"min_thinking_tokens": 3000}}'
+    monkeypatch.setenv("BUDGETFORCE_REASONING_EFFORT_BUDGETS", table)
     monkeypatch.setenv("BUDGETFORCE_MAX_THINKING_TOKENS_LIMIT", "4096")
     settings = ServerSettings()
     assert _resolve(settings, reasoning_effort="low") == (0, 512, None)
+    assert _resolve(settings, reasoning_effort="max") == (3000, 4096, None)  # the operator's, capped by the limit
+    assert _resolve(settings, reasoning={"effort": "xhigh"}) == (2048, 4096, None)  # default entry, capped
     assert _resolve(settings, reasoning_effort="medium") == (0, 4096, None)  # default table entry
     assert _resolve(settings, reasoning_effort="high") == (1024, 4096, None)  # capped by the limit
     assert _resolve(settings) == (0, 4096, None)  # the limit is also the maximum of requests without one

@@ -7,7 +7,8 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -66,7 +67,8 @@ CHAT_CASES = [
     ({"messages": HELLO, "thinking": {"type": "enabled", "budget_tokens": -1}}, "thinking.budget_tokens"),
     ({"messages": HELLO, "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
     ({"messages": HELLO, "reasoning": {"enabled": False, "max_tokens": 10}}, "reasoning.enabled"),
-    ({"messages": HELLO, "reasoning_effort": "max"}, "reasoning_effort"),
+    ({"messages": HELLO, "reasoning_effort": "ultra"}, "reasoning_effort"),
+    ({"messages": HELLO, "reasoning": {"effort": "maximum"}}, "reasoning.effort"),
     # a budget at or above the total token cap
     ({"messages": HELLO, "max_completion_tokens": 10, "max_thinking_tokens": 10}, "max_thinking_tokens"),
     ({"messages": HELLO, "max_completion_tokens": 10, "max_thinking_tokens": 9}, "max_thinking_tokens"),
@@ -87,6 +89,11 @@ CHAT_CASES = [
     ({"messages": HELLO, "response_format": {"type": "json_object"}}, "response_format.type"),
     ({"messages": HELLO, "max_completion_tokens": 5, "min_tokens": 6}, "min_tokens"),
     ({"messages": HELLO, "min_tokens": 5000}, "min_tokens"),  # vLLM's own check, at the edge
+    # a misspelled budget field is not ignored (the request would run with no budget)
+    ({"messages": HELLO, "max_thinking_token": 5}, "max_thinking_token"),
+    ({"messages": HELLO, "min_thinking": 5}, "min_thinking"),
+    ({"messages": HELLO, "max_wait": 1}, "max_wait"),
+    ({"messages": HELLO, "thinking_budget": 8}, "thinking_budget"),
 ]
 
 
@@ -109,6 +116,8 @@ COMPLETION_CASES = [
     ({"prompt": "hi", "n": 65}, "n"),
     ({"prompt": ["a"] * 40, "n": 2}, "n"),
     ({"max_tokens": 3}, "prompt"),
+    ({"prompt": "hi", "max_thinking_token": 5}, "max_thinking_token"),
+    ({"prompt": "hi", "wait_string": ["Hmm"]}, "wait_string"),
 ]
 
 
@@ -154,13 +163,40 @@ def test_oversized_body_is_413(live_server_url: str) -> None:
     assert_error(httpx.post(f"{live_server_url}/chat/completions", content=chunks()), 413)
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "typo", "meant"),
+    [
+        ("chat/completions", {"messages": HELLO}, "max_thinking_token", "max_thinking_tokens"),
+        ("chat/completions", {"messages": HELLO}, "min_thinking", "min_thinking_tokens"),
+        ("chat/completions", {"messages": HELLO}, "max_wait", "max_waits"),
+        ("chat/completions", {"messages": HELLO}, "budget_stratgy", "budget_strategy"),
+        ("completions", {"prompt": "hi"}, "answer_prefx", "answer_prefix"),
+        ("completions", {"prompt": "hi"}, "thinking_tokens_budget", "thinking_token_budget"),
+    ],
+)
+def test_misspelled_budget_field_names_the_field_it_resembles(
+    live_server_url: str, path: str, body: dict[str, Any], typo: str, meant: str
+) -> None:
+    r = httpx.post(f"{live_server_url}/{path}", json={**body, typo: 8, "max_tokens": 16, "seed": 0}, timeout=30)
+    error = assert_error(r, 400, typo, "invalid_value")
+    assert f"`{meant}`" in error["message"] and f"`{typo}`" in error["message"], error
+
+
 def test_unknown_fields_are_ignored_and_unknown_routes_404(live_server_url: str) -> None:
+    unrelated = {"metadata": {"a": 1}, "store": False, "whatever": [1], "max_new_tokens": 4, "strategy": "x"}
     ok = httpx.post(
         f"{live_server_url}/chat/completions",
-        json={"messages": HELLO, "max_completion_tokens": 4, "metadata": {"a": 1}, "store": False, "whatever": [1]},
+        json={"messages": HELLO, "max_completion_tokens": 4, "seed": 0, **unrelated},
         timeout=30,
     )
     assert ok.status_code == 200, ok.text
+    # OpenAI's chat cap sent to /v1/completions resembles `max_thinking_tokens` but is no typo of it
+    text = httpx.post(
+        f"{live_server_url}/completions",
+        json={"prompt": "hi", "max_tokens": 4, "max_completion_tokens": 4, "seed": 0, **unrelated},
+        timeout=30,
+    )
+    assert text.status_code == 200, text.text
     assert_error(httpx.get(f"{live_server_url}/nothing"), 404)
     assert_error(httpx.get(f"{live_server_url}/chat/completions"), 405)
 
@@ -171,15 +207,19 @@ def test_server_limit_on_budgets(loop: asyncio.AbstractEventLoop, engine: Any) -
         too_big = httpx.post(f"{url}/v1/chat/completions", json={"messages": HELLO, "thinking_token_budget": 17})
         assert_error(too_big, 400, "thinking_token_budget")
         assert_error(httpx.post(f"{url}/v1/chat/completions", json={"messages": HELLO, "min_thinking_tokens": 20}), 400)
+        # The minimum pins the outcome (a random model may close its thinking on its own before 8);
+        # the maximum is the server's default: `forced_end` says it was applied.
         default = httpx.post(
-            f"{url}/v1/chat/completions", json={"messages": HELLO, "max_completion_tokens": 30}, timeout=30
-        )
-        assert default.json()["choices"][0]["budget"]["thinking_tokens"] == 8
-        effort = httpx.post(
-            f"{url}/v1/chat/completions", json={"messages": HELLO, "max_completion_tokens": 30, "reasoning_effort": "high"},
+            f"{url}/v1/chat/completions",
+            json={"messages": HELLO, "max_completion_tokens": 30, "min_thinking_tokens": 8, "seed": 0},
             timeout=30,
-        )  # fmt: skip
-        assert effort.json()["choices"][0]["budget"]["thinking_tokens"] == 16  # the table's 16384, capped
+        )
+        budget = default.json()["choices"][0]["budget"]
+        assert budget["thinking_tokens"] == 8 and budget["forced_end"] is True, budget
+        for effort in ({"reasoning_effort": "high"}, {"reasoning_effort": "xhigh"}, {"reasoning": {"effort": "max"}}):
+            body = {"messages": HELLO, "max_completion_tokens": 30, "seed": 0, **effort}
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+            assert r.json()["choices"][0]["budget"]["thinking_tokens"] == 16, effort  # the table's min and max, capped
 
 
 # -- auth ----------------------------------------------------------------------------------------
@@ -209,7 +249,7 @@ def test_api_key(loop: asyncio.AbstractEventLoop, engine: Any) -> None:
 
     app = build_app(ServerSettings(served_model_name="tiny", api_key="sk-test"), engine=engine)
     with serve(loop, app) as url:
-        body = {"messages": HELLO, "max_completion_tokens": 4}
+        body = {"messages": HELLO, "max_completion_tokens": 4, "seed": 0}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sk-test"}):
             error = assert_error(httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers), 401)
             assert error["code"] == "invalid_api_key"
@@ -223,6 +263,57 @@ def test_api_key(loop: asyncio.AbstractEventLoop, engine: Any) -> None:
         assert OpenAI(base_url=f"{url}/v1", api_key="sk-test").models.list().data[0].id == "tiny"
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
+
+
+# -- a generation that vLLM aborts --------------------------------------------------------------
+# ~900 tokens (seconds on the CPU) unless aborted; the minimum keeps the thinking going.
+LONG = {"max_tokens": 900, "min_thinking_tokens": 880, "max_thinking_tokens": 890, "seed": 0}
+
+
+def _abort_when_running(engine: Any, run: Callable) -> None:
+    """Abort inside vLLM, as it does on its own (a failed KV transfer, a drain), the one request it runs."""
+    processor = engine.llm.output_processor
+    deadline = time.monotonic() + 60
+    while processor.get_num_unfinished_requests() != 1:
+        assert time.monotonic() < deadline, "the request never reached the engine"
+        time.sleep(0.01)
+    run(engine.llm.abort(list(processor.request_states), internal=True))
+
+
+def test_aborted_generation_is_a_500(live_server_url: str, engine: Any, run: Callable) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        body = {**LONG, "messages": HELLO}
+        pending = pool.submit(httpx.post, f"{live_server_url}/chat/completions", json=body, timeout=120)
+        _abort_when_running(engine, run)
+        error = assert_error(pending.result(), 500, code="generation_aborted")
+    assert error["type"] == "server_error" and "abort" in error["message"]
+
+
+def test_aborted_stream_ends_with_an_error_event(live_server_url: str, engine: Any, run: Callable) -> None:
+    with (
+        httpx.Client(timeout=120) as http,
+        http.stream("POST", f"{live_server_url}/completions", json={**LONG, "prompt": "hi", "stream": True}) as r,
+    ):
+        assert r.status_code == 200
+        _abort_when_running(engine, run)
+        events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])
+    assert set(error) == {"error"} and error["error"]["code"] == "generation_aborted", error
+    assert all(c["finish_reason"] is None for e in events[:-2] for c in json.loads(e)["choices"])
+
+
+def test_failed_finish_reasons_are_5xx_not_stop() -> None:
+    """vLLM's `error` (a KV load failure, ...) cannot be produced cheaply on the CPU: the mapping itself."""
+    from budgetforce.engine import GenerationFailed, _finish
+    from server.errors import from_exception
+
+    assert [_finish(r) for r in ("stop", "length", "repetition")] == ["stop", "length", "stop"]
+    for reason, code in (("abort", "generation_aborted"), ("error", "generation_failed")):
+        with pytest.raises(GenerationFailed) as failed:
+            _finish(reason)
+        error = from_exception(failed.value)
+        assert (error.status, error.code, error.info().type) == (500, code, "server_error")
 
 
 # -- engine failures (a fake engine: no vLLM needed) ----------------------------------------------
