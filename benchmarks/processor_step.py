@@ -1,12 +1,17 @@
-"""Time the budget-forcing logits processor's own work per decoding step.
+"""Time budget forcing's own work per decoding step: `ForcingSlots.step`, as runner V2 drives it.
 
-Drives `BudgetForcingLogitsProcessor` directly with a persistent batch of B rows and a
-vocabulary of real size, feeding back the argmax of the processed logits as each row's next
-token (outside the timed region), and reports per-step host time (the `apply()` call) and, on
-CUDA, device time (events around it).
+A persistent batch of B rows over a vocabulary of real size (R1-Distill-Qwen's 151,936): each
+step the rows' new tokens are read from a device token history (as runner V2's
+`all_token_ids`), the slots advance and write the logits, and the argmax of the processed
+logits is appended to the history (the "sampler", outside the timed region). Reports device
+time (CUDA events around the step, on CUDA) and host time per step. With vLLM importable, the
+runner-V1 adapter (`BudgetForcingLogitsProcessor.apply`, host lists) is timed too (`--v1`).
 
-    python -m benchmarks.processor_step --device cpu --batch 1 32 128
-    python -m benchmarks.processor_step --device cuda --batch 1 32 256 --json out.json
+Modes: none (rows without a budget: the cost of merely being registered), guard (below the
+minimum all the time), max (budgeted thinking past its minimum: EOS redirected), force (a close
+forced every 8 tokens, then re-opened), mixed (a quarter of each).
+
+    python -m benchmarks.processor_step --batch 1 32 256 --json out.json
 """
 
 from __future__ import annotations
@@ -16,50 +21,105 @@ import json
 import platform
 import statistics
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import BatchUpdate
 
 from budgetforce.controller import ForcingPlan
-from budgetforce.forcing import BudgetForcingLogitsProcessor, plan_to_args
+from budgetforce.slots import ForcingSlots
 
 VOCAB = 151_936  # DeepSeek-R1-Distill-Qwen's
 START, END, EOS, WAIT = 151648, 151649, 151643, 14190
-MODES = {
-    "none": None,  # rows without a budget: the processor must cost nothing
-    "guard": dict(min_thinking=10**6, max_thinking=None),  # below the minimum all the time
-    "max": dict(min_thinking=0, max_thinking=10**6),  # budgeted thinking past its minimum (redirect)
-    "mixed": "mixed",  # a quarter each: none, guard, max, forcing a close every 8 tokens
+MODES = ["none", "guard", "max", "force", "mixed"]
+SPECS = {
+    "guard": dict(min_thinking=10**6, max_thinking=None),
+    "max": dict(min_thinking=0, max_thinking=10**6),
+    "force": dict(min_thinking=0, max_thinking=8),
 }
 
 
-def make_params(mode: str, i: int) -> SamplingParams:
-    spec = MODES[mode]
-    if spec == "mixed":
-        spec = [None, MODES["guard"], MODES["max"], dict(min_thinking=0, max_thinking=8)][i % 4]
-    if spec is None:
-        return SamplingParams(temperature=1.0 if i % 2 else 0.0)
-    plan = ForcingPlan(
-        think_start=(START,), think_end=(END,), eos=frozenset({EOS}), waits=((WAIT,),), **spec  # type: ignore[arg-type]
-    )
-    return SamplingParams(temperature=1.0 if i % 2 else 0.0, extra_args=plan_to_args(plan))
+def _plan(kind: str) -> ForcingPlan | None:
+    if kind == "none":
+        return None
+    return ForcingPlan(think_start=(START,), think_end=(END,), eos=frozenset({EOS}), waits=((WAIT,),), **SPECS[kind])  # type: ignore[arg-type]
 
 
 def bench(device: str, batch: int, mode: str, steps: int, warmup: int) -> dict[str, Any]:
     dev = torch.device(device)
-    proc = BudgetForcingLogitsProcessor(SimpleNamespace(model_config=None), dev, is_pin_memory=dev.type == "cuda")  # type: ignore[arg-type]
-    outs: list[list[int]] = [[] for _ in range(batch)]
-    prompt = [1, 2, 3, START]
-    proc.update_state(BatchUpdate(batch, [], [(i, make_params(mode, i), prompt, outs[i]) for i in range(batch)], []))
+    slots = ForcingSlots(max(2 * batch, 64), dev)
+    kinds = [["none", "guard", "max", "force"][i % 4] if mode == "mixed" else mode for i in range(batch)]
+    keys = []
+    for i, kind in enumerate(kinds):
+        plan = _plan(kind)
+        if plan is None:
+            keys.append(-1)
+            continue
+        slots.load(2 * i, plan, 1.0 if i % 2 else 0.0, (i, i + 1), [1, 2, START])
+        keys.append(2 * i)
+    slots.flush()
+    width = warmup + steps + 1
+    history = torch.zeros(batch, width, dtype=torch.int32, device=dev)
+    row_keys = torch.tensor(keys, device=dev)
+    rows = torch.arange(batch, device=dev)
+    base = torch.zeros(batch, dtype=torch.long, device=dev)
     gen = torch.Generator(device=dev).manual_seed(0)
-    base = torch.randn(batch, VOCAB, device=dev, generator=gen)
-    base[:, END] += 3.0  # the model tries to close now and then
+    logits_base = torch.randn(batch, VOCAB, device=dev, generator=gen)
+    logits_base[:, END] += 3.0  # the model tries to close now and then
+    logits_base[:, START] += 2.0  # and re-opens after a forced close
     host, device_us = [], []
     for step in range(warmup + steps):
-        logits = base.roll(step, dims=1).clone()
+        logits = logits_base.roll(step, dims=1)
+        n_out = torch.full((batch,), step, dtype=torch.long, device=dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+        t0 = time.perf_counter()
+        slots.step(logits, row_keys, history, rows, base, n_out)
+        t1 = time.perf_counter()
+        if dev.type == "cuda":
+            e1.record()
+        history[:, step] = logits.argmax(1).int()  # the "sampler", outside the timed region
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            if step >= warmup:
+                device_us.append(e0.elapsed_time(e1) * 1000)
+        if step >= warmup:
+            host.append((t1 - t0) * 1e6)
+    row = {"device": device, "batch": batch, "mode": mode, "steps": steps, "path": "slots (runner V2)",
+           "host_us_median": statistics.median(host), "host_us_p90": sorted(host)[int(0.9 * len(host))],
+           "waits": int(slots.state[:, 3].sum()), "forced_ends": int(slots.state[:, 15].sum())}
+    if device_us:
+        row["device_us_median"] = statistics.median(device_us)
+        row["device_us_p90"] = sorted(device_us)[int(0.9 * len(device_us))]
+    return row
+
+
+def bench_v1(device: str, batch: int, mode: str, steps: int, warmup: int) -> dict[str, Any]:
+    """The runner-V1 adapter: host output lists in, `apply(logits)` timed."""
+    from types import SimpleNamespace
+
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    from budgetforce.forcing import BudgetForcingLogitsProcessor, plan_to_args
+
+    dev = torch.device(device)
+    proc = BudgetForcingLogitsProcessor(SimpleNamespace(model_config=None), dev, is_pin_memory=dev.type == "cuda")  # type: ignore[arg-type]
+    outs: list[list[int]] = [[] for _ in range(batch)]
+    added = []
+    for i in range(batch):
+        plan = _plan(["none", "guard", "max", "force"][i % 4] if mode == "mixed" else mode)
+        extra = plan_to_args(plan, key=i) if plan is not None else None
+        added.append((i, SamplingParams(temperature=1.0 if i % 2 else 0.0, extra_args=extra), [1, 2, START], outs[i]))
+    proc.update_state(BatchUpdate(batch, [], added, []))
+    gen = torch.Generator(device=dev).manual_seed(0)
+    base = torch.randn(batch, VOCAB, device=dev, generator=gen)
+    base[:, END] += 3.0
+    base[:, START] += 2.0
+    host, device_us = [], []
+    for step in range(warmup + steps):
+        logits = base.roll(step, dims=1)
         if dev.type == "cuda":
             torch.cuda.synchronize()
             e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -70,39 +130,48 @@ def bench(device: str, batch: int, mode: str, steps: int, warmup: int) -> dict[s
         if dev.type == "cuda":
             e1.record()
         nxt = logits.argmax(1).tolist()  # the "sampler", outside the timed region
-        if dev.type == "cuda":
-            if step >= warmup:
-                device_us.append(e0.elapsed_time(e1) * 1000)
+        if dev.type == "cuda" and step >= warmup:
+            device_us.append(e0.elapsed_time(e1) * 1000)
         for o, t in zip(outs, nxt):
             o.append(t)
         proc.update_state(None)
         if step >= warmup:
             host.append((t1 - t0) * 1e6)
-    row = {"device": device, "batch": batch, "mode": mode, "steps": steps,
+    row = {"device": device, "batch": batch, "mode": mode, "steps": steps, "path": "adapter (runner V1)",
            "host_us_median": statistics.median(host), "host_us_p90": sorted(host)[int(0.9 * len(host))]}
     if device_us:
         row["device_us_median"] = statistics.median(device_us)
+        row["device_us_p90"] = sorted(device_us)[int(0.9 * len(device_us))]
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 32, 128])
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 32, 256])
+    ap.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--v1", action="store_true", help="also time the runner-V1 adapter (needs vLLM)")
     ap.add_argument("--json", help="write the rows here as JSON")
     args = ap.parse_args()
     rows = [bench(args.device, b, m, args.steps, args.warmup) for b in args.batch for m in args.modes]
+    if args.v1:
+        rows += [bench_v1(args.device, b, m, args.steps, args.warmup) for b in args.batch for m in args.modes]
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
             "date": time.strftime("%Y-%m-%d"), "vocab": VOCAB}
-    print(f"# processor time per step  ({meta['device_name']}, torch {meta['torch']}, vocab {VOCAB})")
-    print(f"{'batch':>5} {'mode':>6} {'host us (median)':>17} {'host us (p90)':>14} {'device us (median)':>19}")
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        pass
+    print(f"# forcing time per step  ({meta['device_name']}, torch {meta['torch']}, vocab {VOCAB})")
+    print(f"{'path':>20} {'batch':>5} {'mode':>6} {'device us (median)':>19} {'host us (median)':>17} {'host us (p90)':>14}")
     for r in rows:
         dev_us = f"{r['device_us_median']:.1f}" if "device_us_median" in r else "-"
-        print(f"{r['batch']:>5} {r['mode']:>6} {r['host_us_median']:>17.1f} {r['host_us_p90']:>14.1f} {dev_us:>19}")
+        print(f"{r['path']:>20} {r['batch']:>5} {r['mode']:>6} {dev_us:>19} {r['host_us_median']:>17.1f} {r['host_us_p90']:>14.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -136,7 +136,7 @@ class Bench:
                 rec["itl"].append((now - last) / k)
             last, n = now, n + k
             if d.stats is not None:
-                rec["waits"].append(d.stats.waits_inserted)
+                rec["waits"].append(d.stats.waits_inserted if d.stats.waits_inserted is not None else float("nan"))
                 rec["thinking"].append(d.stats.thinking_tokens)
         rec["latency"].append(time.perf_counter() - t0)
         rec["tokens"] += n

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One measurement call on the lent GPU, after the vLLM bundle's parts were carried (../shared/gpu/README.md).
+# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: step | tp256 | tp-rest | tp-conc | tp7b)
+# Logs and JSON go to $OUT.
+set -uo pipefail
+BUNDLE="$1"; STAGE="$2"
+export PYTHONUNBUFFERED=1 VLLM_LOGGING_LEVEL=WARNING TOKENIZERS_PARALLELISM=false
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+bash "$BUNDLE/unpack/unpack.sh" > "$OUT/unpack.log" 2>&1 || { tail -20 "$OUT/unpack.log"; exit 3; }
+export PYTHONPATH=/tmp/site:$PWD
+python3 -c "import torch, triton, vllm; print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name())" 2>&1 | tail -1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+SHAPE=benchmarks/shapes/r1-distill-qwen-1.5b.json
+case "$STAGE" in
+  step)
+    python3 -m benchmarks.processor_step --device cuda --batch 1 32 256 --v1 --json "$OUT/processor_step.json" 2>&1 | grep -v -i warn | tee "$OUT/processor_step.log" | tail -32 ;;
+  tp256)
+    python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 256 --new-tokens 1024 --reps 3 \
+      --configs plain idle engine engine-max --out "$OUT/tp_1.5b_c256.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp256.log" | tail -12 ;;
+  tp-rest)
+    python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 256 --new-tokens 1024 --reps 3 \
+      --configs plain engine rounds s1loop native --out "$OUT/tp_1.5b_c256_rest.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp_rest.log" | tail -12 ;;
+  tp-conc)
+    python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 1 32 --new-tokens 512 --reps 3 \
+      --configs plain idle engine engine-max --out "$OUT/tp_1.5b_c1_32.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp_conc.log" | tail -12 ;;
+  tp7b)
+    python3 -m benchmarks.throughput --shape benchmarks/shapes/r1-distill-qwen-7b.json --tokenizer .gpu-tok --concurrency 256 \
+      --new-tokens 1024 --reps 3 --configs plain idle engine --out "$OUT/tp_7b_c256.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp7b.log" | tail -12 ;;
+esac
