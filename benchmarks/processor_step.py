@@ -3,8 +3,9 @@
 A persistent batch of B rows over a vocabulary of real size (R1-Distill-Qwen's 151,936): each
 step the rows' new tokens are read from a device token history (as runner V2's
 `all_token_ids`), the slots advance and write the logits, and the argmax of the processed
-logits is appended to the history (the "sampler", outside the timed region). Reports device
-time (CUDA events around the step, on CUDA) and host time per step. With vLLM importable, the
+logits is appended to the history (the "sampler", outside the timed region). Reports GPU time
+(CUDA events around the step, a spin kernel queued ahead so that the host's launch cost is not
+counted as GPU time) and host time (the call's wall time) per step. With vLLM importable, the
 runner-V1 adapter (`BudgetForcingLogitsProcessor.apply`, host lists) is timed too (`--v1`).
 
 Modes: none (rows without a budget: the cost of merely being registered), guard (below the
@@ -30,6 +31,7 @@ from budgetforce.slots import ForcingSlots
 
 VOCAB = 151_936  # DeepSeek-R1-Distill-Qwen's
 START, END, EOS, WAIT = 151648, 151649, 151643, 14190
+SLEEP_CYCLES = 4_000_000  # about 2 ms of GPU spin queued ahead of each timed step
 MODES = ["none", "guard", "max", "force", "mixed"]
 SPECS = {
     "guard": dict(min_thinking=10**6, max_thinking=None),
@@ -72,6 +74,7 @@ def bench(device: str, batch: int, mode: str, steps: int, warmup: int) -> dict[s
         n_out = torch.full((batch,), step, dtype=torch.long, device=dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
+            torch.cuda._sleep(SLEEP_CYCLES)  # keep the GPU busy so the events time GPU work, not the host's launch
             e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             e0.record()
         t0 = time.perf_counter()
@@ -122,6 +125,7 @@ def bench_v1(device: str, batch: int, mode: str, steps: int, warmup: int) -> dic
         logits = base.roll(step, dims=1)
         if dev.type == "cuda":
             torch.cuda.synchronize()
+            torch.cuda._sleep(SLEEP_CYCLES)  # keep the GPU busy so the events time GPU work, not the host's launch
             e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             e0.record()
         t0 = time.perf_counter()
@@ -168,7 +172,7 @@ def main() -> None:
     except ImportError:
         pass
     print(f"# forcing time per step  ({meta['device_name']}, torch {meta['torch']}, vocab {VOCAB})")
-    print(f"{'path':>20} {'batch':>5} {'mode':>6} {'device us (median)':>19} {'host us (median)':>17} {'host us (p90)':>14}")
+    print(f"{'path':>20} {'batch':>5} {'mode':>6} {'GPU us (median)':>19} {'host us (median)':>17} {'host us (p90)':>14}")
     for r in rows:
         dev_us = f"{r['device_us_median']:.1f}" if "device_us_median" in r else "-"
         print(f"{r['path']:>20} {r['batch']:>5} {r['mode']:>6} {dev_us:>19} {r['host_us_median']:>17.1f} {r['host_us_p90']:>14.1f}")

@@ -313,6 +313,8 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
             return
         from vllm.v1.sample.logits_processor import MoveDirectionality
 
+        self._save_handed()
+
         for index in batch_update.removed:
             self._rows.pop(index, None)  # the key keeps its state: the request may resume
         for index, params, prompt_ids, out_ids in batch_update.added:
@@ -351,36 +353,46 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
         slots = self.slots
         assert slots is not None
         slots.flush()
-        if self._layout is None or self._layout[3].shape[0] != logits.shape[0]:
+        b = logits.shape[0]
+        if self._layout is None or self._layout[0] != b:
+            self._save_handed()
             rows = sorted(self._rows)
             keys = [self._rows[r][0] for r in rows]
             outs = [self._rows[r][1] for r in rows]
-            row_keys = np.full(logits.shape[0], -1, dtype=np.int64)
+            row_keys = np.full(b, -1, dtype=np.int64)
             row_keys[rows] = keys
-            hist_of_row = np.zeros(logits.shape[0], dtype=np.int64)
+            hist_of_row = np.zeros(b, dtype=np.int64)
             hist_of_row[rows] = np.arange(len(rows))
-            self._layout = (rows, keys, outs, self._put(row_keys), self._put(hist_of_row))
-        rows, keys, outs, row_keys, row_hist = self._layout
-        handed = [self._handed[k] for k in keys]
-        lens = [len(o) for o in outs]
-        if all(n == h + 1 for n, h in zip(lens, handed)) and min(o[-1] for o in outs) >= 0:
-            window = [[o[-1]] for o in outs]  # the steady state: one new token per row
-        else:
-            window = [_fresh(o, h) for o, h in zip(outs, handed)]
+            ones = np.zeros(b, dtype=np.int64)
+            ones[rows] = 1
+            handed = np.array([self._handed[k] for k in keys], dtype=np.int64)
+            self._layout = (b, rows, keys, outs, self._put(row_keys), self._put(hist_of_row), self._put(ones), handed)
+        _, rows, keys, outs, row_keys, row_hist, ones, handed = self._layout
+        n = len(outs)
+        lens = np.fromiter(map(len, outs), dtype=np.int64, count=n)
+        last = np.fromiter((o[-1] if o else -1 for o in outs), dtype=np.int64, count=n)
+        if (lens == handed + 1).all() and (last >= 0).all():  # the steady state: one new token per row
+            handed += 1
+            slots.step(logits, row_keys, self._put(last[:, None]), row_hist, row_hist, ones, window=1)
+            return
+        window = [_fresh(o, int(h)) for o, h in zip(outs, handed)]
         width = max(1, max(len(w) for w in window))
-        hist = np.full((len(rows), width), -1, dtype=np.int64)
-        base = np.zeros(logits.shape[0], dtype=np.int64)
-        upto = np.zeros(logits.shape[0], dtype=np.int64)
+        hist = np.full((n, width), -1, dtype=np.int64)
+        counts = np.zeros(b, dtype=np.int64)
         for i, w in enumerate(window):
             hist[i, : len(w)] = w
-        base[rows] = [-h for h in handed]
-        upto[rows] = [h + len(w) for h, w in zip(handed, window)]
-        for k, h, w in zip(keys, handed, window):
-            self._handed[k] = h + len(w)
-        slots.step(logits, row_keys, self._put(hist), row_hist, self._put(base), self._put(upto), window=width)
+            handed[i] += len(w)
+        counts[rows] = [len(w) for w in window]
+        slots.step(logits, row_keys, self._put(hist), row_hist, row_hist, self._put(counts), window=width)
+
+    def _save_handed(self) -> None:
+        """Write the layout's per-row counts of handed ids back to the per-key table."""
+        if self._layout is not None:
+            for k, h in zip(self._layout[2], self._layout[7]):
+                self._handed[k] = int(h)
 
     def _put(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a)
+        t = torch.from_numpy(np.ascontiguousarray(a))
         if self.device.type == "cpu":
             return t
         return t.pin_memory().to(self.device, non_blocking=True) if self.pin else t.to(self.device)

@@ -292,14 +292,16 @@ class ForcingSlots:
         Args:
             logits: [B, V] float32.
             row_keys: [B] request key per row, -1 for rows without a budget.
-            history: [H, W] int token table; row ``r``'s completion token ``j`` is
-                ``history[row_hist[r], row_base[r] + j]`` for ``j < row_len[r]``.
-            window: an upper bound of new tokens per row (torch path only; None: computed).
+            history: [H, W] int token table. History mode (``window`` None, runner V2): row
+                ``r``'s completion token ``j`` is ``history[row_hist[r], row_base[r] + j]`` for
+                ``j < row_len[r]``, and the row consumes those it has not seen. Window mode
+                (``window`` = the table's width, runner V1): ``history[row_hist[r], :row_len[r]]``
+                are exactly the row's new tokens (``row_base`` unused).
         """
         if logits.is_cuda:
             from budgetforce.slots_kernel import step_cuda
 
-            step_cuda(self, logits, row_keys, history, row_hist, row_base, row_len)
+            step_cuda(self, logits, row_keys, history, row_hist, row_base, row_len, window is not None)
             return
         _step_torch(self, logits, row_keys, history, row_hist, row_base, row_len, window)
 
@@ -382,13 +384,17 @@ def _step_torch(
     st = slots.state[keys]  # [R, NF] (a copy; written back at the end)
     seq, seq_len = slots.seq[keys], slots.seq_len[keys]
     start, close = slots.start[keys], slots.close[keys]
-    n_new = (row_len[rows] - st[:, F.SEEN]).clamp(min=0)
-    steps = int(n_new.max()) if window is None else window
+    hist_rows = row_hist[rows].long()
+    if window is None:
+        n_new = (row_len[rows] - st[:, F.SEEN]).clamp(min=0)
+        base = row_base[rows].long()
+    else:
+        n_new = row_len[rows].int()
+    steps = int(n_new.max()) if n_new.numel() else 0
     ar = torch.arange(len(rows))
-    hist_rows, base = row_hist[rows].long(), row_base[rows].long()
     for j in range(steps):
         live = (j < n_new) & (st[:, F.ON] == 1)
-        col = (base + st[:, F.SEEN]).clamp(max=history.shape[1] - 1)
+        col = j if window is not None else (base + st[:, F.SEEN]).clamp(max=history.shape[1] - 1)
         tok = history[hist_rows, col].int()
         _consume(slots, st, live, tok, seq, seq_len, start, close, ar)
     _decide(st, logits, rows, seq, close, slots.temp[keys], ar)

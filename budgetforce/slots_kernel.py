@@ -35,7 +35,7 @@ def _step_kernel(
     state_ptr, seq_ptr, seq_len_ptr, start_ptr, close_ptr, temp_ptr, stats_ptr,
     NF_: tl.constexpr, NSRC: tl.constexpr, LS: tl.constexpr, LTS: tl.constexpr, LCA: tl.constexpr,
     SRC_END: tl.constexpr, SRC_CLOSE: tl.constexpr, NS_: tl.constexpr, HAS_STATS: tl.constexpr,
-    FORCE_VALUE: tl.constexpr,
+    WINDOW: tl.constexpr, FORCE_VALUE: tl.constexpr,
     FREE: tl.constexpr, FORCE: tl.constexpr, GUARD: tl.constexpr, REDIRECT: tl.constexpr, BAN: tl.constexpr,
     BEFORE: tl.constexpr, THINKING: tl.constexpr, CLOSING: tl.constexpr, ANSWERING: tl.constexpr,
 ):
@@ -73,9 +73,12 @@ def _step_kernel(
 
         # 1. consume the committed tokens this row has not seen
         hrow = tl.load(row_hist_ptr + r).to(tl.int64)
-        base = tl.load(row_base_ptr + r).to(tl.int64)
-        upto = tl.load(row_len_ptr + r).to(tl.int32)
-        n_new = upto - seen
+        if WINDOW:
+            base = -seen.to(tl.int64)  # the row's new tokens start at column 0
+            n_new = tl.load(row_len_ptr + r).to(tl.int32)
+        else:
+            base = tl.load(row_base_ptr + r).to(tl.int64)
+            n_new = tl.load(row_len_ptr + r).to(tl.int32) - seen
         for _j in range(0, n_new):
             if on == 1:
                 tok = tl.load(hist_ptr + hrow * hist_stride + base + seen).to(tl.int32)
@@ -235,6 +238,7 @@ def step_cuda(
     row_hist: torch.Tensor,
     row_base: torch.Tensor,
     row_len: torch.Tensor,
+    window: bool = False,
 ) -> None:
     """`ForcingSlots.step` in one launch (CUDA, or Triton's interpreter on CPU tensors)."""
     b = logits.shape[0]
@@ -247,7 +251,7 @@ def step_cuda(
         slots.state, slots.seq, slots.seq_len, slots.start, slots.close, slots.temp, stats,
         NF_=NF, NSRC=slots.seq.shape[1], LS=slots.seq.shape[2], LTS=slots.start.shape[1], LCA=slots.close.shape[1],
         SRC_END=slots.src_end, SRC_CLOSE=slots.src_close, NS_=NS, HAS_STATS=slots.stats is not None,
-        FORCE_VALUE=FORCE_LOGIT,
+        WINDOW=window, FORCE_VALUE=FORCE_LOGIT,
         FREE=_FREE, FORCE=_FORCE, GUARD=_GUARD, REDIRECT=_REDIRECT, BAN=_BAN,
         BEFORE=_BEFORE, THINKING=_THINKING, CLOSING=_CLOSING, ANSWERING=_ANSWERING,
         num_warps=1,

@@ -18,9 +18,11 @@ pytest.importorskip("triton")
 SCRIPT = Path(__file__).parent / "scripts" / "kernel_vs_torch.py"
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_kernel_equals_torch_path(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "layout"), [(0, "history"), (1, "history"), (2, "window"), (3, "window")])
+def test_kernel_equals_torch_path(seed: int, layout: str) -> None:
+    """History: runner V2's device token table. Window: runner V1's new tokens per row."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(seed)], env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, str(SCRIPT), str(seed), layout]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("OK 80")

@@ -25,7 +25,7 @@ S1 = dict(
 )
 
 
-def main(seed: int) -> None:
+def main(seed: int, window: bool) -> None:
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     b = 12
@@ -57,8 +57,10 @@ def main(seed: int) -> None:
         hist = torch.tensor([[o[-1] if o else -1] for o in outs])
         seen = torch.tensor([len(o) - 1 if o else 0 for o in outs])
         n = torch.tensor([len(o) for o in outs])
-        _step_torch(a, la, row_keys, hist, torch.arange(b), -seen, n, None)
-        step_cuda(k, lk, row_keys, hist, torch.arange(b), -seen, n)
+        if window:  # runner V1's layout: exactly the new tokens, counted per row
+            n = torch.tensor([1 if o else 0 for o in outs])
+        _step_torch(a, la, row_keys, hist, torch.arange(b), -seen, n, 1 if window else None)
+        step_cuda(k, lk, row_keys, hist, torch.arange(b), -seen, n, window)
         if not torch.equal(a.state, k.state):
             diff = (a.state != k.state).nonzero().tolist()
             raise AssertionError(f"step {step}: state differs at (key, field): {[(r, c, int(a.state[r, c]), int(k.state[r, c])) for r, c in diff]}")
@@ -72,4 +74,4 @@ def main(seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), len(sys.argv) > 2 and sys.argv[2] == "window")
