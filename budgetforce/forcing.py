@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 EXTRA_KEY = "budgetforce"  # SamplingParams.extra_args[EXTRA_KEY] holds a serialised ForcingPlan
 NONCE_KEY = "budgetforce_nonce"  # set on vllm_xargs budgets at admission: a request's identity
+BOARD_NAME_KEY = "budgetforce_board"  # vllm_xargs a frontend layer may add: its StatsBoard's name
+BOARD_KEY_KEY = "budgetforce_key"  # ... and the row it acquired there (with `NONCE_KEY` as its nonce)
 XARG_FIELDS = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix")
 BOARD_KEYS = 8192  # keys the frontend hands out (FIFO); a key is reused only after all others
 OWN_KEYS = 4096  # keys the processor hands out itself (vllm_xargs requests)
@@ -183,10 +185,15 @@ class Admission:
                     return None
                 plan = self._profile.plan(budget)
                 nonce = int(args.get(NONCE_KEY) or random.getrandbits(62))
-                key, board = self._own_key(nonce), None
+                key, board = int(args.get(BOARD_KEY_KEY, -1)), args.get(BOARD_NAME_KEY)
+                if board is None or not 0 <= key < BOARD_KEYS:  # no board row: stats stay in the engine
+                    key, board = self._own_key(nonce), None
         except Exception as e:  # noqa: BLE001 - never take the engine down over one request
             self._unforced(f"budget ignored: {e!r}")
             return None
+        if board is not None and self._board_name not in (None, board):
+            log.warning("budgetforce: one stats board per engine; %s is not %s: stats absent", board, self._board_name)
+            key, board = self._own_key(nonce), None
         if not plan.is_active:
             return None
         return Admitted(key, nonce, plan, temperature, seed, board)
@@ -302,7 +309,9 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
         self.pin = is_pin_memory and device.type != "cpu"
         self._rows: dict[int, tuple[int, list[int]]] = {}  # batch row -> (key, live output ids)
         self._handed: dict[int, int] = {}  # key -> output ids handed to the device so far
-        self._layout: tuple | None = None  # cached (rows, keys, outs, row_keys tensor); None: rebuild
+        self._layout: tuple | None = None  # cached batch layout (see `_step`); None: rebuild
+        self._ring = [torch.empty(0, dtype=torch.int64) for _ in range(4)]
+        self._ring_next = 0
 
     def is_argmax_invariant(self) -> bool:
         return False  # it forces and bans tokens, which moves the argmax
@@ -392,10 +401,20 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
                 self._handed[k] = int(h)
 
     def _put(self, a: np.ndarray) -> torch.Tensor:
+        """A host array on the device: through a ring of pinned buffers, never a fresh pinned allocation."""
         t = torch.from_numpy(np.ascontiguousarray(a))
         if self.device.type == "cpu":
             return t
-        return t.pin_memory().to(self.device, non_blocking=True) if self.pin else t.to(self.device)
+        if not self.pin:
+            return t.to(self.device)
+        # a buffer is reused four transfers later, long after vLLM synchronised on its step
+        i = self._ring_next = (self._ring_next + 1) % 4
+        buf = self._ring[i]
+        if buf.numel() < t.numel():
+            buf = self._ring[i] = torch.empty(max(2 * t.numel(), 1024), dtype=torch.int64, pin_memory=True)
+        staged = buf[: t.numel()].view(t.shape)
+        staged.copy_(t)
+        return staged.to(self.device, non_blocking=True)
 
 
 def _fresh(out: list[int], handed: int) -> list[int]:
