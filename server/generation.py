@@ -17,6 +17,7 @@ from typing import Any
 from budgetforce.budget import Budget, BudgetError
 from budgetforce.controller import ThinkingController
 from budgetforce.engine import BudgetForcingEngine, BudgetStats, Delta
+from budgetforce.stops import StopCutter as _StopCutter
 from server.errors import APIError, vllm_client_errors
 from server.metrics import Metrics
 from server.protocol import BudgetReport, FinishReason, ResolvedBudget, SamplingFields, Usage
@@ -102,27 +103,13 @@ def prepare(
 
 def _fit(engine: BudgetForcingEngine, resolved: ResolvedBudget, limit: int, cap_param: str) -> Budget | None:
     """Shrink a server-chosen budget to fit ``limit``; a client-chosen one that does not fit is a 400."""
-    budget = resolved.budget
-    if budget is None:
+    if resolved.budget is None:
         return None
-    reserved = engine.profile.plan(budget).forced_end_length
-    hi, lo = budget.max_thinking_tokens, budget.min_thinking_tokens
-    if hi is not None and hi + reserved >= limit and resolved.max_source is None:
-        hi = max(limit - reserved - 1, 0)
-    if hi is not None:
-        lo = min(lo, hi)
-    if lo >= limit and resolved.min_source is None:
-        lo = max(limit - 1, 0)
-    budget = budget.model_copy(update={"min_thinking_tokens": lo, "max_thinking_tokens": hi})
     try:
+        budget = resolved.fit(limit, engine.profile.plan(resolved.budget).forced_end_length, cap_param)
         engine.plan(budget, limit)
     except BudgetError as exc:
-        source = {"max_thinking_tokens": resolved.max_source, "min_thinking_tokens": resolved.min_source}
-        param = source.get(exc.param or "") or cap_param
-        message = str(exc).replace("`max_tokens`", f"`{cap_param}`")
-        if param != exc.param and exc.param is not None and param != cap_param:
-            message = message.replace(f"`{exc.param}`", f"`{param}`")
-        raise APIError(400, message, param=param, code="invalid_budget") from None
+        raise APIError(400, str(exc), param=exc.param, code="invalid_budget") from None
     return budget
 
 
@@ -135,42 +122,6 @@ def _check_sampling(sampling: dict[str, Any]) -> None:
     except (ValueError, TypeError, *vllm_client_errors()) as exc:
         param = getattr(exc, "parameter", None) or next((k for k in sampling if str(exc).startswith(k)), None)
         raise APIError(400, f"invalid sampling parameters: {exc}", param=param) from None
-
-
-class _StopCutter:
-    """Holds back the answer's tail until it cannot be the start of a stop string.
-
-    The whitespace that opens the answer (R1 writes "</think>\\n\\n") is passed through and never
-    matched: lm-evaluation-harness's default stop "\\n\\n" would otherwise cut every answer to "".
-    """
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = stops
-        self.hold = max(len(s) for s in stops) - 1
-        self.buf = ""
-        self.opened = False  # whether the answer's first non-whitespace character has come
-
-    def push(self, text: str) -> tuple[str, bool]:
-        lead = ""
-        if not self.opened:
-            body = text.lstrip()
-            lead, text, self.opened = text[: len(text) - len(body)], body, bool(body)
-        out, cut = self._match(text)
-        return lead + out, cut
-
-    def _match(self, text: str) -> tuple[str, bool]:
-        self.buf += text
-        hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.buf = self.buf[: min(hits)], ""
-            return out, True
-        cut = max(len(self.buf) - self.hold, 0)
-        out, self.buf = self.buf[:cut], self.buf[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.buf = self.buf, ""
-        return out
 
 
 @dataclass

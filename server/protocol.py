@@ -13,34 +13,27 @@ way; when they come from the same level the request is rejected.
 
 from __future__ import annotations
 
-import difflib
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from budgetforce.budget import Budget, BudgetError, Strategy
-from server.settings import Effort, ServerSettings
+from budgetforce.budget import (  # noqa: F401 - the budget block lives in the core, re-exported here
+    BUDGET_FIELD_NAMES,
+    NOT_BUDGET_FIELDS,
+    BudgetRequest,
+    FieldError,
+    ReasoningConfig,
+    ResolvedBudget,
+    Strategy,
+    ThinkingConfig,
+    misspelled_budget_field,
+)
+from server.settings import ServerSettings
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FinishReason = Literal["stop", "length"]
-# The budget fields a misspelled unknown field is compared with, and the other APIs' token caps,
-# which resemble them but are not misspellings (e.g. `max_completion_tokens` on /v1/completions).
-BUDGET_FIELD_NAMES = (
-    "min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix", "budget_strategy",
-    "thinking_token_budget",
-)  # fmt: skip
-NOT_BUDGET_FIELDS = frozenset({"max_completion_tokens", "max_tokens", "min_tokens", "max_new_tokens", "min_new_tokens"})
-
-
-class FieldError(ValueError):
-    """A cross-field rule broken; `param` names the field the 400 points at."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class OpenAIModel(BaseModel):
@@ -97,178 +90,23 @@ class ResponseFormat(WireModel):
     type: Literal["text"] = Field(description="Only plain text; JSON modes are not supported.")
 
 
-class ThinkingConfig(BaseModel):
-    """Anthropic's `thinking` parameter."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    type: Literal["enabled", "disabled"]
-    budget_tokens: int | None = Field(None, ge=0, description="Maximum thinking tokens.")
-
-
-class ReasoningConfig(BaseModel):
-    """OpenRouter's `reasoning` parameter."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    effort: Effort | None = None
-    max_tokens: int | None = Field(None, ge=0, description="Maximum thinking tokens.")
-    exclude: bool = Field(False, description="Think as usual but leave the reasoning text out of the response.")
-    enabled: bool | None = Field(None, description="False turns the thinking off.")
-
-    @model_validator(mode="after")
-    def _disabled_has_no_budget(self) -> ReasoningConfig:
-        if self.enabled is False and (self.max_tokens or self.effort not in (None, "none")):
-            raise FieldError(
-                "enabled",
-                "`reasoning.enabled` is false but `reasoning.max_tokens` or `reasoning.effort` asks for thinking",
-            )
-        return self
-
-
-@dataclass(frozen=True)
-class ResolvedBudget:
-    """A request's budget after precedence, and where its maximum came from.
-
-    `max_source` names the request field that set the maximum, or None when it came from the
-    server (defaults, effort table, limit); only those may be shrunk to fit the token cap.
-    """
-
-    budget: Budget | None
-    max_source: str | None
-    min_source: str | None
-    hide_reasoning: bool
-
-
 # -- the budget block ----------------------------------------------------------------------------
-class BudgetFields(OpenAIModel):
-    """budgetforce's extensions: top-level fields, so the openai SDK's `extra_body` carries them."""
+class BudgetFields(OpenAIModel, BudgetRequest):
+    """budgetforce's extensions (`budgetforce.budget.BudgetRequest`): top-level fields, so `extra_body` carries them."""
 
-    min_thinking_tokens: int | None = Field(
-        None,
-        ge=0,
-        description="Thinking tokens before the model may close its thinking; an earlier close "
-        "is replaced by a wait string (s1 budget forcing).",
-    )
-    max_thinking_tokens: int | None = Field(
-        None,
-        ge=0,
-        description="Thinking tokens at which the end of thinking is forced; 0 = no thinking. "
-        "Must leave room for an answer within `max_completion_tokens`.",
-    )
-    max_waits: int | None = Field(
-        None, ge=0, description="How many early closes may be replaced by a wait string; null = no limit."
-    )
-    wait_strings: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        None,
-        min_length=1,
-        max_length=32,
-        description="Continuations that replace an early close, in rotation "
-        '(default: the model profile\'s, e.g. "Wait").',
-    )
-    answer_prefix: str | None = Field(
-        None, max_length=4096, description="Text forced after a forced end of thinking (default: the profile's)."
-    )
-    budget_strategy: Strategy | None = Field(
-        None, description="`engine`: a logits processor inside vLLM's batch; `rounds`: s1's stop-and-resubmit loop."
-    )
-    # Compatibility with other servers' budget fields, mapped onto the same budget.
-    thinking_token_budget: int | None = Field(None, ge=-1, description="vLLM's maximum thinking tokens; -1 = unset.")
-    reasoning_effort: Effort | None = Field(
-        None, description="OpenAI's effort level, mapped to a budget by the server's table; `none` = no thinking."
-    )
-    thinking: ThinkingConfig | None = Field(None, description="Anthropic-style `{type, budget_tokens}`.")
-    reasoning: ReasoningConfig | None = Field(
-        None, description="OpenRouter-style `{effort, max_tokens, exclude, enabled}`."
-    )
-    include_reasoning: bool = Field(True, description="vLLM's switch; false leaves the reasoning text out.")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     @model_validator(mode="after")
     def _no_misspelled_budget_field(self) -> BudgetFields:
         """An unknown field that resembles a budget field is a typo, not a field to ignore."""
-        for name in self.ignored_fields:
-            close = [] if name in NOT_BUDGET_FIELDS else difflib.get_close_matches(name, BUDGET_FIELD_NAMES, 1, 0.7)
-            if close:
-                raise FieldError(name, f"unknown field `{name}`; did you mean `{close[0]}`?")
-        return self
-
-    @model_validator(mode="after")
-    def _min_not_above_max(self) -> BudgetFields:
-        lo, hi = self.min_thinking_tokens, self.max_thinking_tokens
-        if lo is not None and hi is not None and lo > hi:
-            raise FieldError(
-                "min_thinking_tokens",
-                f"`min_thinking_tokens` ({lo}) exceeds `max_thinking_tokens` ({hi}); lower the minimum or raise the maximum",
-            )
+        error = misspelled_budget_field(self.ignored_fields)
+        if error is not None:
+            raise error
         return self
 
     def resolve_budget(self, settings: ServerSettings) -> ResolvedBudget:
         """Apply the precedence order and the server's limit; raises `BudgetError` for the client's mistakes."""
-        levels = self._levels(settings)
-        lo, lo_at, lo_src = _first(levels, 0)
-        hi, hi_at, hi_src = _first(levels, 1)
-        if lo is not None and hi is not None and lo > hi:  # different levels: the lower-precedence one yields
-            if lo_at < hi_at:
-                hi = lo
-            else:
-                lo = hi
-        limit = settings.max_thinking_tokens_limit
-        if limit is not None:
-            for value, src, name in ((lo, lo_src, "minimum"), (hi, hi_src, "maximum")):
-                if value is not None and value > limit and src is not None:
-                    raise BudgetError(
-                        f"`{src}` asks for a thinking {name} of {value} tokens; this server allows at most {limit}",
-                        param=src,
-                    )
-            hi = limit if hi is None else min(hi, limit)
-            lo = min(lo or 0, hi)
-        strategy = self.budget_strategy or settings.default_budget_strategy
-        max_waits = self.max_waits if self.max_waits is not None else settings.default_max_waits
-        try:
-            budget = Budget(
-                min_thinking_tokens=lo or 0,
-                max_thinking_tokens=hi,
-                max_waits=max_waits,
-                wait_strings=tuple(self.wait_strings) if self.wait_strings else None,
-                answer_prefix=self.answer_prefix,
-                strategy=strategy,
-            )
-        except ValueError as exc:  # pragma: no cover - the validators above keep this unreachable
-            raise BudgetError(str(exc), param="min_thinking_tokens") from None
-        hide = not self.include_reasoning or bool(self.reasoning and self.reasoning.exclude)
-        return ResolvedBudget(budget if budget.is_active else None, hi_src, lo_src, hide)
-
-    def _levels(self, settings: ServerSettings) -> list[tuple[int | None, int | None, str | None]]:
-        """(min, max, request field) per precedence level, highest first; field None = server default."""
-        table = settings.reasoning_effort_budgets
-        levels: list[tuple[int | None, int | None, str | None]] = [
-            (self.min_thinking_tokens, None, "min_thinking_tokens"),
-            (None, self.max_thinking_tokens, "max_thinking_tokens"),  # same level: the validator orders them
-        ]
-        if self.thinking_token_budget is not None and self.thinking_token_budget >= 0:
-            levels.append((None, self.thinking_token_budget, "thinking_token_budget"))
-        r = self.reasoning
-        if r is not None and r.enabled is False:
-            levels.append((None, 0, "reasoning.enabled"))
-        elif r is not None and r.max_tokens is not None:
-            levels.append((None, r.max_tokens, "reasoning.max_tokens"))
-        if self.thinking is not None and self.thinking.type == "disabled":
-            levels.append((None, 0, "thinking.type"))
-        elif self.thinking is not None and self.thinking.budget_tokens is not None:
-            levels.append((None, self.thinking.budget_tokens, "thinking.budget_tokens"))
-        for effort in (r.effort if r else None, self.reasoning_effort):
-            if effort is not None:  # the operator's table: it may be shrunk to fit, so no request field is named
-                levels.append((table[effort].min_thinking_tokens, table[effort].max_thinking_tokens, None))
-        levels.append((settings.default_min_thinking_tokens, settings.default_max_thinking_tokens, None))
-        return levels
-
-
-def _first(levels: list[tuple[int | None, int | None, str | None]], i: int) -> tuple[int | None, int, str | None]:
-    """The first level that sets field ``i`` (0 min, 1 max): (value, level index, source)."""
-    for at, level in enumerate(levels):
-        if level[i] is not None:
-            return level[i], at, level[2]
-    return None, len(levels), None
+        return self.resolve(settings)
 
 
 # -- requests ------------------------------------------------------------------------------------
