@@ -292,8 +292,13 @@ class BudgetForcingEngine:
             owed = max(0, min(sampling.get("min_tokens") or 0, max_tokens) - len(out))
             if ctl.just_waited:  # s1 resubmits after a wait with min_tokens=1: no close as the first token
                 owed = max(owed, 1)
-            params = self._params(sampling, max_tokens=limit, stop_token_ids=stops or None, min_tokens=min(owed, limit))
             round_no += 1
+            seed = sampling.get("seed")
+            if seed is not None and round_no > 1:  # fresh randomness each round (a reused seed would replay its draws)
+                seed = (seed + (round_no - 1) * 0x9E3779B97F4A7C15) % (1 << 63)
+            params = self._params(
+                sampling, max_tokens=limit, stop_token_ids=stops or None, min_tokens=min(owed, limit), seed=seed
+            )
             new: list[int] = []
             reason: str | None = None
             stopped_on: int | None = None
