@@ -313,6 +313,11 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
         self._ring = [torch.empty(0, dtype=torch.int64) for _ in range(4)]
         self._ring_next = 0
 
+    @property
+    def rows(self) -> dict[int, int]:
+        """Budgeted batch rows and their request keys."""
+        return {i: key for i, (key, _) in self._rows.items()}
+
     def is_argmax_invariant(self) -> bool:
         return False  # it forces and bans tokens, which moves the argmax
 

@@ -17,7 +17,6 @@ from budgetforce.forcing import EXTRA_KEY, plan_to_args
 from budgetforce.vllm import (
     ASYNC_PLUGIN_ERROR,
     PLUGIN_ENV,
-    RUNNER_V2_ERROR,
     BudgetForcing,
     BudgetForcingPlugin,
 )
@@ -101,24 +100,29 @@ def test_enabled_plugin_refuses_async_scheduling(tiny_r1: Path, monkeypatch: pyt
     BudgetForcing(config(tiny_r1, async_scheduling=True), torch.device("cpu"), False)
 
 
-def test_runner_v2_loads_both_and_gets_a_clear_error(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Model Runner V2 (vLLM >= 0.30) constructs processors as `(vllm_config, req_states)`."""
+def test_runner_v2_builds_the_v2_adapter(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model Runner V2 (vLLM >= 0.31) constructs processors as `(vllm_config, req_states)`: both
+    names load, the named processor becomes `BudgetForcingV2`, the plugin stays inert unless enabled,
+    and speculative decoding is refused at start-up."""
     from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_by_fqcns
+
+    from budgetforce.forcing_v2 import BudgetForcingV2
 
     assert _load_v2_logitsprocs_by_fqcns(["budgetforce.vllm:BudgetForcing", ENTRY_POINT]) == [
         BudgetForcing, BudgetForcingPlugin,
     ]  # fmt: skip
-    req_states = SimpleNamespace()
-    with pytest.raises(RuntimeError, match="VLLM_USE_V2_MODEL_RUNNER=0") as err:
-        BudgetForcing(config(tiny_r1), req_states)
-    assert str(err.value) == RUNNER_V2_ERROR
+    req_states = SimpleNamespace(device=torch.device("cpu"), max_num_reqs=4)
+    proc = BudgetForcing(config(tiny_r1), req_states)
+    assert isinstance(proc, BudgetForcingV2)
+    assert proc.add_request(0, SamplingParams(max_tokens=64, extra_args={"min_thinking_tokens": 8, "budgetforce_nonce": 5}))
+    assert not proc.add_request(1, SamplingParams(max_tokens=64))  # no budget: declined
     monkeypatch.delenv(PLUGIN_ENV, raising=False)
     inert = BudgetForcingPlugin(config(tiny_r1), req_states)  # other engines in the environment still start
     logits = torch.randn(2, 8)
     assert not inert.add_request(0, BUDGETED) and inert.apply(logits, object()) is logits
-    monkeypatch.setenv(PLUGIN_ENV, "1")
-    with pytest.raises(RuntimeError, match="VLLM_USE_V2_MODEL_RUNNER=0"):
-        BudgetForcingPlugin(config(tiny_r1), req_states)
+    spec = SimpleNamespace(**vars(config(tiny_r1)), speculative_config=object())
+    with pytest.raises(RuntimeError, match="speculative"):
+        BudgetForcing(spec, req_states)
 
 
 def test_unknown_model_stops_the_start(tiny_s1: Path, tmp_path: Path) -> None:
