@@ -1,14 +1,18 @@
-"""`budgetforce serve` (the OpenAI-compatible server) and `budgetforce bench` (the benchmarks).
+"""`budgetforce serve` (vLLM's OpenAI-compatible server with thinking budgets), `bench` and `distill`.
 
-Options the CLI does not name pass through to vLLM's engine arguments, spelled as in
-`vllm serve` (`--enable-prefix-caching`, `--max-num-seqs 64`, `--data-parallel-size=2`), or as
-`--engine-arg key=value`. Every flag also reads a `BUDGETFORCE_*` environment variable.
+`budgetforce serve` runs vLLM's own server with budgetforce's processor and budget layer
+(`budgetforce.serving`); options the CLI does not name pass through to vLLM unchanged
+(`--enable-prefix-caching`, `--max-num-seqs 64`, `--tensor-parallel-size 2`, ...). The budget
+options also read `BUDGETFORCE_*` environment variables. `--legacy-server` runs budgetforce's
+own hand-written server instead (`budgetforce.legacy_server`), whose unknown options are vLLM
+engine arguments.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
 from typing import Annotated, Any
 
 import typer
@@ -92,74 +96,145 @@ def check_engine_args(args: dict[str, Any]) -> None:
 
 
 Opt = typer.Option
+LEGACY = "Legacy server only (--legacy-server)."
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
+)
 def serve(
     ctx: typer.Context,
-    model: Annotated[str | None, Opt(help="Model path or Hugging Face id; default: the bundled student.")] = None,
+    model: Annotated[
+        str | None, Opt(envvar="BUDGETFORCE_MODEL", help="Model path or Hugging Face id; default: the bundled student.")
+    ] = None,
     host: Annotated[str, Opt(envvar="BUDGETFORCE_HOST")] = "127.0.0.1",
-    port: Annotated[int, Opt(envvar="BUDGETFORCE_PORT")] = 8000,
+    port: Annotated[int, Opt(envvar="BUDGETFORCE_PORT", min=0, max=65535)] = 8000,
     api_key: Annotated[
         str | None, Opt(envvar="BUDGETFORCE_API_KEY", help="Require `Authorization: Bearer KEY` on /v1.")
     ] = None,
-    profile: Annotated[str | None, Opt(help="Thinking-delimiter preset; default: detected.")] = None,
-    served_model_name: Annotated[str | None, Opt(help="Model id clients send; default: --model.")] = None,
-    tensor_parallel_size: Annotated[int | None, Opt("--tensor-parallel-size", "-tp")] = None,
-    data_parallel_size: Annotated[int | None, Opt("--data-parallel-size", "-dp")] = None,
-    max_model_len: Annotated[int | None, Opt()] = None,
-    gpu_memory_utilization: Annotated[float | None, Opt(help="Default on CPU: 0.1.")] = None,
-    dtype: Annotated[str | None, Opt(help="Default on CPU: float32 or bfloat16 as the checkpoint says.")] = None,
+    served_model_name: Annotated[
+        str | None,
+        Opt(envvar="BUDGETFORCE_SERVED_MODEL_NAME", help="Model id clients send; default: --model (`budgetforce` for the student)."),
+    ] = None,
     default_min_thinking_tokens: Annotated[int | None, Opt(help="Minimum for requests without one.")] = None,
     default_max_thinking_tokens: Annotated[int | None, Opt(help="Maximum for requests without one.")] = None,
     max_thinking_tokens_limit: Annotated[int | None, Opt(help="Largest budget a request may ask for.")] = None,
     default_max_waits: Annotated[int | None, Opt(help="Waits allowed to requests that set none.")] = None,
-    default_budget_strategy: Annotated[str | None, Opt(help="engine or rounds.")] = None,
+    default_budget_strategy: Annotated[str | None, Opt(help="engine (rounds: --legacy-server only).")] = None,
     reasoning_effort_budgets: Annotated[
         str | None, Opt(help='JSON, e.g. \'{"low": {"max_thinking_tokens": 512}}\'; unnamed levels keep defaults.')
     ] = None,
-    max_body_bytes: Annotated[int | None, Opt(help="Larger request bodies get 413.")] = None,
-    engine_arg: Annotated[list[str] | None, Opt(help="A vLLM engine argument as key=value (repeatable).")] = None,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Print the vLLM command line and environment, start nothing.")] = False,
+    legacy_server: Annotated[
+        bool, Opt("--legacy-server", help="budgetforce's own hand-written server (rounds strategy, waits_inserted).")
+    ] = False,
+    profile: Annotated[str | None, Opt(help="Thinking-delimiter preset; default: detected. " + LEGACY)] = None,
+    engine_arg: Annotated[list[str] | None, Opt(help="A vLLM engine argument as key=value. " + LEGACY)] = None,
     log_level: Annotated[str, Opt(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Serve a reasoning model with per-request thinking budgets (OpenAI-compatible)."""
+    """Serve a reasoning model on vLLM's OpenAI-compatible server, with per-request thinking budgets.
+
+    Every option not listed here passes through to vLLM's server (`vllm serve --help`), e.g.
+    --max-model-len 8192 --tensor-parallel-size 2 --enable-prefix-caching --tool-call-parser hermes.
+    """
     from pydantic import ValidationError
 
-    from server.settings import ServerSettings
-
+    defaults = {
+        "default_min_thinking_tokens": default_min_thinking_tokens, "default_max_thinking_tokens": default_max_thinking_tokens,
+        "max_thinking_tokens_limit": max_thinking_tokens_limit, "default_max_waits": default_max_waits,
+        "default_budget_strategy": default_budget_strategy,
+    }  # fmt: skip
     try:
-        engine_args = parse_engine_args(list(ctx.args), engine_arg or [])
-        named = {
-            "tensor_parallel_size": tensor_parallel_size, "data_parallel_size": data_parallel_size,
-            "max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype,
-        }  # fmt: skip
-        engine_args.update({k: v for k, v in named.items() if v is not None})
-        check_engine_args(engine_args)
-        given = {
-            "model": model, "host": host, "port": port, "api_key": api_key, "profile": profile,
-            "served_model_name": served_model_name, "default_min_thinking_tokens": default_min_thinking_tokens,
-            "default_max_thinking_tokens": default_max_thinking_tokens,
-            "max_thinking_tokens_limit": max_thinking_tokens_limit, "default_budget_strategy": default_budget_strategy,
-            "default_max_waits": default_max_waits, "max_body_bytes": max_body_bytes, "engine_args": engine_args,
-            "reasoning_effort_budgets": _json_option("--reasoning-effort-budgets", reasoning_effort_budgets),
-        }  # fmt: skip
-        settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
+        defaults["reasoning_effort_budgets"] = _json_option("--reasoning-effort-budgets", reasoning_effort_budgets)
+        if legacy_server:
+            common = {"model": model, "host": host, "port": port, "api_key": api_key, "served_model_name": served_model_name}
+            _serve_legacy(list(ctx.args), engine_arg or [], {**common, **defaults, "profile": profile}, log_level)
+            return
+        if profile is not None or engine_arg:
+            raise UsageError(
+                "`--profile` and `--engine-arg` belong to --legacy-server; vLLM's processor detects the profile "
+                "from the tokenizer, and vLLM's own flags pass through as they are"
+            )
+        if default_budget_strategy == "rounds":
+            raise UsageError("`--default-budget-strategy rounds` needs --legacy-server (vLLM's server runs `engine`)")
+        command, env = _vllm_command(list(ctx.args), model, host, port, api_key, served_model_name, defaults, log_level)
     except UsageError as exc:
         typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-") if err["loc"] else ""
-        message = str(err["msg"]).removeprefix("Value error, ")
-        typer.secho(f"Error: `{where}`: {message}" if where else f"Error: {message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        _report_validation(exc)
+    if dry_run:
+        typer.echo(" ".join(f"{k}={v}" for k, v in env.items()))
+        typer.echo(shlex.join(command))
+        return
+    from budgetforce.serving.launch import exec_server
+
+    exec_server(command, env)
+
+
+def _report_validation(exc: Any) -> None:
+    err = exc.errors()[0]
+    where = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-") if err["loc"] else ""
+    message = str(err["msg"]).removeprefix("Value error, ")
+    typer.secho(f"Error: `{where}`: {message}" if where else f"Error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2) from None
+
+
+def _vllm_command(
+    passthrough: list[str], model: str | None, host: str, port: int, api_key: str | None,
+    served_model_name: str | None, defaults: dict[str, Any], log_level: str,
+) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """vLLM's server command line and the middleware's environment (see `budgetforce.serving.launch`)."""
+    from pathlib import Path
+
+    from budgetforce.serving import launch
+
+    env = launch.budget_environment(defaults)
+    given = launch.flags(passthrough)
+    for name in ("model", "host", "port", "api-key", "served-model-name"):
+        if name in given:
+            raise UsageError(f"give --{name} once, as `budgetforce serve --{name}`")
+    path = model or str(launch.default_model())
+    args = ["--host", host, "--port", str(port), *passthrough]
+    if served_model_name or model is None:
+        args += ["--served-model-name", served_model_name or "budgetforce"]
+    if api_key:
+        args += ["--api-key", api_key]
+    if "uvicorn-log-level" not in given:
+        args += ["--uvicorn-log-level", log_level.lower()]
+    parser = None
+    if "reasoning-parser" not in given:
+        tokenizer = (given.get("tokenizer") or [None])[0]
+        try:
+            parser = launch.reasoning_parser_for(path, tokenizer)
+        except Exception as exc:  # noqa: BLE001 - the processor reports an unknown model at start-up itself
+            raise UsageError(f"cannot tell how {path} delimits its thinking: {exc}") from None
+    cpu = not launch.has_cuda()
+    dtype = launch.cpu_dtype(Path(path)) if cpu else None
+    return launch.vllm_command(args, path, parser, cpu=cpu, dtype=dtype), env
+
+
+def _serve_legacy(extra: list[str], pairs: list[str], given: dict[str, Any], log_level: str) -> None:
+    """budgetforce's own server (`budgetforce.legacy_server`): its own flags, the rest as engine arguments."""
+    from pydantic import ValidationError
+
+    from budgetforce.legacy_server.settings import ServerSettings
+
+    try:
+        engine_args = parse_engine_args(extra, pairs)
+        check_engine_args(engine_args)
+        if "served_model_name" in engine_args and given.get("served_model_name") is None:
+            given["served_model_name"] = engine_args.pop("served_model_name")
+        settings = ServerSettings(**{k: v for k, v in given.items() if v is not None}, engine_args=engine_args)
+    except ValidationError as exc:
+        _report_validation(exc)
     run_server(settings, log_level)
 
 
 def run_server(settings: Any, log_level: str = "info") -> None:
     import uvicorn
 
-    from server.app import build_app
+    from budgetforce.legacy_server.app import build_app
 
     level = getattr(logging, log_level.upper(), logging.INFO)
     handler = logging.StreamHandler()
@@ -172,7 +247,7 @@ def run_server(settings: Any, log_level: str = "info") -> None:
 
 
 try:  # the benchmarks are optional (their dependencies may be missing)
-    from benchmarks.cli import app as bench_app
+    from budgetforce.bench.cli import app as bench_app
 except ImportError:  # pragma: no cover
     bench_app = None
 if bench_app is not None:

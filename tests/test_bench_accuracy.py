@@ -22,11 +22,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from typer.testing import CliRunner
 
-from benchmarks import accuracy
-from benchmarks.cli import app
-from benchmarks.evals import load_eval
-from benchmarks.sampler import ChatSampler, RequestRejected, budget_fields
-from benchmarks.types import BenchError, BudgetSettings, Eval, Example, MessageList, SamplerResponse
+from budgetforce.bench import accuracy
+from budgetforce.bench.cli import app
+from budgetforce.bench.evals import load_eval
+from budgetforce.bench.sampler import ChatSampler, RequestRejected, budget_fields
+from budgetforce.bench.types import BenchError, BudgetSettings, Eval, Example, MessageList, SamplerResponse
 
 runner = CliRunner()
 

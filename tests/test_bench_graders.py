@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks import graders
-from benchmarks.evals import load_eval
-from benchmarks.evals.files import bundled_path
-from benchmarks.types import BenchError
+from budgetforce.bench import graders
+from budgetforce.bench.evals import load_eval
+from budgetforce.bench.evals.files import bundled_path
+from budgetforce.bench.types import BenchError
 
 
 def jsonl(name: str) -> list[dict]:

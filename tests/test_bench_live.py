@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks import accuracy
-from benchmarks.cli import app
+from budgetforce.bench import accuracy
+from budgetforce.bench.cli import app
 
 pytestmark = pytest.mark.server
 runner = CliRunner()

@@ -41,19 +41,40 @@ def test_help_lists_serve_and_bench() -> None:
     assert result.exit_code == 0 and "serve" in result.output
     assert "bench" in result.output
     serve_help = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
-    for option in ("--model", "--host", "--port", "--api-key", "--profile", "--served-model-name",
-                   "--tensor-parallel-size", "--max-model-len", "--engine-arg"):  # fmt: skip
+    for option in ("--model", "--host", "--port", "--api-key", "--served-model-name", "--default-max-thinking-tokens",
+                   "--reasoning-effort-budgets", "--dry-run", "--legacy-server", "passes through to vLLM"):  # fmt: skip
         assert option in serve_help.output, option
+
+
+def test_serve_runs_vllms_server_with_the_budget_layer() -> None:
+    """`budgetforce serve` is vLLM's server command line plus budgetforce's processor and middleware."""
+    result = runner.invoke(
+        app, ["serve", "--dry-run", "--max-num-seqs", "8", "--logits-processors", "my.mod:Proc",
+              "--default-max-thinking-tokens", "64", "--api-key", "k"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    env, command = result.output.strip().splitlines()
+    assert env == "BUDGETFORCE_DEFAULT_MAX_THINKING_TOKENS=64"
+    for part in ("-m vllm.entrypoints.openai.api_server --model", "budgetforce/student/model", "--max-num-seqs 8",
+                 "--logits-processors budgetforce.vllm:BudgetForcing my.mod:Proc",
+                 "--middleware budgetforce.serving.BudgetMiddleware", "--reasoning-parser deepseek_r1",
+                 "--served-model-name budgetforce", "--api-key k", "--host 127.0.0.1 --port 8000"):  # fmt: skip
+        assert part in command, part
+    own_parser = runner.invoke(app, ["serve", "--dry-run", "--reasoning-parser", "qwen3", "--model", "x/y"])
+    assert "--reasoning-parser qwen3" in own_parser.output and "deepseek_r1" not in own_parser.output
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["serve", "--no-such-engine-option", "3"], "unknown engine option(s): --no-such-engine-option"),
-        (["serve", "--engine-arg", "oops"], "takes key=value"),
+        (["serve", "--legacy-server", "--no-such-engine-option", "3"], "unknown engine option(s): --no-such-engine-option"),
+        (["serve", "--legacy-server", "--engine-arg", "oops"], "takes key=value"),
+        (["serve", "--profile", "s1"], "--legacy-server"),
+        (["serve", "--default-budget-strategy", "rounds"], "--legacy-server"),
         (["serve", "--default-min-thinking-tokens", "10", "--default-max-thinking-tokens", "5"], "exceeds"),
         (["serve", "--default-budget-strategy", "fast"], "--default-budget-strategy"),
         (["serve", "--port", "70000"], "--port"),
+        (["serve", "--legacy-server", "--port", "70000"], "--port"),
         (["serve", "--reasoning-effort-budgets", "{low"], "must be JSON"),
         (["serve", "--reasoning-effort-budgets", '{"huge": {}}'], "reasoning-effort-budgets"),
     ],
@@ -68,21 +89,22 @@ def test_default_model_builds_a_tiny_one_until_the_student_exists(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import budgetforce.student
-    import server.app
+    from budgetforce.serving import launch
 
     student, cache = tmp_path / "student", tmp_path / "tiny"
     student.mkdir()
     monkeypatch.setattr(budgetforce.student, "STUDENT_PATH", student)
-    monkeypatch.setattr(server.app, "TINY_CACHE", cache)
-    assert server.app.default_model() == cache and (cache / "config.json").exists()
+    monkeypatch.setattr(launch, "TINY_CACHE", cache)
+    assert launch.default_model() == cache and (cache / "config.json").exists()
     built = (cache / "model.safetensors").stat().st_mtime
-    assert server.app.default_model() == cache and (cache / "model.safetensors").stat().st_mtime == built
+    assert launch.default_model() == cache and (cache / "model.safetensors").stat().st_mtime == built
     (student / "config.json").write_text("{}")
-    assert server.app.default_model() == student
+    assert launch.default_model() == student
 
 
 def test_cpu_engine_defaults(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from server.app import CPU_KV_CACHE_BYTES, engine_kwargs
+    from budgetforce.legacy_server.app import CPU_KV_CACHE_BYTES, engine_kwargs
+    from budgetforce.serving.launch import vllm_command
 
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     assert engine_kwargs(tiny_r1, {}) == {
@@ -90,56 +112,14 @@ def test_cpu_engine_defaults(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> 
     }
     explicit = {"gpu_memory_utilization": 0.05, "dtype": "bfloat16", "max_num_batched_tokens": 4096}
     assert engine_kwargs(tiny_r1, explicit) == explicit
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.server
-def test_serve_starts_and_answers(tiny_r1: Path, tmp_path: Path) -> None:
-    """The real command in a subprocess: vLLM engine, API key, a budgeted chat, the request log line."""
-    port = _port()
-    log = tmp_path / "serve.log"
-    cmd = [
-        sys.executable, "-m", "budgetforce.cli", "serve", "--model", str(tiny_r1), "--served-model-name", "tiny-cli",
-        "--port", str(port), "--api-key", "sk-cli", "--max-model-len", "512", "--enforce-eager", "--seed", "0",
-        "--default-max-thinking-tokens", "6",
+    cpu = vllm_command([], str(tiny_r1), "deepseek_r1", cpu=True, dtype="float32")
+    assert cpu[-6:] == ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES), "--dtype", "float32",
+                        "--max-num-batched-tokens", "65536"]  # fmt: skip
+    mine = ["--gpu-memory-utilization", "0.05", "--dtype=bfloat16", "--max_num_batched_tokens", "4096"]
+    assert vllm_command(mine, str(tiny_r1), None, cpu=True, dtype="float32")[3:] == [
+        "--model", str(tiny_r1), *mine, "--logits-processors", "budgetforce.vllm:BudgetForcing",
+        "--middleware", "budgetforce.serving.BudgetMiddleware",
     ]  # fmt: skip
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "server did not start"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        headers = {"Authorization": "Bearer sk-cli"}
-        assert httpx.get(f"{url}/v1/models", headers=headers).json()["data"][0]["id"] == "tiny-cli"
-        assert httpx.get(f"{url}/v1/models").status_code == 401
-        body = {
-            "model": "tiny-cli", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 16,
-            "min_thinking_tokens": 6, "seed": 0,  # the minimum pins the outcome: the model may close on its own
-        }  # fmt: skip
-        r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
-        assert r.status_code == 200, r.text
-        budget = r.json()["choices"][0]["budget"]
-        assert budget["thinking_tokens"] == 6 and budget["forced_end"] is True  # the server's default maximum
-        time.sleep(0.5)
-        assert "thinking=6" in log.read_text()
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    assert vllm_command([], "m", None, cpu=False)[-4:] == [
+        "--logits-processors", "budgetforce.vllm:BudgetForcing", "--middleware", "budgetforce.serving.BudgetMiddleware"
+    ]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.types import BenchError
+from budgetforce.bench.types import BenchError
 from budgetforce.cli import app
 from budgetforce.distill.generate import assistant_text, load_validator
 from budgetforce.distill.problems import ProblemSpec, gsm8k_rationale, load_problems

@@ -200,7 +200,7 @@ def test_stop_string_skips_the_whitespace_that_opens_the_answer(client: OpenAI) 
 
 
 def test_stop_cutter_passes_the_answers_opening_whitespace() -> None:
-    from server.generation import _StopCutter
+    from budgetforce.legacy_server.generation import _StopCutter
 
     cutter = _StopCutter(["\n\n", "\nThe"])
     pieces = [cutter.push(t) for t in ["\n", "\n  The answer", " is 4.\n", "\nMore"]]
@@ -351,8 +351,8 @@ def test_non_stream_disconnect_aborts_the_engine_request(
 
 # -- budget precedence (no engine) ---------------------------------------------------------------
 def _resolve(settings: Any = None, **fields: Any) -> tuple[int, int | None, str | None]:
-    from server.protocol import ChatCompletionRequest
-    from server.settings import ServerSettings
+    from budgetforce.legacy_server.protocol import ChatCompletionRequest
+    from budgetforce.legacy_server.settings import ServerSettings
 
     request = ChatCompletionRequest.model_validate({"messages": MESSAGES, **fields})
     resolved = request.resolve_budget(settings or ServerSettings())
@@ -361,7 +361,7 @@ def _resolve(settings: Any = None, **fields: Any) -> tuple[int, int | None, str 
 
 
 def test_budget_precedence() -> None:
-    from server.settings import ServerSettings
+    from budgetforce.legacy_server.settings import ServerSettings
 
     every = {
         "thinking_token_budget": 50, "reasoning": {"max_tokens": 40, "effort": "low"},
@@ -390,7 +390,7 @@ def test_budget_precedence() -> None:
 
 
 def test_effort_table_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from server.settings import ServerSettings
+    from budgetforce.legacy_server.settings import ServerSettings
 
     table = '{"low": {"max_thinking_tokens": 512}, "max": {"min_thinking_tokens": 3000}}'
     monkeypatch.setenv("BUDGETFORCE_REASONING_EFFORT_BUDGETS", table)

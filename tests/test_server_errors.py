@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from budgetforce.engine import Delta
-from server.app import build_app
-from server.settings import ServerSettings
+from budgetforce.legacy_server.app import build_app
+from budgetforce.legacy_server.settings import ServerSettings
 
 pytestmark = pytest.mark.server
 HELLO = [{"role": "user", "content": "hi"}]
@@ -306,7 +306,7 @@ def test_aborted_stream_ends_with_an_error_event(live_server_url: str, engine: A
 def test_failed_finish_reasons_are_5xx_not_stop() -> None:
     """vLLM's `error` (a KV load failure, ...) cannot be produced cheaply on the CPU: the mapping itself."""
     from budgetforce.engine import GenerationFailed, _finish
-    from server.errors import from_exception
+    from budgetforce.legacy_server.errors import from_exception
 
     assert [_finish(r) for r in ("stop", "length", "repetition")] == ["stop", "length", "stop"]
     for reason, code in (("abort", "generation_aborted"), ("error", "generation_failed")):

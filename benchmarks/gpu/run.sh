@@ -13,6 +13,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 SHAPE=benchmarks/shapes/r1-distill-qwen-1.5b.json
 case "$STAGE" in
   v2-step)
+    python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
     python3 -c "import torch; print(torch.cuda.is_available(), torch.randn(4, device='cuda').sum().item())" 2>&1 | tail -3
     python3 -m benchmarks.processor_step --device cuda --batch 1 32 256 --v1 --json "$OUT/processor_step_032.json" 2>&1 | grep -v -i warn | tee "$OUT/processor_step_032.log" | tail -32 ;;
   v2-tp256)

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 from tqdm import tqdm
 
-from benchmarks.types import (
+from budgetforce.bench.types import (
     Backend,
     BenchError,
     BudgetSettings,

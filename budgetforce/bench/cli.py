@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from benchmarks import accuracy, load
-from benchmarks.evals import EVAL_NAMES, load_eval
-from benchmarks.sampler import ChatSampler, budget_fields, served_model
-from benchmarks.types import Backend, BenchError, BudgetSettings, Strategy
+from budgetforce.bench import accuracy, load
+from budgetforce.bench.evals import EVAL_NAMES, load_eval
+from budgetforce.bench.sampler import ChatSampler, budget_fields, served_model
+from budgetforce.bench.types import Backend, BenchError, BudgetSettings, Strategy
 
 app = typer.Typer(help="Benchmarks: accuracy vs thinking budget (s1 sweep) and HTTP load.", no_args_is_help=True)
 console = Console()
@@ -310,7 +310,7 @@ def load_command(
 
 
 def main() -> None:
-    """Stand-alone entry point (`python -m benchmarks.cli`) until the main CLI mounts `app`."""
+    """Stand-alone entry point (`python -m budgetforce.bench.cli`) until the main CLI mounts `app`."""
     app()
 
 

@@ -29,8 +29,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from benchmarks.sampler import budget_fields, error_message
-from benchmarks.types import Backend, BudgetSettings
+from budgetforce.bench.sampler import budget_fields, error_message
+from budgetforce.bench.types import Backend, BudgetSettings
 
 logger = logging.getLogger(__name__)
 

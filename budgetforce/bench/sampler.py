@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.types import Backend, BenchError, BudgetSettings, MessageList, SamplerResponse
+from budgetforce.bench.types import Backend, BenchError, BudgetSettings, MessageList, SamplerResponse
 
 logger = logging.getLogger(__name__)
 

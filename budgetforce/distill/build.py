@@ -20,8 +20,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy import read_samples
-from benchmarks.types import BenchError
+from budgetforce.bench.accuracy import read_samples
+from budgetforce.bench.types import BenchError
 from budgetforce.distill.generate import SFT_FILE, sft_record
 from budgetforce.distill.problems import ProblemSet
 

@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.cli import ApiKey, configure_logging, run_cli
-from benchmarks.evals import EVAL_NAMES, load_eval
-from benchmarks.types import BenchError, BudgetSettings
+from budgetforce.bench.cli import ApiKey, configure_logging, run_cli
+from budgetforce.bench.evals import EVAL_NAMES, load_eval
+from budgetforce.bench.types import BenchError, BudgetSettings
 
 app = typer.Typer(
     help="Distil a student: teacher traces with rejection sampling, training targets, LoRA, the seed's table.",
@@ -101,9 +101,9 @@ def generate(
     configure_logging(verbose)
 
     async def main() -> dict[str, Any]:
-        from benchmarks import accuracy
-        from benchmarks.cli import check_backend
-        from benchmarks.sampler import ChatSampler, budget_fields, served_model
+        from budgetforce.bench import accuracy
+        from budgetforce.bench.cli import check_backend
+        from budgetforce.bench.sampler import ChatSampler, budget_fields, served_model
         from budgetforce.distill import generate as gen
         from budgetforce.distill.problems import load_problems
 

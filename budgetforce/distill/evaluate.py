@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 
-from benchmarks import accuracy
-from benchmarks.sampler import ChatSampler, served_model
-from benchmarks.types import BenchError, BudgetSettings, Eval
+from budgetforce.bench import accuracy
+from budgetforce.bench.sampler import ChatSampler, served_model
+from budgetforce.bench.types import BenchError, BudgetSettings, Eval
 
 TABLE_FILE = "table.md"
 TABLE_JSON = "table.json"

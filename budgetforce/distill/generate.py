@@ -29,9 +29,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import accuracy
-from benchmarks.sampler import split_reasoning
-from benchmarks.types import BenchError, BudgetSettings, SamplerBase
+from budgetforce.bench import accuracy
+from budgetforce.bench.sampler import split_reasoning
+from budgetforce.bench.types import BenchError, BudgetSettings, SamplerBase
 from budgetforce.distill.problems import ProblemSet, ProblemSpec
 
 logger = logging.getLogger(__name__)

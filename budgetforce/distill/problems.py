@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import graders
-from benchmarks.evals import load_eval
-from benchmarks.evals.files import bundled_path, read_jsonl
-from benchmarks.types import BenchError, Eval, Example
+from budgetforce.bench import graders
+from budgetforce.bench.evals import load_eval
+from budgetforce.bench.evals.files import bundled_path, read_jsonl
+from budgetforce.bench.types import BenchError, Eval, Example
 
 PROBLEM_SETS = ("gsm8k", "gsm8k-train", "gsm8k-test", "student", "jsonl", "math500", "aime2024", "aime2025")
 CALCULATOR_PATTERN = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations, "<<48/2=24>>"
@@ -85,7 +85,7 @@ class StudentTrainEval(Eval):
     name = "student-train"
 
     def __init__(self, num_examples: int | None, seed: int) -> None:
-        from benchmarks.evals.student import StudentTaskEval, load_task
+        from budgetforce.bench.evals.student import StudentTaskEval, load_task
 
         task = load_task()
         self.QUERY_TEMPLATE = getattr(task, "PROMPT_TEMPLATE", StudentTaskEval.QUERY_TEMPLATE)

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy import read_samples
-from benchmarks.types import BenchError
+from budgetforce.bench.accuracy import read_samples
+from budgetforce.bench.types import BenchError
 
 logger = logging.getLogger(__name__)
 

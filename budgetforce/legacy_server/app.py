@@ -21,11 +21,11 @@ from typing import Any
 from fastapi import FastAPI
 
 from budgetforce.engine import BudgetForcingEngine
-from server import errors
-from server.metrics import Metrics
-from server.middleware import CountRequests, LimitBody, RequireAPIKey
-from server.routes import ROUTERS
-from server.settings import ServerSettings
+from budgetforce.legacy_server import errors
+from budgetforce.legacy_server.metrics import Metrics
+from budgetforce.legacy_server.middleware import CountRequests, LimitBody, RequireAPIKey
+from budgetforce.legacy_server.routes import ROUTERS
+from budgetforce.legacy_server.settings import ServerSettings
 
 log = logging.getLogger("budgetforce.server")
 CPU_KV_CACHE_BYTES = 1 << 30

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from budgetforce.budget import BudgetError
 from budgetforce.engine import EngineDeadError, GenerationFailed
 from budgetforce.profile import ProfileError
-from server.protocol import ErrorInfo, ErrorResponse
+from budgetforce.legacy_server.protocol import ErrorInfo, ErrorResponse
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from budgetforce.budget import Budget, BudgetError
 from budgetforce.controller import ThinkingController
 from budgetforce.engine import BudgetForcingEngine, BudgetStats, Delta
 from budgetforce.stops import StopCutter as _StopCutter
-from server.errors import APIError, vllm_client_errors
-from server.metrics import Metrics
-from server.protocol import BudgetReport, FinishReason, ResolvedBudget, SamplingFields, Usage
-from server.settings import ServerSettings
+from budgetforce.legacy_server.errors import APIError, vllm_client_errors
+from budgetforce.legacy_server.metrics import Metrics
+from budgetforce.legacy_server.protocol import BudgetReport, FinishReason, ResolvedBudget, SamplingFields, Usage
+from budgetforce.legacy_server.settings import ServerSettings
 
 log = logging.getLogger("budgetforce.server")
 SEED_SPAN = 2**64
@@ -233,7 +233,7 @@ class Tally:
             self.finish[event.index] = event.finish_reason or "stop"
 
     def usage(self) -> Usage:
-        from server.protocol import CompletionTokensDetails
+        from budgetforce.legacy_server.protocol import CompletionTokensDetails
 
         completion = sum(self.tokens.values())
         reasoning = sum(r.thinking_tokens for r in self.reports.values())

@@ -8,8 +8,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import APIError
-from server.metrics import Metrics
+from budgetforce.legacy_server.errors import APIError
+from budgetforce.legacy_server.metrics import Metrics
 
 ENDPOINTS = {
     "/v1/chat/completions": "chat",

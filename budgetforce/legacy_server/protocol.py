@@ -30,7 +30,7 @@ from budgetforce.budget import (  # noqa: F401 - the budget block lives in the c
     ThinkingConfig,
     misspelled_budget_field,
 )
-from server.settings import ServerSettings
+from budgetforce.legacy_server.settings import ServerSettings
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FinishReason = Literal["stop", "length"]

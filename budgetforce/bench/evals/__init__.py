@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.types import BenchError, Eval
+from budgetforce.bench.types import BenchError, Eval
 
 EVAL_NAMES = ("gsm8k", "gsm8k-train", "math500", "aime2024", "aime2025", "jsonl", "student")
 
@@ -22,26 +22,26 @@ def load_eval(
 ) -> Eval:
     """Build the eval `name`; raises BenchError with the accepted names for anything else."""
     if name in ("gsm8k", "gsm8k-train"):
-        from benchmarks.evals.gsm8k import GSM8KEval
+        from budgetforce.bench.evals.gsm8k import GSM8KEval
 
         return GSM8KEval(num_examples, seed, split="train" if name == "gsm8k-train" else "test")
     if name == "math500":
-        from benchmarks.evals.math500 import Math500Eval
+        from budgetforce.bench.evals.math500 import Math500Eval
 
         return Math500Eval(num_examples, seed)
     if name in ("aime2024", "aime2025"):
-        from benchmarks.evals.aime import AIMEEval
+        from budgetforce.bench.evals.aime import AIMEEval
 
         return AIMEEval(int(name[4:]), data_path, num_examples, seed)
     if name == "jsonl":
-        from benchmarks.evals.jsonl import QUERY_TEMPLATE, JsonlEval
+        from budgetforce.bench.evals.jsonl import QUERY_TEMPLATE, JsonlEval
 
         return JsonlEval(
             data_path, question_field, answer_field, id_field, grader,  # type: ignore[arg-type]
             query_template or QUERY_TEMPLATE, num_examples, seed,
         )  # fmt: skip
     if name == "student":
-        from benchmarks.evals.student import StudentTaskEval
+        from budgetforce.bench.evals.student import StudentTaskEval
 
         return StudentTaskEval(num_examples)
     raise BenchError(f"unknown eval {name!r}; choose one of {', '.join(EVAL_NAMES)}")

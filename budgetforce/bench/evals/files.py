@@ -7,12 +7,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from benchmarks.types import BenchError
+from budgetforce.bench.types import BenchError
 
 
 def bundled_path(name: str) -> Path:
-    """A data file shipped in `benchmarks/data/`."""
-    return Path(str(resources.files("benchmarks") / "data" / name))
+    """A data file shipped in `budgetforce/bench/data/`."""
+    return Path(str(resources.files("budgetforce.bench") / "data" / name))
 
 
 def read_jsonl(path: Path | str) -> list[dict[str, Any]]:

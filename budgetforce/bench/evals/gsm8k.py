@@ -1,14 +1,14 @@
 """GSM8K: grade-school math word problems with integer answers.
 
 Cobbe et al., "Training Verifiers to Solve Math Word Problems", https://arxiv.org/abs/2110.14168.
-Data: openai/grade-school-math test split (1319 problems), bundled under MIT (benchmarks/data/NOTICE).
+Data: openai/grade-school-math test split (1319 problems), bundled under MIT (budgetforce/bench/data/NOTICE).
 """
 
 from __future__ import annotations
 
-from benchmarks import graders
-from benchmarks.evals.files import bundled_path, read_jsonl
-from benchmarks.types import Eval, Example
+from budgetforce.bench import graders
+from budgetforce.bench.evals.files import bundled_path, read_jsonl
+from budgetforce.bench.types import Eval, Example
 
 QUERY_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 DATA_FILES = {"test": "gsm8k_test.jsonl", "train": "gsm8k_train.jsonl"}

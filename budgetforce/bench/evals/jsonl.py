@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from benchmarks import graders
-from benchmarks.evals.files import read_jsonl
-from benchmarks.types import BenchError, Eval, Example
+from budgetforce.bench import graders
+from budgetforce.bench.evals.files import read_jsonl
+from budgetforce.bench.types import BenchError, Eval, Example
 
 QUERY_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 GraderName = Literal["integer", "math", "exact"]

@@ -3,14 +3,14 @@
 Hendrycks et al., "Measuring Mathematical Problem Solving With the MATH Dataset",
 https://arxiv.org/abs/2103.03874; subset from Lightman et al., https://arxiv.org/abs/2305.20050.
 Answers are LaTeX, so grading uses math-verify's equivalence check (s1 reports MATH500 92.6 -> 93.0
-for s1-32B with budget forcing). Bundled under MIT (benchmarks/data/NOTICE).
+for s1-32B with budget forcing). Bundled under MIT (budgetforce/bench/data/NOTICE).
 """
 
 from __future__ import annotations
 
-from benchmarks import graders
-from benchmarks.evals.files import bundled_path, read_jsonl
-from benchmarks.types import Eval, Example
+from budgetforce.bench import graders
+from budgetforce.bench.evals.files import bundled_path, read_jsonl
+from budgetforce.bench.types import Eval, Example
 
 QUERY_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from benchmarks import graders
-from benchmarks.types import BenchError, Eval, Example
+from budgetforce.bench import graders
+from budgetforce.bench.types import BenchError, Eval, Example
 
 TASK_MODULE = "budgetforce.student.task"
 QUERY_TEMPLATE = "{question}"

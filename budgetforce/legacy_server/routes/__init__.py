@@ -1,5 +1,5 @@
 """One router per feature."""
 
-from server.routes import chat, completions, health, models
+from budgetforce.legacy_server.routes import chat, completions, health, models
 
 ROUTERS = (chat.router, completions.router, models.router, health.router)

@@ -11,9 +11,9 @@ from fastapi.responses import Response, StreamingResponse
 from jinja2 import TemplateError
 
 from budgetforce.engine import BudgetForcingEngine
-from server.errors import APIError, error_responses
-from server.generation import ChoiceEvent, Job, Tally, prepare
-from server.protocol import (
+from budgetforce.legacy_server.errors import APIError, error_responses
+from budgetforce.legacy_server.generation import ChoiceEvent, Job, Tally, prepare
+from budgetforce.legacy_server.protocol import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -23,7 +23,7 @@ from server.protocol import (
     ChatDelta,
     Usage,
 )
-from server.routes.common import (
+from budgetforce.legacy_server.routes.common import (
     SSE_HEADERS,
     check_model,
     collect,

@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 from fastapi import Request
 
 from budgetforce.engine import BudgetForcingEngine
-from server.errors import APIError, from_exception
-from server.generation import ChoiceEvent, Job, Tally, record, run
-from server.metrics import Metrics
-from server.protocol import ErrorResponse, OpenAIModel
-from server.settings import ServerSettings
+from budgetforce.legacy_server.errors import APIError, from_exception
+from budgetforce.legacy_server.generation import ChoiceEvent, Job, Tally, record, run
+from budgetforce.legacy_server.metrics import Metrics
+from budgetforce.legacy_server.protocol import ErrorResponse, OpenAIModel
+from budgetforce.legacy_server.settings import ServerSettings
 
 log = logging.getLogger("budgetforce.server")
 T = TypeVar("T")

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from budgetforce.engine import BudgetForcingEngine
-from server.errors import APIError, error_responses
-from server.generation import ChoiceEvent, Job, Tally, prepare
-from server.protocol import CompletionChoice, CompletionRequest, CompletionResponse, Usage
-from server.routes.common import (
+from budgetforce.legacy_server.errors import APIError, error_responses
+from budgetforce.legacy_server.generation import ChoiceEvent, Job, Tally, prepare
+from budgetforce.legacy_server.protocol import CompletionChoice, CompletionRequest, CompletionResponse, Usage
+from budgetforce.legacy_server.routes.common import (
     SSE_HEADERS,
     check_model,
     collect,

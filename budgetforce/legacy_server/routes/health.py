@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.errors import APIError, error_responses
-from server.protocol import Health
+from budgetforce.legacy_server.errors import APIError, error_responses
+from budgetforce.legacy_server.protocol import Health
 
 router = APIRouter(tags=["operations"])
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from server.errors import APIError, error_responses
-from server.protocol import ModelCard, ModelList
+from budgetforce.legacy_server.errors import APIError, error_responses
+from budgetforce.legacy_server.protocol import ModelCard, ModelList
 
 router = APIRouter(tags=["models"])
 
