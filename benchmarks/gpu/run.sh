@@ -14,9 +14,11 @@ SHAPE=benchmarks/shapes/r1-distill-qwen-1.5b.json
 case "$STAGE" in
   v2-step)
     python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
+    export LD_PRELOAD="$(bash benchmarks/gpu/nccl_shim.sh)"
     python3 -c "import torch; print(torch.cuda.is_available(), torch.randn(4, device='cuda').sum().item())" 2>&1 | tail -3
     python3 -m benchmarks.processor_step --device cuda --batch 1 32 256 --v1 --json "$OUT/processor_step_032.json" 2>&1 | grep -v -i warn | tee "$OUT/processor_step_032.log" | tail -32 ;;
   v2-tp256)
+    export LD_PRELOAD=/tmp/libnccl_stub.so
     VLLM_USE_V2_MODEL_RUNNER=1 timeout 570 python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 256 --new-tokens 1024 --reps 3 \
       --configs plain idle engine engine-max native --out "$OUT/tp_1.5b_c256_v2.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp256_v2.log" | tail -14 ;;
   step)
