@@ -15,6 +15,7 @@ case "$STAGE" in
   v2-step)
     python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
     export LD_PRELOAD="$(bash benchmarks/gpu/nccl_shim.sh)"
+    chmod +x /tmp/site/triton/backends/nvidia/bin/* 2>/dev/null || true  # the archive dropped the exec bits
     python3 -c "import torch; print(torch.cuda.is_available(), torch.randn(4, device='cuda').sum().item())" 2>&1 | tail -3
     python3 -m benchmarks.processor_step --device cuda --batch 1 32 256 --v1 --json "$OUT/processor_step_032.json" 2>&1 | grep -v -i warn | tee "$OUT/processor_step_032.log" | tail -32 ;;
   v2-tp256)
