@@ -20,11 +20,10 @@ case "$STAGE" in
     python3 -m benchmarks.processor_step --device cuda --batch 1 32 256 --v1 --json "$OUT/processor_step_032.json" 2>&1 | grep -v -i warn | tee "$OUT/processor_step_032.log" | tail -32 ;;
   v2-tp256)
     export LD_PRELOAD=/tmp/libnccl_stub.so
-    # vLLM 0.32's kernel warm-up imports torchvision (for one multimodal model); the image's build is
-    # for torch 2.11, so a two-line stand-in with the one name it imports (measurement glue only)
-    mkdir -p /tmp/tvstub/torchvision/transforms && : > /tmp/tvstub/torchvision/__init__.py
-    printf 'import enum\nclass InterpolationMode(enum.Enum):\n    NEAREST = "nearest"\n    BILINEAR = "bilinear"\n    BICUBIC = "bicubic"\n' > /tmp/tvstub/torchvision/transforms/__init__.py
-    export PYTHONPATH=/tmp/tvstub:$PYTHONPATH
+    # vLLM 0.32's kernel warm-up imports a MiniMax-M3 module that needs torchvision, whose image build
+    # is for torch 2.11: a sitecustomize puts a no-op in its place (measurement glue; dense models only)
+    mkdir -p /tmp/vllmfix && printf 'import sys, types\nm = types.ModuleType("vllm.model_executor.warmup.minimax_m3_msa_warmup")\nm.minimax_m3_msa_warmup = lambda *a, **k: None\nsys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
+    export PYTHONPATH=/tmp/vllmfix:$PYTHONPATH
     VLLM_USE_V2_MODEL_RUNNER=1 timeout 570 python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 256 --new-tokens 1024 --reps 3 \
       --configs plain idle engine engine-max native --out "$OUT/tp_1.5b_c256_v2.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp256_v2.log" | tail -14 ;;
   step)
