@@ -1,0 +1,241 @@
+"""The response side of the budget layer: vLLM's responses and stream chunks, annotated per choice.
+
+Each choice's token ids (vLLM's `return_token_ids`, which the layer always asks for) run through
+an observing `ThinkingController` (delimiters only, forces nothing), which counts the thinking
+exactly as budgetforce's engine does. The layer then adds, per choice, the `budget` object
+(`thinking_tokens`, `waits_inserted`, `forced_end`, `strategy`), `reasoning_content` beside vLLM's
+`reasoning`, `usage.completion_tokens_details.reasoning_tokens`, and cuts the answer (only the
+answer) at the request's stop strings. Where vLLM has no reasoning parser for the text (text
+completions, or a chat server without `--reasoning-parser`) it splits the text on the ids itself.
+
+`waits_inserted` is null: the processor does not yet report it for `vllm_xargs` requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from budgetforce.budget import Budget
+from budgetforce.controller import ThinkingController
+from budgetforce.serving.metrics import record_choice
+from budgetforce.serving.rewrite import Prepared, ServedModel
+from budgetforce.stops import StopCutter
+
+
+@dataclass
+class _Choice:
+    ctl: ThinkingController
+    prompt_len: int
+    cutter: StopCutter | None
+    splitter: Any = None  # budgetforce.engine._Splitter when the layer splits the text itself
+    tokens: int = 0
+    done: bool = False
+    ids: list[int] = field(default_factory=list)
+
+
+class Annotator:
+    """Annotates one request's response: `json_body` for a full response, `chunk` per stream event."""
+
+    def __init__(self, prepared: Prepared, model: ServedModel) -> None:
+        self.p = prepared
+        self.model = model
+        self.observer = model.profile.plan(Budget())
+        self.prompt: list[int] | None = None  # chat: one prompt for every choice
+        self.choices: dict[int, _Choice] = {}
+        self.head: dict[str, Any] = {}  # id, object, created, model of the stream's chunks
+        self.finished = 0
+
+    # -- per choice -------------------------------------------------------------------------
+    def _choice(self, index: int, prompt: list[int] | None) -> _Choice:
+        st = self.choices.get(index)
+        if st is None:
+            prompt = list(prompt if prompt is not None else self.prompt or [])
+            ctl = ThinkingController(self.observer, prompt)
+            cutter = StopCutter(self.p.stops) if self.p.stops else None
+            splitter = None
+            if self.p.split_text and not self.p.echo:
+                from budgetforce.engine import _Splitter  # the engine's reasoning/answer router, on ids
+
+                splitter = _Splitter(self.model.tokenizer, ThinkingController(self.observer, prompt))
+            st = self.choices[index] = _Choice(ctl, len(prompt), cutter, splitter)
+        return st
+
+    def _feed(self, st: _Choice, ids: list[int] | None) -> None:
+        for t in ids or ():
+            st.ctl.accept(t)
+        st.tokens += len(ids or ())
+
+    def report(self, st: _Choice) -> dict[str, Any]:
+        budget = self.p.budget
+        thinking = st.ctl.thinking_tokens
+        hi = budget.max_thinking_tokens if budget is not None else None
+        return {
+            "thinking_tokens": thinking,
+            "waits_inserted": None,  # not available yet: see docs/vllm-serve.md
+            "forced_end": hi is not None and thinking >= hi,
+            "strategy": budget.strategy if budget is not None else None,
+        }
+
+    def _finish(self, st: _Choice) -> dict[str, Any]:
+        st.done = True
+        self.finished += 1
+        report = self.report(st)
+        record_choice(report)
+        return report
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return sum(st.ctl.thinking_tokens for st in self.choices.values())
+
+    @property
+    def all_done(self) -> bool:
+        """Every choice has ended (finished, or cut by a stop string)."""
+        return self.finished >= self.p.choices
+
+    def _usage(self, usage: dict[str, Any] | None) -> None:
+        if isinstance(usage, dict):
+            details = usage.get("completion_tokens_details")
+            details = dict(details) if isinstance(details, dict) else {}
+            details["reasoning_tokens"] = self.reasoning_tokens
+            usage["completion_tokens_details"] = details
+
+    def _reasoning(self, holder: dict[str, Any], reasoning: str | None) -> None:
+        """`reasoning` and `reasoning_content` (the same text), or neither when it is hidden."""
+        if self.p.hide_reasoning:
+            holder.pop("reasoning", None)
+            holder.pop("reasoning_content", None)
+        elif reasoning is not None:
+            holder["reasoning"] = holder["reasoning_content"] = reasoning
+
+    # -- full responses ---------------------------------------------------------------------
+    def json_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        if "prompt_token_ids" in body:
+            self.prompt = body["prompt_token_ids"] if self.p.endpoint == "chat" else None
+            if not self.p.wants_token_ids:
+                body.pop("prompt_token_ids")
+        for choice in body.get("choices") or []:
+            st = self._choice(choice.get("index", 0), choice.get("prompt_token_ids"))
+            ids = list(choice.get("token_ids") or [])
+            if not self.p.wants_token_ids:
+                choice.pop("token_ids", None)
+                choice.pop("prompt_token_ids", None)
+            self._feed(st, ids)
+            holder = choice.get("message") if self.p.endpoint == "chat" else choice
+            if not isinstance(holder, dict):
+                continue
+            key = "content" if self.p.endpoint == "chat" else "text"
+            if st.splitter is not None:
+                reasoning, answer = self._split(st, ids)
+                holder[key] = answer
+                self._reasoning(holder, reasoning)
+            else:
+                self._reasoning(holder, holder.get("reasoning"))
+            if st.cutter is not None and isinstance(holder.get(key), str):
+                text, cut = st.cutter.push(holder[key])
+                holder[key] = text + (st.cutter.matched or "" if cut and self.p.include_stop else "")
+                if not cut:
+                    holder[key] += st.cutter.flush()
+                else:
+                    choice["finish_reason"] = "stop"
+                    choice["stop_reason"] = st.cutter.matched
+            if self.p.hide_reasoning and self.p.endpoint == "chat":
+                choice["logprobs"] = None  # as vLLM does when the reasoning is hidden: they would show it
+            choice["budget"] = self._finish(st)
+        self._usage(body.get("usage"))
+        return body
+
+    def _split(self, st: _Choice, ids: list[int]) -> tuple[str, str]:
+        reasoning, answer = st.splitter.push(ids)
+        rest_r, rest_a = st.splitter.flush()
+        return reasoning + rest_r, answer + rest_a
+
+    # -- streams ----------------------------------------------------------------------------
+    def chunk(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """One stream chunk annotated, or None when nothing of it is left to send."""
+        if not self.head:
+            self.head = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
+        if "prompt_token_ids" in chunk:
+            if self.p.endpoint == "chat":
+                self.prompt = chunk["prompt_token_ids"]
+            if not self.p.wants_token_ids:
+                chunk.pop("prompt_token_ids")
+        kept = []
+        for choice in chunk.get("choices") or []:
+            index = choice.get("index", 0)
+            st = self._choice(index, choice.get("prompt_token_ids"))
+            if st.done:
+                continue  # cut by a stop string: vLLM's later tokens are not shown
+            ids = list(choice.get("token_ids") or [])
+            if not self.p.wants_token_ids:
+                choice.pop("token_ids", None)
+                choice.pop("prompt_token_ids", None)
+            self._feed(st, ids)
+            if self._choice_chunk(choice, st, ids):
+                kept.append(choice)
+        if "choices" in chunk:
+            if not kept and chunk["choices"] and chunk.get("usage") is None:
+                return None
+            chunk["choices"] = kept
+        self._usage(chunk.get("usage"))
+        return chunk
+
+    def _choice_chunk(self, choice: dict[str, Any], st: _Choice, ids: list[int]) -> bool:
+        """Annotate one choice of a chunk in place; False when it carries nothing any more."""
+        chat = self.p.endpoint == "chat"
+        holder = choice.get("delta") if chat else choice
+        if not isinstance(holder, dict):
+            return True
+        key = "content" if chat else "text"
+        finishing = choice.get("finish_reason") is not None
+        if st.splitter is not None:
+            reasoning, answer = st.splitter.push(ids)
+            if finishing:
+                rest_r, rest_a = st.splitter.flush()
+                reasoning, answer = reasoning + rest_r, answer + rest_a
+            if chat:
+                holder.pop("content", None)
+                if answer or "role" in holder:
+                    holder["content"] = answer
+            else:
+                holder["text"] = answer
+            holder.pop("reasoning", None)
+            self._reasoning(holder, reasoning or None)
+        else:
+            self._reasoning(holder, holder.get("reasoning"))
+        if self.p.hide_reasoning and chat:
+            choice["logprobs"] = None
+        text = holder.get(key)
+        if st.cutter is not None and isinstance(text, str) and (text or finishing):
+            out, cut = st.cutter.push(text)
+            if cut:
+                holder[key] = out + (st.cutter.matched or "" if self.p.include_stop else "")
+                choice["finish_reason"] = "stop"
+                choice["stop_reason"] = st.cutter.matched
+                finishing = True
+            else:
+                holder[key] = out + (st.cutter.flush() if finishing else "")
+        if finishing:
+            choice["budget"] = self._finish(st)
+            return True
+        if chat and holder.get(key) == "" and "role" not in holder:
+            holder.pop(key)
+        if chat:
+            carries = any(v is not None for v in holder.values())
+        else:
+            carries = bool(holder.get("text") or holder.get("reasoning"))
+        return carries or choice.get("logprobs") is not None or "token_ids" in choice
+
+    def closing_chunks(self) -> list[dict[str, Any]]:
+        """What ends a stream that the layer cut short (every choice stopped): the usage chunk, if asked for."""
+        if not self.p.include_usage:
+            return []
+        if self.p.endpoint == "chat":
+            prompts = [len(self.prompt or [])]
+        else:  # one prompt per `n` choices
+            prompts = [st.prompt_len for i, st in self.choices.items() if i % self.p.n == 0]
+        prompt_tokens = sum(prompts)
+        completion = sum(st.tokens for st in self.choices.values())
+        usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion, "completion_tokens": completion}
+        self._usage(usage)
+        return [{**self.head, "choices": [], "usage": usage}]

@@ -1,0 +1,165 @@
+"""`budgetforce serve`: vLLM's own OpenAI-compatible server, with budgetforce's processor and budget layer.
+
+The command line it runs is `vllm serve` (as `python -m vllm.entrypoints.openai.api_server`, which
+every vLLM release has) plus two flags, `--logits-processors budgetforce.vllm:BudgetForcing` and
+`--middleware budgetforce.serving.BudgetMiddleware`, a `--reasoning-parser` matching the model's
+thinking delimiters when none is given, and CPU-friendly defaults on a machine without CUDA.
+Every other flag passes through to vLLM untouched. Budget defaults reach the middleware as
+`BUDGETFORCE_*` environment variables (`budgetforce.budget.BudgetDefaults`).
+
+Example:
+    >>> vllm_command(["--max-num-seqs", "8"], model="org/r1-distill", reasoning_parser="deepseek_r1",
+    ...              cpu=False)[3:]                                                 # doctest: +NORMALIZE_WHITESPACE
+    ['--model', 'org/r1-distill', '--max-num-seqs', '8', '--logits-processors', 'budgetforce.vllm:BudgetForcing',
+     '--middleware', 'budgetforce.serving.BudgetMiddleware', '--reasoning-parser', 'deepseek_r1']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("budgetforce.serving")
+
+PROCESSOR = "budgetforce.vllm:BudgetForcing"
+MIDDLEWARE = "budgetforce.serving.BudgetMiddleware"  # vLLM imports `module.attr` (a dot, not a colon)
+VLLM_SERVER = "vllm.entrypoints.openai.api_server"
+CPU_KV_CACHE_BYTES = 1 << 30
+TINY_CACHE = Path.home() / ".cache" / "budgetforce" / "tiny-r1"
+# vLLM's reasoning parser for each profile's delimiters; s1's `<|im_start|>think` has none, so
+# the budget layer splits the text on token ids itself.
+REASONING_PARSERS = {
+    "r1-distill-qwen": "deepseek_r1",
+    "r1-distill-llama": "deepseek_r1",
+    "qwq": "deepseek_r1",
+    "generic": "deepseek_r1",
+    "qwen3": "qwen3",
+    "s1": None,
+}
+
+
+def default_model() -> Path:
+    """The bundled student; until it exists, a tiny random-weight R1-style model (built once, cached)."""
+    from budgetforce.student import STUDENT_PATH
+
+    if (STUDENT_PATH / "config.json").exists():
+        return STUDENT_PATH
+    if not (TINY_CACHE / "config.json").exists():
+        from budgetforce.tinymodel import build_tiny_model
+
+        log.warning("the bundled student is not built yet; building a tiny random-weight model in %s", TINY_CACHE)
+        build_tiny_model(TINY_CACHE, "r1", seed=0)
+    log.warning("no --model given and no bundled student: serving the tiny random-weight model %s", TINY_CACHE)
+    return TINY_CACHE
+
+
+def flags(args: list[str]) -> dict[str, list[str]]:
+    """Flags present in a vLLM command line and their values (`--a-b`, `--a_b`, `--a-b=x` alike)."""
+    out: dict[str, list[str]] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token.startswith("--"):
+            name, eq, value = token[2:].partition("=")
+            name = name.replace("_", "-")
+            values = out.setdefault(name, [])
+            if eq:
+                values.append(value)
+            else:
+                while i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    i += 1
+                    values.append(args[i])
+        i += 1
+    return out
+
+
+def _without(args: list[str], name: str) -> list[str]:
+    """``args`` without flag ``name`` and its values."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token.startswith("--") and token[2:].partition("=")[0].replace("_", "-") == name:
+            if "=" not in token:
+                while i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    i += 1
+            i += 1
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def vllm_command(
+    passthrough: list[str], model: str, reasoning_parser: str | None, cpu: bool, dtype: str | None = None
+) -> list[str]:
+    """The vLLM server's command line: ``passthrough`` plus budgetforce's processor, middleware and defaults."""
+    given = flags(passthrough)
+    args = _without(passthrough, "logits-processors")
+    processors = [p for p in given.get("logits-processors", []) if p != PROCESSOR]
+    cmd = [sys.executable, "-m", VLLM_SERVER, "--model", model, *args]
+    cmd += ["--logits-processors", PROCESSOR, *processors]
+    if MIDDLEWARE not in given.get("middleware", []):
+        cmd += ["--middleware", MIDDLEWARE]
+    if "reasoning-parser" not in given and reasoning_parser:
+        cmd += ["--reasoning-parser", reasoning_parser]
+    if cpu:
+        sized = {"gpu-memory-utilization", "kv-cache-memory-bytes"} & set(given) or os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        if not sized:
+            cmd += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
+        if "dtype" not in given and dtype:
+            cmd += ["--dtype", dtype]
+        # vLLM-CPU 0.32 kills the engine when a seeded request's prompt is prefilled in chunks
+        # ("CPU Generator does not use offset"); a large token budget per step avoids chunking.
+        if "max-num-batched-tokens" not in given:
+            cmd += ["--max-num-batched-tokens", "65536"]
+    return cmd
+
+
+def cpu_dtype(model: Path) -> str | None:
+    """float32 or bfloat16 as a local checkpoint says (float16 is slow or unsupported on CPUs); None: vLLM's choice."""
+    try:
+        config = json.loads((model / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    return "float32" if dtype == "float32" else "bfloat16"
+
+
+def reasoning_parser_for(model: str, tokenizer: str | None = None) -> str | None:
+    """vLLM's reasoning parser for the model's thinking delimiters (detected from its tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from budgetforce.profile import detect_profile
+
+    tok = AutoTokenizer.from_pretrained(tokenizer or model)
+    return REASONING_PARSERS.get(detect_profile(tok, model).name, "deepseek_r1")
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def budget_environment(defaults: dict[str, Any]) -> dict[str, str]:
+    """`BUDGETFORCE_*` variables for the middleware, validated here so mistakes stop the start at once."""
+    from budgetforce.budget import BudgetDefaults
+
+    given = {k: v for k, v in defaults.items() if v is not None}
+    BudgetDefaults(**given)  # raises pydantic's ValidationError, which the CLI reports
+    return {f"BUDGETFORCE_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in given.items()}
+
+
+def exec_server(cmd: list[str], env: dict[str, str]) -> None:  # pragma: no cover - replaces the process
+    """Become the vLLM server (signals, exit status and logs are vLLM's own)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(cmd[0], cmd, {**os.environ, **env})

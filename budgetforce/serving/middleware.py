@@ -1,0 +1,344 @@
+"""`BudgetMiddleware`: thinking budgets on vLLM's own OpenAI-compatible server, as pure ASGI middleware.
+
+    vllm serve MODEL --logits-processors budgetforce.vllm:BudgetForcing \\
+        --middleware budgetforce.serving.BudgetMiddleware --reasoning-parser deepseek_r1
+
+(`budgetforce serve` adds both flags itself.) It touches only `POST /v1/chat/completions` and
+`POST /v1/completions`: the request body is rewritten by `rewrite.prepare` (budget fields into
+`vllm_xargs`, 400s before anything runs), and the response, full or streamed, is annotated by
+`annotate.Annotator`. Everything else, and any request without a budget or stop strings, passes
+through untouched, so the server is vLLM's, with every endpoint and feature it has.
+
+A stream whose every choice a stop string has ended is closed early: the middleware tells vLLM's
+response the client went away, which aborts the engine request, then ends the stream itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from budgetforce.budget import BudgetDefaults
+from budgetforce.serving.annotate import Annotator
+from budgetforce.serving.metrics import record_rejection
+from budgetforce.serving.rewrite import Prepared, RequestError, ServedModel, prepare
+
+log = logging.getLogger("budgetforce.serving")
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
+class BudgetMiddleware:
+    """The budget layer around vLLM's FastAPI app (see the module docstring).
+
+    The served model's profile and tokenizer are loaded on the first budgeted request (in a
+    thread) from the app's `vllm_config`; operator defaults come from `BUDGETFORCE_*` variables
+    (`budgetforce.budget.BudgetDefaults`).
+    """
+
+    def __init__(self, app: ASGIApp, defaults: BudgetDefaults | None = None, model: ServedModel | None = None) -> None:
+        self.app = app
+        self.defaults = defaults if defaults is not None else BudgetDefaults()
+        self._model = model
+        self._lock = asyncio.Lock()
+        self._auth: Any = False  # vLLM's key check, once known (None: no key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"].removeprefix(scope.get("root_path", "") or "")
+        endpoint = ENDPOINTS.get(path.rstrip("/"))
+        if endpoint is None or not self._authorized(scope):
+            await self.app(scope, receive, send)  # vLLM answers (404, 401, ...)
+            return
+        raw, disconnected = await _read_body(receive)
+        if disconnected:
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        prepared: Prepared | None = None
+        if isinstance(body, dict):
+            try:
+                prepared = prepare(body, endpoint, await self._served(scope), self.defaults)
+            except RequestError as exc:
+                record_rejection(exc.code)
+                await _send_json(send, exc.status, exc.body())
+                return
+        if prepared is None:
+            await self.app(scope, _replay(raw, receive), send)
+            return
+        new = json.dumps(prepared.body, ensure_ascii=False).encode()
+        scope = {**scope, "headers": _with_length(scope["headers"], len(new))}
+        if not prepared.annotate:
+            await self.app(scope, _replay(new, receive), send)
+            return
+        await _Exchange(self.app, prepared, Annotator(prepared, await self._served(scope))).run(scope, new, receive, send)
+
+    # -- what the layer knows of the server -------------------------------------------------
+    def _authorized(self, scope: Scope) -> bool:
+        """False when vLLM will refuse the key anyway: let it answer 401 before any budget check."""
+        if self._auth is False:
+            self._auth = _key_check(scope)
+        if self._auth is None:
+            return True
+        from starlette.datastructures import Headers
+
+        return bool(self._auth.verify_token(Headers(scope=scope)))
+
+    async def _served(self, scope: Scope) -> ServedModel:
+        if self._model is None:
+            async with self._lock:
+                if self._model is None:
+                    state = getattr(scope.get("app"), "state", None)
+                    self._model = await asyncio.to_thread(served_model, state)
+        return self._model
+
+
+def _key_check(scope: Scope) -> Any:
+    """vLLM's `AuthenticationMiddleware` for the server's keys (`--api-key`, `VLLM_API_KEY`), or None."""
+    try:
+        from vllm import envs
+        from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+    except ImportError:  # another vLLM layout: vLLM checks the key itself, after the budget
+        return None
+    args = getattr(getattr(scope.get("app"), "state", None), "args", None)
+    tokens = [k for k in (getattr(args, "api_key", None) or [envs.VLLM_API_KEY]) if k]
+    if isinstance(getattr(args, "api_key", None), str):
+        tokens = [args.api_key]
+    return AuthenticationMiddleware(None, tokens) if tokens else None  # type: ignore[arg-type]
+
+
+def served_model(state: Any) -> ServedModel:
+    """The served model's profile, tokenizer and limits, from the vLLM app's state (blocking: run in a thread)."""
+    from transformers import AutoTokenizer
+
+    from budgetforce.forcing import set_frontend_profile
+    from budgetforce.profile import detect_profile
+
+    config = state.vllm_config.model_config
+    name = config.tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(
+        name, revision=getattr(config, "tokenizer_revision", None), trust_remote_code=config.trust_remote_code
+    )
+    profile = detect_profile(tokenizer, str(config.model)).resolve(tokenizer)
+    set_frontend_profile(profile)  # the processor's admission checks room with the exact forced-end length
+    args = getattr(state, "args", None)
+    return ServedModel(
+        profile=profile,
+        tokenizer=tokenizer,
+        max_model_len=int(config.max_model_len),
+        chat_fields=_fields("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
+        completion_fields=_fields("vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
+        reasoning_parser=_has_reasoning_parser(args),
+        child_safe=_child_safe(),
+        completion_max_tokens=_completion_default(),
+    )
+
+
+def _has_reasoning_parser(args: Any) -> bool:
+    structured = getattr(args, "structured_outputs_config", None)
+    return bool(getattr(args, "reasoning_parser", None) or getattr(structured, "reasoning_parser", None))
+
+
+def _fields(module: str, name: str) -> frozenset[str]:
+    import importlib
+
+    try:
+        return frozenset(getattr(importlib.import_module(module), name).model_fields)
+    except (ImportError, AttributeError):  # vLLM 0.26 keeps both in one module
+        from vllm.entrypoints.openai import protocol
+
+        return frozenset(getattr(protocol, name).model_fields)
+
+
+def _completion_default() -> int | None:
+    """vLLM's default `max_tokens` of a text completion (16 in vLLM 0.26 to 0.32)."""
+    try:
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    except ImportError:
+        from vllm.entrypoints.openai.protocol import CompletionRequest  # type: ignore[no-redef]
+    default = CompletionRequest.model_fields["max_tokens"].default
+    return default if isinstance(default, int) else None
+
+
+def _child_safe() -> bool:
+    """Whether the processor keeps one budget state per choice of an n > 1 request (see docs/vllm-serve.md)."""
+    from budgetforce import forcing
+
+    return bool(getattr(forcing, "XARGS_CHILD_SAFE", False))
+
+
+# -- ASGI plumbing ------------------------------------------------------------------------------
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"", True
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _with_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
+    out = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+    out.append((b"content-length", str(length).encode()))
+    return out
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _Exchange:
+    """One annotated request: the rewritten body in, vLLM's response annotated out."""
+
+    def __init__(self, app: ASGIApp, prepared: Prepared, annotator: Annotator) -> None:
+        self.app = app
+        self.p = prepared
+        self.annotator = annotator
+        self.stop_upstream = asyncio.Event()  # set: vLLM's response is told the client left (aborts it)
+        self.closed = False  # the client's response has ended; vLLM's later messages are dropped
+        self.passthrough = False  # vLLM answered with an error: sent as it wrote it
+        self.start: Message | None = None
+        self.streaming = False
+        self.parts: list[bytes] = []
+        self.pending = b""
+
+    async def run(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        self.send = send
+        try:
+            await self.app(scope, self._receive(body, receive), self._send)
+        except Exception:
+            if not self.closed:
+                raise
+            log.debug("vLLM's response ended after the budget layer closed the stream", exc_info=True)
+
+    def _receive(self, body: bytes, receive: Receive) -> Receive:
+        sent = False
+
+        async def inner() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            if self.stop_upstream.is_set():
+                return {"type": "http.disconnect"}
+            real = asyncio.ensure_future(receive())
+            stop = asyncio.ensure_future(self.stop_upstream.wait())
+            try:
+                await asyncio.wait({real, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if real.done():
+                return real.result()
+            real.cancel()
+            return {"type": "http.disconnect"}
+
+        return inner
+
+    async def _send(self, message: Message) -> None:
+        if self.closed:
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            headers = dict(message.get("headers") or [])
+            self.streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+            if message["status"] != 200:
+                self.passthrough = True
+                await self.send(message)
+                return
+            if self.streaming:
+                await self.send(message)
+            else:
+                self.start = message
+            return
+        if kind != "http.response.body" or self.passthrough:
+            await self.send(message)
+            return
+        more = message.get("more_body", False)
+        if self.streaming:
+            await self._stream_body(message.get("body", b""), more)
+            return
+        self.parts.append(message.get("body", b""))
+        if more:
+            return
+        raw = b"".join(self.parts)
+        try:
+            out = json.dumps(self.annotator.json_body(json.loads(raw)), ensure_ascii=False).encode()
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.exception("budgetforce: could not annotate a response; sent as vLLM wrote it")
+            out = raw
+        assert self.start is not None
+        headers = _with_length(list(self.start.get("headers") or []), len(out))
+        await self.send({**self.start, "headers": headers})
+        await self.send({"type": "http.response.body", "body": out, "more_body": False})
+
+    async def _stream_body(self, data: bytes, more: bool) -> None:
+        self.pending += data
+        *events, self.pending = self.pending.split(b"\n\n")
+        out: list[bytes] = []
+        for event in events:
+            out.extend(self._event(event))
+            if self.annotator.all_done and not self.closed and self._done_early():
+                out.extend(self._closing())
+                break
+        if out:
+            await self.send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        if self.closed:
+            self.stop_upstream.set()  # vLLM's StreamingResponse sees a disconnect and aborts the request
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if not more:
+            if self.pending:
+                await self.send({"type": "http.response.body", "body": self.pending, "more_body": True})
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.closed = True
+
+    def _done_early(self) -> bool:
+        """Every choice ended by a stop string while vLLM still generates: end the stream here."""
+        return any(st.cutter is not None and st.cutter.matched for st in self.annotator.choices.values())
+
+    def _closing(self) -> list[bytes]:
+        self.closed = True
+        return [_sse(c) for c in self.annotator.closing_chunks()] + [b"data: [DONE]\n\n"]
+
+    def _event(self, event: bytes) -> list[bytes]:
+        if not event.startswith(b"data: "):
+            return [event + b"\n\n"]  # comments (keep-alives) and anything else, as they came
+        data = event[len(b"data: ") :]
+        if data.strip() == b"[DONE]":
+            return [event + b"\n\n"]
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return [event + b"\n\n"]
+        if not isinstance(chunk, dict) or "error" in chunk:
+            return [event + b"\n\n"]
+        annotated = self.annotator.chunk(chunk)
+        return [] if annotated is None else [_sse(annotated)]
+
+
+def _sse(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"

@@ -1,0 +1,263 @@
+"""The request side of the budget layer: a chat or text completion body in, vLLM's body out.
+
+`prepare` reads the budget fields of a request (budgetforce's own, vLLM's `thinking_token_budget`,
+`reasoning_effort`, Anthropic's `thinking`, OpenRouter's `reasoning`, and budget keys already in
+`vllm_xargs`), resolves them with the one precedence order (`budgetforce.budget.BudgetRequest`),
+fits the result to the request's token cap, and writes it into `vllm_xargs`, where
+`budgetforce.vllm:BudgetForcing` reads it. Every mistake is a `RequestError` (HTTP 400 naming the
+field) before anything runs. Nothing here tokenizes a prompt or touches the engine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from budgetforce.budget import (
+    BUDGET_REQUEST_FIELDS,
+    Budget,
+    BudgetDefaults,
+    BudgetError,
+    BudgetRequest,
+    misspelled_budget_field,
+)
+from budgetforce.profile import ProfileError
+
+# The processor's per-request keys (budgetforce.forcing.XARG_FIELDS) and the keys only budgetforce
+# itself may set in `vllm_xargs` (its own engine's plan, and a stats board's row).
+XARG_FIELDS = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix")
+RESERVED_XARGS = ("budgetforce", "budgetforce_board", "budgetforce_key", "budgetforce_nonce")
+ROUNDS_MESSAGE = (
+    "`budget_strategy` `rounds` (s1's stop-and-resubmit loop) is not available on vLLM's OpenAI server; "
+    "use the default `engine` strategy (same tokens under greedy decoding), or run `rounds` through the "
+    "Python engine (`budgetforce.BudgetForcingEngine`) or `budgetforce serve --legacy-server`"
+)
+N_MESSAGE = (
+    "`{param}` asks for {count} choices with a thinking budget; this server forces budgets on one choice "
+    "per request for now (vLLM's n > 1 children share one budget state in the processor). "
+    "Send {count} requests instead (with seeds seed, seed+1, ... to reproduce `n`)"
+)
+
+
+class RequestError(Exception):
+    """A client mistake: HTTP `status` in OpenAI's error shape, `param` naming the field."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_budget", status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.status = status
+
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": "invalid_request_error", "param": self.param, "code": self.code}
+        return json.dumps({"error": error}).encode()
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the budget layer needs to know of the served model (see `BudgetMiddleware`)."""
+
+    profile: Any  # budgetforce.profile.ResolvedProfile
+    tokenizer: Any
+    max_model_len: int
+    chat_fields: frozenset[str]  # vLLM's request fields: anything else unknown may be a misspelling
+    completion_fields: frozenset[str]
+    reasoning_parser: bool  # vLLM splits reasoning from content in chat responses
+    child_safe: bool = False  # the processor keeps one budget state per choice when n > 1
+    completion_max_tokens: int | None = 16  # vLLM's (and OpenAI's) default cap of a text completion
+
+
+@dataclass
+class Prepared:
+    """A rewritten request and what its response needs to be annotated."""
+
+    body: dict[str, Any]
+    endpoint: str  # "chat" or "completions"
+    budget: Budget | None
+    stops: list[str]
+    include_stop: bool
+    hide_reasoning: bool
+    wants_token_ids: bool  # the client asked for `token_ids`/`prompt_token_ids` itself
+    wants_logprobs: bool
+    choices: int  # n, times the prompts of a text completion
+    stream: bool
+    include_usage: bool
+    echo: bool
+    split_text: bool  # budgetforce splits the text into reasoning and answer (no vLLM parser for it)
+    n: int = 1
+    annotate: bool = True  # False: only the budget fields were stripped; the response is vLLM's own
+
+
+def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: BudgetDefaults) -> Prepared | None:
+    """The request for vLLM, or None when it has nothing for the budget layer (left untouched).
+
+    Raises:
+        RequestError: an invalid, impossible or misspelled budget (before anything runs).
+    """
+    known = model.chat_fields if endpoint == "chat" else model.completion_fields
+    typo = misspelled_budget_field(k for k in body if k not in known and k not in BUDGET_REQUEST_FIELDS)
+    if typo is not None:
+        raise RequestError(str(typo), typo.param, code="invalid_value")
+    xargs = body.get("vllm_xargs")
+    if xargs is not None and not isinstance(xargs, dict):
+        return None  # vLLM's own validation answers
+    xargs = dict(xargs or {})
+    for key in RESERVED_XARGS:
+        if key in xargs:
+            raise RequestError(f"`vllm_xargs.{key}` is reserved for budgetforce itself", f"vllm_xargs.{key}", "invalid_value")
+    fields = {k: xargs.pop(k) for k in XARG_FIELDS if k in xargs}  # the processor's keys, as explicit fields
+    if isinstance(fields.get("wait_strings"), str):
+        fields["wait_strings"] = [fields["wait_strings"]]
+    fields.update({k: body[k] for k in BUDGET_REQUEST_FIELDS if k in body and body[k] is not None})
+    if "include_reasoning" in body and body["include_reasoning"] is None:
+        fields.pop("include_reasoning", None)
+    try:
+        request = BudgetRequest.model_validate(fields)
+        resolved = request.resolve(defaults)
+    except ValidationError as exc:
+        param, message = validation_message(exc)
+        raise RequestError(message, param, code="invalid_value") from None
+    except BudgetError as exc:
+        raise RequestError(str(exc), exc.param) from None
+    echo = endpoint == "completions" and body.get("echo") is True
+    stops = [] if echo else _stops(body.get("stop"))  # an echoed text holds the prompt: vLLM's stop rules
+    if resolved.budget is None and not stops and not resolved.hide_reasoning:
+        # No budget, no stop strings: what `vllm serve` does, minus the budget fields (vLLM would
+        # apply `thinking_token_budget` and `reasoning_effort` its own way).
+        ours = [k for k in body if k in BUDGET_REQUEST_FIELDS and k != "include_reasoning"]
+        if not ours and not fields:
+            return None
+        out = {k: v for k, v in body.items() if k not in ours}
+        if xargs:
+            out["vllm_xargs"] = xargs
+        else:
+            out.pop("vllm_xargs", None)
+        return Prepared(body=out, endpoint=endpoint, budget=None, stops=[], include_stop=False, hide_reasoning=False,
+                        wants_token_ids=False, wants_logprobs=False, choices=1, stream=False, include_usage=False,
+                        echo=False, split_text=False, annotate=False)  # fmt: skip
+    out = {k: v for k, v in body.items() if k not in BUDGET_REQUEST_FIELDS}
+    choices = _choices(body, endpoint)
+    cap_param, cap = _cap(body, endpoint, model.completion_max_tokens)
+    budget = resolved.budget
+    if budget is not None:
+        if budget.strategy == "rounds":
+            raise RequestError(ROUNDS_MESSAGE, "budget_strategy", code="unsupported_strategy")
+        if choices > 1 and not model.child_safe:
+            param = "n" if _int(body.get("n"), 1) > 1 else "prompt"
+            raise RequestError(N_MESSAGE.format(param=param, count=choices), param, code="unsupported_value")
+        limit = cap if cap is not None else model.max_model_len - 1
+        try:
+            reserved = model.profile.plan(budget).forced_end_length
+            budget = resolved.fit(limit, reserved, cap_param)
+        except ProfileError as exc:
+            raise RequestError(str(exc), "wait_strings" if budget.wait_strings else "answer_prefix") from None
+        except BudgetError as exc:
+            raise RequestError(str(exc), exc.param) from None
+        xargs.update(budget_xargs(budget))
+    if xargs:
+        out["vllm_xargs"] = xargs
+    else:
+        out.pop("vllm_xargs", None)
+    wants_ids = bool(body.get("return_token_ids"))
+    out["return_token_ids"] = True  # the thinking is counted on token ids
+    if stops:
+        out.pop("stop", None)  # cut in the answer only, by the budget layer
+    if endpoint == "chat":
+        out["include_reasoning"] = True  # hidden by the budget layer, so the thinking still runs and is counted
+    stream = body.get("stream") is True
+    options = body.get("stream_options")
+    return Prepared(
+        body=out,
+        endpoint=endpoint,
+        budget=budget,
+        stops=stops,
+        include_stop=body.get("include_stop_str_in_output") is True,
+        hide_reasoning=resolved.hide_reasoning,
+        wants_token_ids=wants_ids,
+        wants_logprobs=bool(body.get("logprobs")) or body.get("top_logprobs") not in (None, 0),
+        choices=choices,
+        stream=stream,
+        include_usage=stream and isinstance(options, dict) and options.get("include_usage") is True,
+        echo=echo,
+        split_text=endpoint == "completions" or not model.reasoning_parser,
+        n=max(_int(body.get("n"), 1), 1),
+    )
+
+
+def budget_xargs(budget: Budget) -> dict[str, Any]:
+    """A budget as the processor's `vllm_xargs` (`budgetforce.forcing.budget_from_xargs` reads them back)."""
+    out: dict[str, Any] = {"min_thinking_tokens": budget.min_thinking_tokens}
+    if budget.max_thinking_tokens is not None:
+        out["max_thinking_tokens"] = budget.max_thinking_tokens
+    if budget.max_waits is not None:
+        out["max_waits"] = budget.max_waits
+    if budget.wait_strings:
+        out["wait_strings"] = list(budget.wait_strings)
+    if budget.answer_prefix is not None:
+        out["answer_prefix"] = budget.answer_prefix
+    return out
+
+
+def _stops(stop: Any) -> list[str]:
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return [s for s in stop if s]
+    return []
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _choices(body: dict[str, Any], endpoint: str) -> int:
+    n = max(_int(body.get("n"), 1), 1)
+    prompt = body.get("prompt")
+    if endpoint == "completions" and isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return n * len(prompt)
+    return n
+
+
+def _cap(body: dict[str, Any], endpoint: str, completion_default: int | None) -> tuple[str, int | None]:
+    """The request field that caps thinking plus answer, and its value (None: the rest of the context).
+
+    A text completion without `max_tokens` gets vLLM's default (16, as in OpenAI's API).
+    """
+    if endpoint == "chat" and body.get("max_completion_tokens") is not None:
+        name = "max_completion_tokens"
+    else:
+        name = "max_tokens"
+    value = body.get(name)
+    if value is None and endpoint == "completions":
+        value = completion_default
+    return name, value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def validation_message(exc: ValidationError) -> tuple[str | None, str]:
+    """The first problem of a budget block as (param, message), the param as `a.b[0]`."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = tuple(err.get("loc", ()))
+    cut = next((i for i, p in enumerate(loc) if isinstance(p, str) and (not p.isidentifier() or p in TYPE_LABELS)), None)
+    parts = [str(p) for p in (loc if cut is None else loc[:cut])]
+    param = ""
+    for p in parts:
+        param += f"[{p}]" if p.isdigit() else (f".{p}" if param else p)
+    cause = (err.get("ctx") or {}).get("error")
+    if getattr(cause, "param", None):  # a cross-field rule names its own field
+        param = f"{param}.{cause.param}" if param else cause.param
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not param:
+        return None, msg
+    if getattr(cause, "param", None):
+        return param, msg
+    shown = json.dumps(err.get("input"), default=str)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return param, f"`{param}`: {msg} (got {shown})"

@@ -1,0 +1,356 @@
+"""`budgetforce serve`: vLLM's own OpenAI server with budgetforce's processor and budget layer.
+
+One server for the whole module, started as users start it (`budgetforce serve`, no `--model`:
+the bundled student, whose thinking closes by itself, so minimums insert real waits), with an API
+key and a few vLLM flags passed through (tools, structured outputs without free whitespace, which
+the student would otherwise fill its JSON with). Every sampled request is seeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.server
+KEY = "sk-budget"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MODEL = "budgetforce"  # the served name of the bundled student
+THINK_END = 5  # the student's `</think>`
+START_TIMEOUT_S = 240
+QUESTION = [{"role": "user", "content": "Tom has 12 apples and buys 3 bags of 7. How many now?"}]
+XHIGH = {"min_thinking_tokens": 120, "max_thinking_tokens": 140}  # the operator's table entry under test
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`budgetforce serve` in its own process group; yields the base URL (no /v1)."""
+    from conftest import free_port
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("budgetforce-serve") / "server.log"
+    cmd = [
+        sys.executable, "-m", "budgetforce.cli", "serve", "--port", str(port), "--api-key", KEY,
+        "--reasoning-effort-budgets", json.dumps({"xhigh": XHIGH}),
+        # vLLM's own flags, passed through
+        "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--seed", "0",
+        "--enable-auto-tool-choice", "--tool-call-parser", "pythonic",  # named tools as JSON (no structural tags)
+        "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETFORCE_")}
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"budgetforce serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"budgetforce serve not healthy after {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)  # the API server and its engine-core child
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+@pytest.fixture(scope="module")
+def client(served: str) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=f"{served}/v1", api_key=KEY, max_retries=0, timeout=300)
+
+
+def chat(client: Any, budget: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    params: dict[str, Any] = {"model": MODEL, "messages": QUESTION, "max_completion_tokens": 400, "seed": 0,
+                              "temperature": 0.6, **kwargs}  # fmt: skip
+    extra = {**params.pop("extra_body", {}), **(budget or {})}
+    return client.chat.completions.create(**params, extra_body=extra)
+
+
+def post(served: str, body: dict[str, Any], path: str = "chat/completions", **kw: Any) -> httpx.Response:
+    full = {"model": MODEL, "messages": QUESTION, "max_tokens": 300, "seed": 0, **body}
+    if path == "completions":
+        full.pop("messages")
+    return httpx.post(f"{served}/v1/{path}", json=full, headers=kw.pop("headers", AUTH), timeout=300, **kw)
+
+
+def thinking_of(token_ids: list[int]) -> int:
+    """Thinking tokens of a completion whose prompt opens the thinking: the ids before `</think>`."""
+    return token_ids.index(THINK_END) if THINK_END in token_ids else len(token_ids)
+
+
+# -- budgets -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("budget", "lo", "hi"),
+    [
+        ({"min_thinking_tokens": 150, "max_thinking_tokens": 200}, 150, 200),  # waits past the natural close
+        ({"max_thinking_tokens": 30}, 30, 30),  # forced end
+        ({"thinking_token_budget": 25, "reasoning_effort": "low"}, 25, 25),  # vLLM's field: a maximum here
+        ({"thinking": {"type": "disabled"}}, 0, 0),
+    ],
+)
+def test_budgets_are_honoured_and_reported(client: Any, budget: dict[str, Any], lo: int, hi: int) -> None:
+    out = chat(client, budget, extra_body={"return_token_ids": True})
+    choice = out.choices[0]
+    report = choice.model_extra["budget"]
+    counted = thinking_of(choice.model_extra["token_ids"])
+    assert lo <= report["thinking_tokens"] == counted <= hi, report
+    assert report["forced_end"] is (counted == hi) and report["strategy"] == "engine"
+    assert report["waits_inserted"] is None  # not reported on this path yet
+    message = choice.message.model_extra
+    assert message["reasoning_content"] == message["reasoning"]
+    assert (message["reasoning"] or "") != "" or counted == 0
+    assert out.usage.completion_tokens_details.reasoning_tokens == counted
+    assert choice.message.content and choice.finish_reason == "stop"
+
+
+def test_stream_equals_non_stream(client: Any) -> None:
+    budget = {"min_thinking_tokens": 120, "max_thinking_tokens": 160}
+    full = chat(client, budget)
+    stream = chat(client, budget, stream=True, stream_options={"include_usage": True})
+    reasoning, content, finish, report, usage = [], [], None, None, None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            delta = c.delta.model_extra or {}
+            if delta.get("reasoning"):
+                assert delta["reasoning_content"] == delta["reasoning"] and not content
+                reasoning.append(delta["reasoning"])
+            if c.delta.content:
+                content.append(c.delta.content)
+            if c.finish_reason:
+                finish, report = c.finish_reason, c.model_extra["budget"]
+    message = full.choices[0].message
+    assert "".join(reasoning) == message.model_extra["reasoning_content"]
+    assert "".join(content) == message.content
+    assert (finish, report) == (full.choices[0].finish_reason, full.choices[0].model_extra["budget"])
+    assert usage is not None and usage.model_dump() == full.usage.model_dump()
+
+
+def test_reasoning_effort_xhigh_maps_to_the_operators_budget(client: Any) -> None:
+    out = chat(client, extra_body={"reasoning_effort": "xhigh", "return_token_ids": True})
+    report = out.choices[0].model_extra["budget"]
+    assert XHIGH["min_thinking_tokens"] <= report["thinking_tokens"] <= XHIGH["max_thinking_tokens"]
+    assert report["thinking_tokens"] == thinking_of(out.choices[0].model_extra["token_ids"])
+
+
+def test_stop_strings_cut_only_the_answer(client: Any) -> None:
+    """lm-evaluation-harness's default stop "\\n\\n" must not match the blank line that opens an R1 answer."""
+    budget = {"max_thinking_tokens": 60}
+    full = chat(client, budget).choices[0]
+    answer, reasoning = full.message.content, full.message.model_extra["reasoning"]
+    assert answer.startswith("\n\n")  # a plain "\n\n" stop would leave an empty answer
+    eval_style = chat(client, budget, stop=["\n\n"]).choices[0]
+    assert eval_style.message.content == "\n\n" + answer[2:].split("\n\n")[0] != "\n\n"
+    assert eval_style.message.model_extra["reasoning"] == reasoning
+    word = answer.split()[1]  # "answer" of "The answer is ..."
+    cut = chat(client, budget, stop=[word]).choices[0]
+    assert cut.message.content == answer[: answer.index(word)] and cut.finish_reason == "stop"
+    assert cut.model_extra["stop_reason"] == word
+    streamed = chat(client, budget, stop=[word], stream=True, stream_options={"include_usage": True})
+    chunks = list(streamed)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == cut.message.content
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 60
+
+
+def test_text_completions_with_a_budget(client: Any) -> None:
+    import openai
+
+    prompt = "<｜User｜>How many apples are in 4 bags of 3?<｜Assistant｜><think>\n"
+    common: dict[str, Any] = {"model": MODEL, "prompt": prompt, "temperature": 0.6, "seed": 1}
+    budget = {"min_thinking_tokens": 40, "max_thinking_tokens": 80}
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):  # vLLM's default cap, 16, has no room for it
+        client.completions.create(**common, extra_body=budget)
+    common["max_tokens"] = 300
+    full = client.completions.create(**common, extra_body=budget).choices[0]
+    report = full.model_extra["budget"]
+    assert 40 <= report["thinking_tokens"] <= 80
+    assert full.model_extra["reasoning_content"] == full.model_extra["reasoning"] != ""
+    assert "</think>" not in full.text and full.text.strip()
+    stream = client.completions.create(**common, extra_body=budget, stream=True)
+    chunks = [c.choices[0] for c in stream if c.choices]
+    assert "".join(c.text for c in chunks) == full.text
+    assert "".join((c.model_extra or {}).get("reasoning") or "" for c in chunks) == full.model_extra["reasoning"]
+    assert chunks[-1].model_extra["budget"] == report
+
+
+# -- vLLM's features, with a budget set ------------------------------------------------------------
+def test_logprobs_and_logit_bias(client: Any) -> None:
+    budget = {"max_thinking_tokens": 40}
+    out = chat(client, budget, logprobs=True, top_logprobs=2, extra_body={"return_token_ids": True})
+    choice = out.choices[0]
+    assert len(choice.logprobs.content) == len(choice.model_extra["token_ids"]) == out.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content)
+    banned = choice.model_extra["token_ids"][thinking_of(choice.model_extra["token_ids"]) + 3]  # an answer token
+    biased = chat(client, budget, logit_bias={str(banned): -100}, extra_body={"return_token_ids": True})
+    assert banned not in biased.choices[0].model_extra["token_ids"]
+    assert biased.choices[0].model_extra["budget"]["thinking_tokens"] == 40
+
+
+def test_json_schema_answer_parses_after_the_thinking(client: Any) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+              "additionalProperties": False}  # fmt: skip
+    out = chat(
+        client, {"min_thinking_tokens": 50, "max_thinking_tokens": 80},
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    )  # fmt: skip
+    choice = out.choices[0]
+    assert 50 <= choice.model_extra["budget"]["thinking_tokens"] <= 80
+    assert choice.message.model_extra["reasoning"]  # free text: the grammar starts after the thinking
+    assert isinstance(json.loads(choice.message.content)["answer"], int)
+
+
+def test_named_tool_choice_returns_a_tool_call(client: Any) -> None:
+    tool = {"type": "function", "function": {"name": "add", "description": "Add two integers.", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"],
+    }}}  # fmt: skip
+    out = chat(client, {"max_thinking_tokens": 40}, tools=[tool], tool_choice={"type": "function", "function": {"name": "add"}})
+    choice = out.choices[0]
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "add" and set(json.loads(call.function.arguments)) == {"a", "b"}
+    assert choice.model_extra["budget"]["thinking_tokens"] == 40
+
+
+# -- errors, auth, pass-through --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"max_thinking_token": 5}, "max_thinking_token"),  # a misspelling names the field it resembles
+        ({"min_thinking": 5}, "min_thinking"),
+        ({"min_thinking_tokens": -1}, "min_thinking_tokens"),
+        ({"max_thinking_tokens": "many"}, "max_thinking_tokens"),
+        ({"min_thinking_tokens": 50, "max_thinking_tokens": 10}, "min_thinking_tokens"),
+        ({"max_thinking_tokens": 300}, "max_thinking_tokens"),  # no room for an answer in max_tokens
+        ({"thinking_token_budget": 400, "max_completion_tokens": 300}, "thinking_token_budget"),
+        ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+        ({"wait_strings": [""]}, "wait_strings[0]"),
+        ({"vllm_xargs": {"min_thinking_tokens": -3}}, "min_thinking_tokens"),
+        ({"budget_strategy": "rounds", "max_thinking_tokens": 8}, "budget_strategy"),
+        ({"n": 2, "max_thinking_tokens": 8}, "n"),
+    ],
+)
+def test_bad_budgets_are_400_naming_the_field(served: str, body: dict[str, Any], param: str) -> None:
+    r = post(served, body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error", error
+    assert f"`{param.split('[')[0]}" in error["message"] or param in error["message"]
+    if param in ("max_thinking_token", "min_thinking"):
+        assert "did you mean `" in error["message"]
+    if param == "budget_strategy":
+        assert "BudgetForcingEngine" in error["message"]
+
+
+def test_api_key_is_enforced_before_the_budget(served: str, client: Any) -> None:
+    import openai
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        assert post(served, {"max_thinking_tokens": 8}, headers=headers).status_code == 401
+        assert post(served, {"max_thinking_token": 8}, headers=headers).status_code == 401  # not a 400 first
+        assert httpx.get(f"{served}/v1/models", headers=headers).status_code == 401
+    assert httpx.get(f"{served}/health").status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{served}/v1", api_key="nope", max_retries=0).models.list()
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_without_budget_the_request_is_vllms_own(served: str, client: Any) -> None:
+    """No budget and no stop strings: the layer stays out of the way (vLLM's response, byte for byte in kind)."""
+    plain = post(served, {"temperature": 0}).json()["choices"][0]
+    assert "budget" not in plain and "reasoning_content" not in plain["message"]
+    r = httpx.post(f"{served}/tokenize", json={"model": MODEL, "prompt": "hello"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["tokens"]
+    metrics = httpx.get(f"{served}/metrics").text
+    assert "vllm:num_requests_running" in metrics and "budgetforce_budgeted_choices_total" in metrics
+
+
+def test_64_concurrent_mixed_budget_streams(served: str) -> None:
+    mix = [
+        ({"max_thinking_tokens": 8}, 0, 8),  # a maximum alone: the student may close before it
+        ({"min_thinking_tokens": 20, "max_thinking_tokens": 40}, 20, 40),
+        ({"thinking_token_budget": 12}, 0, 12),
+        ({"reasoning_effort": "none"}, 0, 0),
+        ({}, 0, 10**6),  # no budget: vLLM's own stream
+    ]
+
+    async def one(http: httpx.AsyncClient, i: int) -> dict[str, Any]:
+        fields = mix[i % len(mix)][0]
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"{i}: apples in {i} bags?"}], "seed": i,
+                "max_tokens": 64, "temperature": 0.8, "stream": True, **fields}  # fmt: skip
+        out: dict[str, Any] = {"i": i, "errors": [], "done": False, "budget": None}
+        async with http.stream("POST", f"{served}/v1/chat/completions", json=body, headers=AUTH) as r:
+            out["status"] = r.status_code
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    out["done"] = True
+                    continue
+                chunk = json.loads(line[len("data: ") :])
+                if "error" in chunk:
+                    out["errors"].append(chunk)
+                for c in chunk.get("choices", []):
+                    if c.get("finish_reason"):
+                        out["budget"] = c.get("budget")
+        return out
+
+    async def storm() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as http:
+            return await asyncio.gather(*(one(http, i) for i in range(64)))
+
+    for r in asyncio.run(storm()):
+        assert r["status"] == 200 and r["done"] and not r["errors"], r
+        fields, lo, hi = mix[r["i"] % len(mix)]
+        if fields:
+            report = r["budget"]
+            assert lo <= report["thinking_tokens"] <= hi and report["forced_end"] is (report["thinking_tokens"] == hi), r
+        else:
+            assert r["budget"] is None
+
+
+def test_stream_disconnect_aborts_the_engine_request(served: str) -> None:
+    body = {"min_thinking_tokens": 900, "max_thinking_tokens": 950, "max_tokens": 1000, "stream": True}
+
+    def running() -> float:
+        for line in httpx.get(f"{served}/metrics").text.splitlines():
+            if line.startswith("vllm:num_requests_running"):
+                return float(line.split()[-1])
+        return 0.0
+
+    full = {"model": MODEL, "messages": QUESTION, "seed": 0, **body}
+    with httpx.Client(timeout=60) as http, http.stream(
+        "POST", f"{served}/v1/chat/completions", json=full, headers=AUTH
+    ) as r:
+        lines = r.iter_lines()
+        for _ in range(6):
+            next(lines)
+        assert running() == 1
+    deadline = time.monotonic() + 5
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running() == 0, "the engine still runs the request of a client that left"
