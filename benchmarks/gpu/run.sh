@@ -21,8 +21,9 @@ case "$STAGE" in
   v2-tp256)
     export LD_PRELOAD=/tmp/libnccl_stub.so
     # vLLM 0.32's kernel warm-up imports a MiniMax-M3 module that needs torchvision, whose image build
-    # is for torch 2.11: a sitecustomize puts a no-op in its place (measurement glue; dense models only)
-    mkdir -p /tmp/vllmfix && printf 'import sys, types\nm = types.ModuleType("vllm.model_executor.warmup.minimax_m3_msa_warmup")\nm.minimax_m3_msa_warmup = lambda *a, **k: None\nsys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
+    # is for torch 2.11, and a Qwen-VL warm-up that imports transformers' image processors (torchvision):
+    # a sitecustomize puts no-ops in their place (measurement glue; dense text models only)
+    mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
     export PYTHONPATH=/tmp/vllmfix:$PYTHONPATH
     VLLM_USE_V2_MODEL_RUNNER=1 timeout 570 python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 256 --new-tokens 1024 --reps 3 \
       --configs plain idle engine engine-max native --out "$OUT/tp_1.5b_c256_v2.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp256_v2.log" | tail -14 ;;
