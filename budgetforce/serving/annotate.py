@@ -133,17 +133,21 @@ class Annotator:
                 self._reasoning(holder, holder.get("reasoning"))
             if st.cutter is not None and isinstance(holder.get(key), str):
                 text, cut = st.cutter.push(holder[key])
-                holder[key] = text + (st.cutter.matched or "" if cut and self.p.include_stop else "")
-                if not cut:
-                    holder[key] += st.cutter.flush()
-                else:
+                if cut:
+                    holder[key] = text + self._kept_stop(st)
                     choice["finish_reason"] = "stop"
                     choice["stop_reason"] = st.cutter.matched
+                else:
+                    holder[key] = text + st.cutter.flush()
             if self.p.hide_reasoning and self.p.endpoint == "chat":
                 choice["logprobs"] = None  # as vLLM does when the reasoning is hidden: they would show it
             choice["budget"] = self._finish(st)
         self._usage(body.get("usage"))
         return body
+
+    def _kept_stop(self, st: _Choice) -> str:
+        """The stop string itself, when the request asked for it (`include_stop_str_in_output`)."""
+        return (st.cutter.matched or "") if self.p.include_stop and st.cutter is not None else ""
 
     def _split(self, st: _Choice, ids: list[int]) -> tuple[str, str]:
         reasoning, answer = st.splitter.push(ids)
@@ -209,7 +213,7 @@ class Annotator:
         if st.cutter is not None and isinstance(text, str) and (text or finishing):
             out, cut = st.cutter.push(text)
             if cut:
-                holder[key] = out + (st.cutter.matched or "" if self.p.include_stop else "")
+                holder[key] = out + self._kept_stop(st)
                 choice["finish_reason"] = "stop"
                 choice["stop_reason"] = st.cutter.matched
                 finishing = True

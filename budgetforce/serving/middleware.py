@@ -85,11 +85,12 @@ class BudgetMiddleware:
         """False when vLLM will refuse the key anyway: let it answer 401 before any budget check."""
         if self._auth is False:
             self._auth = _key_check(scope)
-        if self._auth is None:
-            return True
+        verify = getattr(self._auth, "verify_token", None)
+        if verify is None:
+            return True  # no key, or a vLLM whose check we cannot call: vLLM checks it after the budget
         from starlette.datastructures import Headers
 
-        return bool(self._auth.verify_token(Headers(scope=scope)))
+        return bool(verify(Headers(scope=scope)))
 
     async def _served(self, scope: Scope) -> ServedModel:
         if self._model is None:
@@ -102,11 +103,15 @@ class BudgetMiddleware:
 
 def _key_check(scope: Scope) -> Any:
     """vLLM's `AuthenticationMiddleware` for the server's keys (`--api-key`, `VLLM_API_KEY`), or None."""
+    from vllm import envs
+
     try:
-        from vllm import envs
         from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
-    except ImportError:  # another vLLM layout: vLLM checks the key itself, after the budget
-        return None
+    except ImportError:
+        try:  # vLLM <= 0.2x keeps it in the server module
+            from vllm.entrypoints.openai.api_server import AuthenticationMiddleware  # type: ignore[no-redef]
+        except ImportError:  # another layout: vLLM checks the key itself, after the budget
+            return None
     args = getattr(getattr(scope.get("app"), "state", None), "args", None)
     tokens = [k for k in (getattr(args, "api_key", None) or [envs.VLLM_API_KEY]) if k]
     if isinstance(getattr(args, "api_key", None), str):
