@@ -15,8 +15,8 @@ outputs (thinking closed exactly once, then exactly "The answer is N.") and shar
 budget. Writes ``scaling.json``, ``scaling.md`` and ``scaling.png`` to ``--out``.
 
 Backends: ``budgetforce`` (the project's engine on vLLM; the default) and ``hf`` (a plain
-transformers loop implementing the same forcing rule token by token, for machines without
-vLLM, e.g. the training GPU).
+transformers loop for machines without vLLM, e.g. the training GPU, whose logits go through the
+same `ForcingSlots` step the vLLM processors use: one forcing rule, not a copy).
 
     python benchmarks/student_scaling.py --n 500                # budgetforce engine, CPU vLLM
     python benchmarks/student_scaling.py --backend hf --device cuda
@@ -120,7 +120,7 @@ def prompt_messages(p: Problem) -> list[dict[str, str]]:
     return [{"role": "user", "content": p.question}]
 
 
-# --- backend: plain transformers, the s1 rule token by token ---------------------------------
+# --- backend: plain transformers, forced by the same device-resident slots as the engine -----
 
 
 def run_hf(model_path: Path, problems: list[Problem], rows: tuple[Row, ...], device: str, seed: int,
@@ -128,89 +128,100 @@ def run_hf(model_path: Path, problems: list[Problem], rows: tuple[Row, ...], dev
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from budgetforce.profile import detect_profile
+
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
-    end_id = tok.convert_tokens_to_ids(THINK_END)
-    eos_id = tok.eos_token_id
-    (wait_id,) = tok.encode("Wait", add_special_tokens=False)
+    profile = detect_profile(tok, str(model_path)).resolve(tok)
     prompts = [
         tok.apply_chat_template(prompt_messages(p), tokenize=False, add_generation_prompt=True) for p in problems
     ]
-    prompt_ids = [tok.encode(t, add_special_tokens=False) for t in prompts]
+    prompt_ids = [profile.open_thinking(tok.encode(t, add_special_tokens=False)) for t in prompts]
     out: dict[str, list[Sample]] = {}
     for row in rows:
         samples: list[Sample] = []
         for start in range(0, len(problems), batch_size):
-            samples += _hf_batch(model, prompt_ids[start : start + batch_size], row, end_id, eos_id, wait_id,
-                                 device, seed + start, tok)  # fmt: skip
+            samples += _hf_batch(model, prompt_ids[start : start + batch_size], row, profile, device,
+                                 seed + start, tok)  # fmt: skip
         out[row.label] = samples
     return out
 
 
-def _hf_batch(model, prompt_ids, row: Row, end_id: int, eos_id: int, wait_id: int, device: str, seed: int, tok):
+def _hf_batch(model, prompt_ids, row: Row, profile, device: str, seed: int, tok):
     import torch
+
+    from budgetforce import Budget
+    from budgetforce.slots import F, ForcingSlots, seed_key
 
     gen = torch.Generator(device=device).manual_seed(seed)
     b = len(prompt_ids)
+    budget = Budget(min_thinking_tokens=row.min_thinking_tokens or 0, max_thinking_tokens=row.max_thinking_tokens,
+                    max_waits=row.max_waits, wait_strings=("Wait",))  # fmt: skip
+    plan = profile.plan(budget)
+    slots = ForcingSlots(b, torch.device(device))
+    keys = torch.full((b,), -1, dtype=torch.long, device=device)
+    if plan.is_active:
+        for i, p in enumerate(prompt_ids):
+            slots.load(i, plan, TEMPERATURE, seed_key(seed + i, p), p)
+        slots.flush()
+        keys = torch.arange(b, device=device)
+    end_id, eos_ids = profile.think_end[0], sorted(profile.eos)
     width = max(map(len, prompt_ids))
-    ids = torch.full((b, width), eos_id, dtype=torch.long)
+    ids = torch.full((b, width), eos_ids[0], dtype=torch.long)
     attn = torch.zeros((b, width), dtype=torch.long)
     for i, p in enumerate(prompt_ids):
         ids[i, width - len(p) :] = torch.tensor(p)
         attn[i, width - len(p) :] = 1
     ids, attn = ids.to(device), attn.to(device)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    lo = row.min_thinking_tokens if row.min_thinking_tokens is not None else -1
-    hi = row.max_thinking_tokens if row.max_thinking_tokens is not None else 1 << 30
-    max_waits = row.max_waits if row.max_waits is not None else 1 << 30
-    phase = torch.zeros(b, dtype=torch.long, device=device)  # 0 thinking, 1 answering, 2 done
-    think_n = torch.zeros(b, dtype=torch.long, device=device)
-    waits = torch.zeros(b, dtype=torch.long, device=device)
-    forced = torch.zeros(b, dtype=torch.bool, device=device)
+    rows_t = torch.arange(b, device=device)
+    last = torch.zeros((b, 1), dtype=torch.long, device=device)
+    fresh = torch.zeros(b, dtype=torch.long, device=device)  # new tokens per row since the last step
+    done = torch.zeros(b, dtype=torch.bool, device=device)
     produced = []
     with torch.no_grad():
         res = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
         past, last_pos = res.past_key_values, pos[:, -1]
         for _ in range(MAX_TOKENS):
-            logits = res.logits[:, -1].float() / TEMPERATURE
-            probs = torch.softmax(logits, -1)
+            logits = res.logits[:, -1].float()
+            slots.step(logits, keys, last, rows_t, rows_t, fresh, window=1)  # the budget, as in the engine
+            probs = torch.softmax(logits / TEMPERATURE, -1)
             sorted_p, order = probs.sort(-1, descending=True)
             keep = sorted_p.cumsum(-1) - sorted_p < TOP_P
             sorted_p = sorted_p * keep
             choice = torch.multinomial(sorted_p, 1, generator=gen).squeeze(-1)
             nxt = order.gather(-1, choice[:, None]).squeeze(-1)
-            thinking = phase == 0
-            close = thinking & ((nxt == end_id) | (nxt == eos_id))
-            to_wait = close & (think_n < lo) & (waits < max_waits)
-            nxt = torch.where(to_wait, torch.full_like(nxt, wait_id), nxt)
-            waits += to_wait.long()
-            force = thinking & (think_n >= hi)
-            nxt = torch.where(force, torch.full_like(nxt, end_id), nxt)
-            forced |= force
-            nxt = torch.where(phase == 2, torch.full_like(nxt, eos_id), nxt)
-            think_n += (thinking & (nxt != end_id) & (nxt != eos_id)).long()
-            phase = torch.where(thinking & (nxt == end_id), torch.ones_like(phase), phase)
-            phase = torch.where(nxt == eos_id, torch.full_like(phase, 2), phase)
+            nxt = torch.where(done, torch.full_like(nxt, eos_ids[0]), nxt)
+            fresh = (~done).long()
+            done |= torch.isin(nxt, torch.tensor(eos_ids, device=device))
             produced.append(nxt)
-            if bool((phase == 2).all()):
+            last = nxt[:, None]
+            if bool(done.all()):
                 break
             attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=device)], 1)
             last_pos = last_pos + 1
             res = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last_pos[:, None],
                         past_key_values=past, use_cache=True)  # fmt: skip
             past = res.past_key_values
+        slots.step(torch.zeros(b, 1 + max(end_id, *eos_ids), device=device), keys, last, rows_t, rows_t, fresh, window=1)
     gen_ids = torch.stack(produced, 1).tolist()
+    state = slots.state.cpu()
     samples = []
     for i in range(b):
         seq = gen_ids[i]
-        if eos_id in seq:
-            seq = seq[: seq.index(eos_id)]
+        for e in eos_ids:
+            if e in seq:
+                seq = seq[: seq.index(e)]
         if end_id in seq:
             k = seq.index(end_id)
             reasoning, answer = tok.decode(seq[:k]), tok.decode(seq[k + 1 :])
         else:
             reasoning, answer = tok.decode(seq), ""
-        samples.append(Sample(reasoning, answer, int(think_n[i]), int(waits[i]), bool(forced[i])))
+        if plan.is_active:
+            think, waits, forced = int(state[i, F.THINK]), int(state[i, F.WAITS]), bool(state[i, F.FORCED])
+        else:
+            think, waits, forced = len(tok.encode(reasoning, add_special_tokens=False)), 0, False
+        samples.append(Sample(reasoning, answer, think, waits, forced))
     return samples
 
 
