@@ -248,11 +248,13 @@ class CountingSampler:
 
     def __init__(self, fail: set[str] = frozenset(), reject: set[str] = frozenset()) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.seeds: list[int | None] = []
         self.fail, self.reject = fail, reject
 
-    async def __call__(self, messages: MessageList, budget: BudgetSettings) -> SamplerResponse:
+    async def __call__(self, messages: MessageList, budget: BudgetSettings, seed: int | None = None) -> SamplerResponse:
         question = messages[0]["content"]
         self.calls.append((budget.label, question))
+        self.seeds.append(seed)
         await asyncio.sleep(0)
         if question in self.reject:
             raise RequestRejected("bad request")
@@ -463,3 +465,15 @@ def test_cli_load_end_to_end(imitation_url: str, tmp_path: Path) -> None:
 def test_gsm8k_eval_prompts_ask_for_a_boxed_answer() -> None:
     eval_ = load_eval("gsm8k", num_examples=2)
     assert eval_.messages(eval_.examples[0])[0]["content"].endswith("within \\boxed{}.")
+
+
+def test_every_sample_gets_its_own_stable_seed() -> None:
+    """Repeats of one problem draw differently; a resumed sample draws what it would have drawn."""
+    from budgetforce.bench.accuracy import sample_seed
+
+    point = BudgetSettings(min_thinking_tokens=10)
+    example = Example("e1", "1+1", "2")
+    keys = [accuracy.sample_key(point, example, r) for r in range(8)]
+    seeds = [sample_seed(k) for k in keys]
+    assert len(set(seeds)) == 8
+    assert seeds == [sample_seed(k) for k in keys]

@@ -262,7 +262,7 @@ async def run_sweep(
 
         async def one(key: str, point: BudgetSettings, example: Example, repeat: int) -> None:
             async with semaphore:
-                response = await sampler(eval_.messages(example), point)
+                response = await sampler(eval_.messages(example), point, seed=sample_seed(key))
             row = sample_row(key, eval_, point, example, repeat, response)
             sink.write(json.dumps(row, ensure_ascii=False) + "\n")
             sink.flush()
@@ -282,6 +282,14 @@ async def run_sweep(
             bar.close()
     wanted = {job[0] for job in jobs}
     return [row for key, row in latest_by_key(read_samples(samples_path)).items() if key in wanted]
+
+
+def sample_seed(key: str) -> int:
+    """A sample's own seed, from its resume key (point, example, repeat): reproducible runs whose
+    repeats differ, and a resumed sample draws what it would have drawn."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little") & 0x7FFFFFFF
 
 
 # --- summarising ---------------------------------------------------------------------------

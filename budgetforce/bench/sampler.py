@@ -138,18 +138,19 @@ class ChatSampler:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    def request_body(self, messages: MessageList, budget: BudgetSettings) -> dict[str, Any]:
+    def request_body(self, messages: MessageList, budget: BudgetSettings, seed: int | None = None) -> dict[str, Any]:
+        """The request; ``seed`` (one per sample, from the harness) wins over the sampler's own."""
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature}
         if self.top_p is not None:
             body["top_p"] = self.top_p
-        if self.seed is not None:
-            body["seed"] = self.seed
+        if seed is not None or self.seed is not None:
+            body["seed"] = seed if seed is not None else self.seed
         body["max_completion_tokens" if self.backend == "budgetforce" else "max_tokens"] = self.max_tokens
         body.update(budget_fields(budget, self.backend))
         return body
 
-    async def __call__(self, messages: MessageList, budget: BudgetSettings) -> SamplerResponse:
-        body = self.request_body(messages, budget)
+    async def __call__(self, messages: MessageList, budget: BudgetSettings, seed: int | None = None) -> SamplerResponse:
+        body = self.request_body(messages, budget, seed)
         start = time.perf_counter()
         last_error = ""
         for attempt in range(1, self.max_retries + 2):

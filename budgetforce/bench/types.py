@@ -97,7 +97,9 @@ class SamplerResponse:
 class SamplerBase(Protocol):
     """Anything that can answer a conversation under a thinking budget."""
 
-    async def __call__(self, messages: MessageList, budget: BudgetSettings) -> SamplerResponse: ...
+    async def __call__(
+        self, messages: MessageList, budget: BudgetSettings, seed: int | None = None
+    ) -> SamplerResponse: ...
 
 
 @dataclass(frozen=True)
