@@ -254,11 +254,12 @@ class _Exchange:
             stop = asyncio.ensure_future(self.stop_upstream.wait())
             try:
                 await asyncio.wait({real, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
+            finally:  # also when vLLM stops listening (cancelled): leave no receive pending
                 stop.cancel()
-            if real.done():
+                if not real.done():
+                    real.cancel()
+            if not real.cancelled():
                 return real.result()
-            real.cancel()
             return {"type": "http.disconnect"}
 
         return inner
