@@ -21,6 +21,7 @@ last token too (the frontend settles the pending decision of the final token its
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -46,6 +47,12 @@ NONCE_KEY = "budgetforce_nonce"  # set on vllm_xargs budgets at admission: a req
 BOARD_NAME_KEY = "budgetforce_board"  # vllm_xargs a frontend layer may add: its StatsBoard's name
 BOARD_KEY_KEY = "budgetforce_key"  # ... and the row it acquired there (with `NONCE_KEY` as its nonce)
 XARG_FIELDS = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix")
+BOARD_ENV = "BUDGETFORCE_STATS_BOARD"  # the one board name a `vllm_xargs` request may name (set by the server)
+PROFILE_ENV = "BUDGETFORCE_PROFILE"  # a profile name overriding detection for `vllm_xargs` budgets
+# The n choices of one request share its extra_args (one nonce) but get seeds seed+i from vLLM:
+# the processor keys state by (nonce, seed), so each choice has its own budget state. Unseeded
+# n > 1 requests need a seed from the frontend (the budget layer adds one).
+XARGS_CHILD_SAFE = True
 BOARD_KEYS = 8192  # keys the frontend hands out (FIFO); a key is reused only after all others
 OWN_KEYS = 4096  # keys the processor hands out itself (vllm_xargs requests)
 CAPACITY = BOARD_KEYS + OWN_KEYS
@@ -111,6 +118,7 @@ class Admitted:
     temperature: float
     seed: int
     board: str | None
+    identity: tuple  # (nonce, the request's seed): one per choice of an n > 1 request
 
 
 class Admission:
@@ -126,8 +134,8 @@ class Admission:
         self._board: StatsBoard | None = None
         self._board_name: str | None = None
         self._own_next = 0
-        self._own: dict[int, int] = {}  # nonce -> own key (vllm_xargs requests), bounded
-        self._nonce_of: dict[int, int] = {}  # key -> the nonce whose state it holds
+        self._own: dict[tuple, int] = {}  # (nonce, seed) -> own key, bounded
+        self._holder: dict[int, tuple] = {}  # key -> the (nonce, seed) whose state it holds
         self.unforced = 0  # requests that could not be forced (each logged once)
 
     @classmethod
@@ -173,12 +181,10 @@ class Admission:
         temperature = float(params.temperature)
         seed = params.seed if params.seed is not None else random.getrandbits(62)
         try:
-            if EXTRA_KEY in args:
+            if EXTRA_KEY in args:  # budgetforce's own engine: its board is trusted (it made the plan)
                 a = args[EXTRA_KEY]
                 plan = plan_from_args(args)
                 key, nonce, board = int(a.get("key", -1)), int(a.get("nonce", 0)), a.get("board")
-                if not 0 <= key < BOARD_KEYS:
-                    key, board = self._own_key(nonce), None
             else:
                 budget = budget_from_xargs(args)
                 if budget is None or not budget.is_active:
@@ -186,24 +192,31 @@ class Admission:
                 plan = self._profile.plan(budget)
                 nonce = int(args.get(NONCE_KEY) or random.getrandbits(62))
                 key, board = int(args.get(BOARD_KEY_KEY, -1)), args.get(BOARD_NAME_KEY)
-                if board is None or not 0 <= key < BOARD_KEYS:  # no board row: stats stay in the engine
-                    key, board = self._own_key(nonce), None
+                if board is not None and board != os.environ.get(BOARD_ENV):
+                    # only the board the server named at start: a client must not make the engine
+                    # open (and write into) shared memory of its choosing
+                    board = None
         except Exception as e:  # noqa: BLE001 - never take the engine down over one request
             self._unforced(f"budget ignored: {e!r}")
             return None
-        if board is not None and self._board_name not in (None, board):
-            log.warning("budgetforce: one stats board per engine; %s is not %s: stats absent", board, self._board_name)
-            key, board = self._own_key(nonce), None
         if not plan.is_active:
             return None
-        return Admitted(key, nonce, plan, temperature, seed, board)
+        identity = (nonce, params.seed)
+        if board is not None and self._board_name not in (None, board):
+            log.warning("budgetforce: one stats board per engine; %s is not %s: stats absent", board, self._board_name)
+            board = None
+        holder = self._holder.get(key) if board is not None and 0 <= key < BOARD_KEYS else None
+        if board is None or not 0 <= key < BOARD_KEYS or (holder is not None and holder[0] == nonce and holder != identity):
+            # no board row, or another choice of the same request holds it: an engine-side key, no stats
+            key, board = self._own_key(identity), None
+        return Admitted(key, nonce, plan, temperature, seed, board, identity)
 
-    def _own_key(self, nonce: int) -> int:
-        key = self._own.get(nonce)
+    def _own_key(self, identity: tuple) -> int:
+        key = self._own.get(identity)
         if key is None:
             key = BOARD_KEYS + self._own_next
             self._own_next = (self._own_next + 1) % OWN_KEYS
-            self._own[nonce] = key
+            self._own[identity] = key
             if len(self._own) > OWN_KEYS:  # forget the oldest (dicts keep insertion order)
                 self._own.pop(next(iter(self._own)))
         return key
@@ -217,9 +230,16 @@ class Admission:
             self.slots.stats = self._board.device_view(self.device) if self._board is not None else None
         return self.slots
 
+    def _settle(self, adm: Admitted, live: bool) -> None:
+        """A request whose key a live row of the *same* identity holds is a twin (the prompts of one
+        completion request share one params object): it gets a key of its own, without stats."""
+        if live and self._holder.get(adm.key) == adm.identity:
+            adm.identity = (*adm.identity, random.getrandbits(32))
+            adm.key, adm.board = self._own_key(adm.identity), None
+
     def _is_resume(self, adm: Admitted) -> bool:
         """Whether this request's state already sits under its key (a preempted request resuming)."""
-        return self._nonce_of.get(adm.key) == adm.nonce
+        return self._holder.get(adm.key) == adm.identity
 
     def _load(self, adm: Admitted, prompt_ids: list[int] | None) -> bool:
         slots = self._slots_for(adm.board)
@@ -227,7 +247,7 @@ class Admission:
         if not slots.load(adm.key, adm.plan, adm.temperature, seed_words, prompt_ids, _split(adm.nonce)):
             self._unforced("budget does not fit the processor's tables")
             return False
-        self._nonce_of[adm.key] = adm.nonce
+        self._holder[adm.key] = adm.identity
         return True
 
     def _unforced(self, why: str) -> None:
@@ -242,8 +262,12 @@ class Admission:
 
         from budgetforce.profile import detect_profile
 
+        from budgetforce.profile import get_profile
+
         tok = AutoTokenizer.from_pretrained(self._model)
-        return detect_profile(tok, str(self._model)).resolve(tok)
+        name = os.environ.get(PROFILE_ENV)
+        profile = get_profile(name) if name else detect_profile(tok, str(self._model))
+        return profile.resolve(tok)
 
 
 _FRONTEND_PROFILE: list[Any] = []  # the profile admission checks against in this process
@@ -336,6 +360,7 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
             adm = self._admit(params) if params is not None else None
             if adm is None:
                 continue
+            self._settle(adm, any(key == adm.key for key, _ in self._rows.values()))
             for other, (key, _) in list(self._rows.items()):
                 if key == adm.key:  # a request the frontend gave up on still holds the key
                     del self._rows[other]
@@ -442,10 +467,10 @@ class StatsBoard:
     (another node), stats are absent and responses say so.
     """
 
-    def __init__(self, name: str | None = None, capacity: int = CAPACITY) -> None:
+    def __init__(self, name: str | None = None, capacity: int = CAPACITY, create: bool | None = None) -> None:
         from multiprocessing import shared_memory
 
-        create = name is None
+        create = name is None if create is None else create
         self._shm = shared_memory.SharedMemory(name=name, create=create, size=capacity * NS * 4)
         self._owner = create
         self.table = torch.frombuffer(self._shm.buf, dtype=torch.int32).view(-1, NS)

@@ -53,6 +53,7 @@ class BudgetForcingV2(Admission, _V2Base):  # type: ignore[misc]
             self._dirty = True
         if adm is None:
             return False
+        self._settle(adm, bool((self._slot_key == adm.key).any()))
         taken = np.nonzero(self._slot_key == adm.key)[0]  # a request the frontend gave up on
         if taken.size:
             self._slot_key[taken] = -1

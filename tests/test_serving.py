@@ -121,7 +121,8 @@ def test_budgets_are_honoured_and_reported(client: Any, budget: dict[str, Any], 
     counted = thinking_of(choice.model_extra["token_ids"])
     assert lo <= report["thinking_tokens"] == counted <= hi, report
     assert report["forced_end"] is (counted == hi) and report["strategy"] == "engine"
-    assert report["waits_inserted"] is None  # not reported on this path yet
+    waits = report["waits_inserted"]  # from the processor's stats board, through the engine process
+    assert isinstance(waits, int) and waits >= (1 if lo >= 150 else 0), report
     message = choice.message.model_extra
     assert message["reasoning_content"] == message["reasoning"]
     assert (message["reasoning"] or "") != "" or counted == 0
@@ -251,7 +252,6 @@ def test_named_tool_choice_returns_a_tool_call(client: Any) -> None:
         ({"wait_strings": [""]}, "wait_strings[0]"),
         ({"vllm_xargs": {"min_thinking_tokens": -3}}, "min_thinking_tokens"),
         ({"budget_strategy": "rounds", "max_thinking_tokens": 8}, "budget_strategy"),
-        ({"n": 2, "max_thinking_tokens": 8}, "n"),
     ],
 )
 def test_bad_budgets_are_400_naming_the_field(served: str, body: dict[str, Any], param: str) -> None:
@@ -264,6 +264,21 @@ def test_bad_budgets_are_400_naming_the_field(served: str, body: dict[str, Any],
         assert "did you mean `" in error["message"]
     if param == "budget_strategy":
         assert "BudgetForcingEngine" in error["message"]
+
+
+@pytest.mark.parametrize("seed", [7, None])
+def test_each_of_n_choices_gets_its_own_budget(client: Any, seed: int | None) -> None:
+    """vLLM's n choices share one request's xargs; each must still be forced on its own (seeded or not)."""
+    extra: dict[str, Any] = {"min_thinking_tokens": 150, "max_thinking_tokens": 200, "return_token_ids": True}
+    out = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_completion_tokens=300, temperature=0.8, n=3,
+        **({"seed": seed} if seed is not None else {}), extra_body=extra,
+    )
+    assert len(out.choices) == 3
+    for choice in out.choices:
+        counted = thinking_of(choice.model_extra["token_ids"])
+        assert 150 <= choice.model_extra["budget"]["thinking_tokens"] == counted <= 200, choice.model_extra["budget"]
+        assert choice.model_extra["budget"]["waits_inserted"] is None  # one board row per request: not per choice
 
 
 def test_api_key_is_enforced_before_the_budget(served: str, client: Any) -> None:

@@ -8,7 +8,8 @@ exactly as budgetforce's engine does. The layer then adds, per choice, the `budg
 answer) at the request's stop strings. Where vLLM has no reasoning parser for the text (text
 completions, or a chat server without `--reasoning-parser`) it splits the text on the ids itself.
 
-`waits_inserted` is null: the processor does not yet report it for `vllm_xargs` requests.
+`waits_inserted` comes from the processor's stats board (`budgetforce.forcing.StatsBoard`, named by
+`BUDGETFORCE_STATS_BOARD`); it is null where the board is absent and for n > 1 (one row per request).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ class _Choice:
 class Annotator:
     """Annotates one request's response: `json_body` for a full response, `chunk` per stream event."""
 
-    def __init__(self, prepared: Prepared, model: ServedModel) -> None:
+    def __init__(self, prepared: Prepared, model: ServedModel, stats: tuple[Any, int, int] | None = None) -> None:
         self.p = prepared
         self.model = model
+        self.stats = stats  # (StatsBoard, key, nonce) of a single-choice budgeted request
         self.observer = model.profile.plan(Budget())
         self.prompt: list[int] | None = None  # chat: one prompt for every choice
         self.choices: dict[int, _Choice] = {}
@@ -65,6 +67,8 @@ class Annotator:
         for t in ids or ():
             st.ctl.accept(t)
         st.tokens += len(ids or ())
+        if self.stats is not None:
+            st.ids.extend(ids or ())
 
     def report(self, st: _Choice) -> dict[str, Any]:
         budget = self.p.budget
@@ -72,10 +76,17 @@ class Annotator:
         hi = budget.max_thinking_tokens if budget is not None else None
         return {
             "thinking_tokens": thinking,
-            "waits_inserted": None,  # not available yet: see docs/vllm-serve.md
+            "waits_inserted": self._waits(st),
             "forced_end": hi is not None and thinking >= hi,
             "strategy": budget.strategy if budget is not None else None,
         }
+
+    def _waits(self, st: _Choice) -> int | None:
+        """Waits the processor inserted, from the stats board; None where it cannot say (n > 1, no board)."""
+        if self.stats is None or self.p.choices != 1:
+            return None
+        board, key, nonce = self.stats
+        return board.waits(key, nonce, st.ids)
 
     def _finish(self, st: _Choice) -> dict[str, Any]:
         st.done = True

@@ -16,13 +16,17 @@ response the client went away, which aborts the engine request, then ends the st
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
+import os
+import random
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from budgetforce.budget import BudgetDefaults
+from budgetforce.forcing import BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
 from budgetforce.serving.annotate import Annotator
 from budgetforce.serving.metrics import record_rejection
 from budgetforce.serving.rewrite import Prepared, RequestError, ServedModel, prepare
@@ -73,12 +77,28 @@ class BudgetMiddleware:
         if prepared is None:
             await self.app(scope, _replay(raw, receive), send)
             return
+        stats = None
+        if prepared.budget is not None and prepared.annotate:
+            if prepared.choices > 1 and prepared.body.get("seed") is None:
+                # the processor tells the n choices apart by their seeds (seed, seed+1, ...)
+                prepared.body["seed"] = random.getrandbits(31)
+            board = stats_board()
+            if board is not None and prepared.choices == 1:
+                key, nonce = board.acquire()
+                stats = (board, key, nonce)
+                xargs = prepared.body.setdefault("vllm_xargs", {})
+                xargs.update({BOARD_NAME_KEY: board.name, BOARD_KEY_KEY: key, NONCE_KEY: nonce})
         new = json.dumps(prepared.body, ensure_ascii=False).encode()
         scope = {**scope, "headers": _with_length(scope["headers"], len(new))}
         if not prepared.annotate:
             await self.app(scope, _replay(new, receive), send)
             return
-        await _Exchange(self.app, prepared, Annotator(prepared, await self._served(scope))).run(scope, new, receive, send)
+        try:
+            annotator = Annotator(prepared, await self._served(scope), stats)
+            await _Exchange(self.app, prepared, annotator).run(scope, new, receive, send)
+        finally:
+            if stats is not None:
+                stats[0].release(stats[1])
 
     # -- what the layer knows of the server -------------------------------------------------
     def _authorized(self, scope: Scope) -> bool:
@@ -99,6 +119,27 @@ class BudgetMiddleware:
                     state = getattr(scope.get("app"), "state", None)
                     self._model = await asyncio.to_thread(served_model, state)
         return self._model
+
+
+_BOARD: list[Any] = []
+
+
+def stats_board() -> Any:
+    """This API process's stats board, created once under `BUDGETFORCE_STATS_BOARD` (set by
+    `budgetforce serve` before vLLM starts, so the engine accepts that name and no other), or None."""
+    if not _BOARD:
+        from budgetforce.forcing import BOARD_ENV, StatsBoard
+
+        name = os.environ.get(BOARD_ENV)
+        board = None
+        if name:
+            try:
+                board = StatsBoard(name, create=True)
+                atexit.register(board.close)
+            except (FileExistsError, OSError, ValueError) as exc:  # e.g. a second API server process
+                log.warning("budgetforce: stats board %s unavailable in this process (%r): waits_inserted is null", name, exc)
+        _BOARD.append(board)
+    return _BOARD[0]
 
 
 def _key_check(scope: Scope) -> Any:
