@@ -212,7 +212,7 @@ class BudgetForcingEngine:
             source = self._rounds(prompt_ids, plan, max_tokens, request_id, sampling)
         else:
             source = self._engine(prompt_ids, plan, max_tokens, request_id, sampling)
-        splitter = _Splitter(self.tokenizer, ThinkingController(self._observer_plan, prompt_ids))
+        splitter = Splitter(self.tokenizer, ThinkingController(self._observer_plan, prompt_ids))
         async for ids, finish, waits in source:
             reasoning, answer = splitter.push(ids)
             if finish is not None:
@@ -341,7 +341,7 @@ def _finish(reason: str | None) -> FinishReason:
     return "length" if reason == "length" else "stop"  # `stop`, and vLLM's `repetition`
 
 
-class _Splitter:
+class Splitter:
     """Routes streamed ids to the reasoning or the answer text, following an observing controller.
 
     Delimiters are shown nowhere; a forced answer prefix belongs to the answer. Reasoning ids

@@ -102,8 +102,8 @@ def live_server(loop: asyncio.AbstractEventLoop, engine: Any) -> Iterator[str]:
     """A uvicorn server on loopback around the shared engine; yields its base URL (no /v1)."""
     import uvicorn
 
-    from server.app import build_app
-    from server.settings import ServerSettings
+    from budgetforce.legacy_server.app import build_app
+    from budgetforce.legacy_server.settings import ServerSettings
 
     port = free_port()
     settings = ServerSettings(served_model_name="tiny", max_body_bytes=1 << 20)

@@ -29,7 +29,7 @@ class _Choice:
     ctl: ThinkingController
     prompt_len: int
     cutter: StopCutter | None
-    splitter: Any = None  # budgetforce.engine._Splitter when the layer splits the text itself
+    splitter: Any = None  # budgetforce.engine.Splitter when the layer splits the text itself
     tokens: int = 0
     done: bool = False
     ids: list[int] = field(default_factory=list)
@@ -57,9 +57,9 @@ class Annotator:
             cutter = StopCutter(self.p.stops) if self.p.stops else None
             splitter = None
             if self.p.split_text and not self.p.echo:
-                from budgetforce.engine import _Splitter  # the engine's reasoning/answer router, on ids
+                from budgetforce.engine import Splitter  # the engine's reasoning/answer router, on ids
 
-                splitter = _Splitter(self.model.tokenizer, ThinkingController(self.observer, prompt))
+                splitter = Splitter(self.model.tokenizer, ThinkingController(self.observer, prompt))
             st = self.choices[index] = _Choice(ctl, len(prompt), cutter, splitter)
         return st
 
