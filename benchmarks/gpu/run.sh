@@ -27,6 +27,13 @@ case "$STAGE" in
     export PYTHONPATH=/tmp/vllmfix:$PYTHONPATH
     VLLM_USE_V2_MODEL_RUNNER=1 timeout 570 python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 256 --new-tokens 1024 --reps 3 \
       --configs plain idle engine engine-max native --out "$OUT/tp_1.5b_c256_v2.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp256_v2.log" | tail -14 ;;
+  v2-greedy)
+    python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
+    export LD_PRELOAD="$(bash benchmarks/gpu/nccl_shim.sh)"
+    chmod +x /tmp/site/triton/backends/nvidia/bin/* 2>/dev/null || true
+    mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
+    export PYTHONPATH=/tmp/vllmfix:$PYTHONPATH
+    python3 benchmarks/gpu/v1_v2_greedy.py --shape $SHAPE --tokenizer .gpu-tok 2>&1 | tee "$OUT/v1_v2_greedy.log" | grep -v -i "warn\|info" | tail -22 ;;
   step)
     python3 -m benchmarks.processor_step --device cuda --batch 1 32 256 --v1 --json "$OUT/processor_step.json" 2>&1 | grep -v -i warn | tee "$OUT/processor_step.log" | tail -32 ;;
   tp256)
