@@ -46,6 +46,24 @@ def _plan(kind: str) -> ForcingPlan | None:
     return ForcingPlan(think_start=(START,), think_end=(END,), eos=frozenset({EOS}), waits=((WAIT,),), **SPECS[kind])  # type: ignore[arg-type]
 
 
+def timed(dev: torch.device, call: Any) -> tuple[float, float | None]:
+    """(host µs, GPU µs or None) of one call; a spin kernel queued ahead keeps the host's launch
+    cost out of the GPU time."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda._sleep(SLEEP_CYCLES)
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+    t0 = time.perf_counter()
+    call()
+    t1 = time.perf_counter()
+    if dev.type != "cuda":
+        return (t1 - t0) * 1e6, None
+    e1.record()
+    torch.cuda.synchronize()
+    return (t1 - t0) * 1e6, e0.elapsed_time(e1) * 1000
+
+
 def bench(device: str, batch: int, mode: str, steps: int, warmup: int) -> dict[str, Any]:
     dev = torch.device(device)
     slots = ForcingSlots(max(2 * batch, 64), dev)
@@ -72,23 +90,12 @@ def bench(device: str, batch: int, mode: str, steps: int, warmup: int) -> dict[s
     for step in range(warmup + steps):
         logits = logits_base.roll(step, dims=1)
         n_out = torch.full((batch,), step, dtype=torch.long, device=dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda._sleep(SLEEP_CYCLES)  # keep the GPU busy so the events time GPU work, not the host's launch
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-        t0 = time.perf_counter()
-        slots.step(logits, row_keys, history, rows, base, n_out)
-        t1 = time.perf_counter()
-        if dev.type == "cuda":
-            e1.record()
+        h, d = timed(dev, lambda: slots.step(logits, row_keys, history, rows, base, n_out))
         history[:, step] = logits.argmax(1).int()  # the "sampler", outside the timed region
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-            if step >= warmup:
-                device_us.append(e0.elapsed_time(e1) * 1000)
         if step >= warmup:
-            host.append((t1 - t0) * 1e6)
+            host.append(h)
+            if d is not None:
+                device_us.append(d)
     row = {"device": device, "batch": batch, "mode": mode, "steps": steps, "path": "slots (runner V2)",
            "host_us_median": statistics.median(host), "host_us_p90": sorted(host)[int(0.9 * len(host))],
            "waits": int(slots.state[:, 3].sum()), "forced_ends": int(slots.state[:, 15].sum())}
@@ -123,24 +130,15 @@ def bench_v1(device: str, batch: int, mode: str, steps: int, warmup: int) -> dic
     host, device_us = [], []
     for step in range(warmup + steps):
         logits = base.roll(step, dims=1)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda._sleep(SLEEP_CYCLES)  # keep the GPU busy so the events time GPU work, not the host's launch
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-        t0 = time.perf_counter()
-        logits = proc.apply(logits)
-        t1 = time.perf_counter()
-        if dev.type == "cuda":
-            e1.record()
+        h, d = timed(dev, lambda: proc.apply(logits))  # in place
         nxt = logits.argmax(1).tolist()  # the "sampler", outside the timed region
-        if dev.type == "cuda" and step >= warmup:
-            device_us.append(e0.elapsed_time(e1) * 1000)
         for o, t in zip(outs, nxt):
             o.append(t)
         proc.update_state(None)
         if step >= warmup:
-            host.append((t1 - t0) * 1e6)
+            host.append(h)
+            if d is not None:
+                device_us.append(d)
     row = {"device": device, "batch": batch, "mode": mode, "steps": steps, "path": "adapter (runner V1)",
            "host_us_median": statistics.median(host), "host_us_p90": sorted(host)[int(0.9 * len(host))]}
     if device_us:
