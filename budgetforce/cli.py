@@ -188,13 +188,14 @@ def _vllm_command(
     from pathlib import Path
 
     from budgetforce.serving import launch
+    from budgetforce.student import default_model
 
     env = launch.budget_environment(defaults)
     given = launch.flags(passthrough)
     for name in ("model", "host", "port", "api-key", "served-model-name"):
         if name in given:
             raise UsageError(f"give --{name} once, as `budgetforce serve --{name}`")
-    path = model or str(launch.default_model())
+    path = model or str(default_model())
     args = ["--host", host, "--port", str(port), *passthrough]
     if served_model_name or model is None:
         args += ["--served-model-name", served_model_name or "budgetforce"]

@@ -89,17 +89,17 @@ def test_default_model_builds_a_tiny_one_until_the_student_exists(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import budgetforce.student
-    from budgetforce.serving import launch
+    from budgetforce.student import default_model
 
     student, cache = tmp_path / "student", tmp_path / "tiny"
     student.mkdir()
     monkeypatch.setattr(budgetforce.student, "STUDENT_PATH", student)
-    monkeypatch.setattr(launch, "TINY_CACHE", cache)
-    assert launch.default_model() == cache and (cache / "config.json").exists()
+    monkeypatch.setattr(budgetforce.student, "TINY_CACHE", cache)
+    assert default_model() == cache and (cache / "config.json").exists()
     built = (cache / "model.safetensors").stat().st_mtime
-    assert launch.default_model() == cache and (cache / "model.safetensors").stat().st_mtime == built
+    assert default_model() == cache and (cache / "model.safetensors").stat().st_mtime == built
     (student / "config.json").write_text("{}")
-    assert launch.default_model() == student
+    assert default_model() == student
 
 
 def test_cpu_engine_defaults(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,30 +26,15 @@ from budgetforce.legacy_server.metrics import Metrics
 from budgetforce.legacy_server.middleware import CountRequests, LimitBody, RequireAPIKey
 from budgetforce.legacy_server.routes import ROUTERS
 from budgetforce.legacy_server.settings import ServerSettings
+from budgetforce.student import default_model
 
 log = logging.getLogger("budgetforce.server")
 CPU_KV_CACHE_BYTES = 1 << 30
-TINY_CACHE = Path.home() / ".cache" / "budgetforce" / "tiny-r1"
 
 DESCRIPTION = """OpenAI-compatible chat and text completions with per-request **thinking budgets**
 (s1 budget forcing inside vLLM). Set `min_thinking_tokens` / `max_thinking_tokens` (or vLLM's
 `thinking_token_budget`, `reasoning_effort`, Anthropic's `thinking`, OpenRouter's `reasoning`)
 as top-level fields; the reasoning comes back as `reasoning_content` and `reasoning`."""
-
-
-def default_model() -> Path:
-    """The bundled student; until it exists, a tiny random-weight R1-style model (built once, cached)."""
-    from budgetforce.student import STUDENT_PATH
-
-    if (STUDENT_PATH / "config.json").exists():
-        return STUDENT_PATH
-    if not (TINY_CACHE / "config.json").exists():
-        from budgetforce.tinymodel import build_tiny_model
-
-        log.warning("the bundled student is not built yet; building a tiny random-weight model in %s", TINY_CACHE)
-        build_tiny_model(TINY_CACHE, "r1", seed=0)
-    log.warning("no --model given and no bundled student: serving the tiny random-weight model %s", TINY_CACHE)
-    return TINY_CACHE
 
 
 def engine_kwargs(model: str | Path, engine_args: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,6 @@ PROCESSOR = "budgetforce.vllm:BudgetForcing"
 MIDDLEWARE = "budgetforce.serving.BudgetMiddleware"  # vLLM imports `module.attr` (a dot, not a colon)
 VLLM_SERVER = "vllm.entrypoints.openai.api_server"
 CPU_KV_CACHE_BYTES = 1 << 30
-TINY_CACHE = Path.home() / ".cache" / "budgetforce" / "tiny-r1"
 # vLLM's reasoning parser for each profile's delimiters; s1's `<|im_start|>think` has none, so
 # the budget layer splits the text on token ids itself.
 REASONING_PARSERS = {
@@ -40,21 +39,6 @@ REASONING_PARSERS = {
     "qwen3": "qwen3",
     "s1": None,
 }
-
-
-def default_model() -> Path:
-    """The bundled student; until it exists, a tiny random-weight R1-style model (built once, cached)."""
-    from budgetforce.student import STUDENT_PATH
-
-    if (STUDENT_PATH / "config.json").exists():
-        return STUDENT_PATH
-    if not (TINY_CACHE / "config.json").exists():
-        from budgetforce.tinymodel import build_tiny_model
-
-        log.warning("the bundled student is not built yet; building a tiny random-weight model in %s", TINY_CACHE)
-        build_tiny_model(TINY_CACHE, "r1", seed=0)
-    log.warning("no --model given and no bundled student: serving the tiny random-weight model %s", TINY_CACHE)
-    return TINY_CACHE
 
 
 def flags(args: list[str]) -> dict[str, list[str]]:
