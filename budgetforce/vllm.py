@@ -63,16 +63,20 @@ def _refuse_spec_decode(vllm_config: Any) -> None:
         raise RuntimeError(SPEC_DECODE_ERROR)
 
 
-class _V2(BudgetForcingV2):
-    """Runner V2's instance of `BudgetForcing`: drops engine plans, which belong to budgetforce's own processor."""
+class _ClientBudgetsOnly:
+    """Admission of `vllm_xargs` budgets only: budgetforce's engine plans belong to its own processor."""
 
     def _admit(self, params: SamplingParams) -> Any:
         if EXTRA_KEY in (params.extra_args or {}):
             return None
-        return super()._admit(params)
+        return super()._admit(params)  # type: ignore[misc]
 
 
-class BudgetForcing(BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
+class _V2(_ClientBudgetsOnly, BudgetForcingV2):
+    """Runner V2's instance of `BudgetForcing`."""
+
+
+class BudgetForcing(_ClientBudgetsOnly, BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
     """The processor for `vllm serve --logits-processors budgetforce.vllm:BudgetForcing`.
 
     Budgets arrive as `vllm_xargs`; see `BudgetForcingLogitsProcessor` for the mechanism. It
@@ -113,11 +117,6 @@ class BudgetForcing(BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
                 "pass `min_thinking_tokens`, `max_thinking_tokens`, `max_waits`, ... instead"
             )
         super().validate_params(sampling_params)
-
-    def _admit(self, params: SamplingParams) -> Any:
-        if EXTRA_KEY in (params.extra_args or {}):
-            return None  # budgetforce's own engine plan (its named processor's), never a client's
-        return super()._admit(params)
 
 
 class EngineForcing(BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
