@@ -333,7 +333,7 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
         self.pin = is_pin_memory and device.type != "cpu"
         self._rows: dict[int, tuple[int, list[int]]] = {}  # batch row -> (key, live output ids)
         self._handed: dict[int, int] = {}  # key -> output ids handed to the device so far
-        self._layout: tuple | None = None  # cached batch layout (see `_step`); None: rebuild
+        self._layout: _Layout | None = None  # None: rebuild
         self._ring = [torch.empty(0, dtype=torch.int64) for _ in range(4)]
         self._ring_next = 0
 
@@ -393,20 +393,11 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
         assert slots is not None
         slots.flush()
         b = logits.shape[0]
-        if self._layout is None or self._layout[0] != b:
+        if self._layout is None or self._layout.width != b:
             self._save_handed()
-            rows = sorted(self._rows)
-            keys = [self._rows[r][0] for r in rows]
-            outs = [self._rows[r][1] for r in rows]
-            row_keys = np.full(b, -1, dtype=np.int64)
-            row_keys[rows] = keys
-            hist_of_row = np.zeros(b, dtype=np.int64)
-            hist_of_row[rows] = np.arange(len(rows))
-            ones = np.zeros(b, dtype=np.int64)
-            ones[rows] = 1
-            handed = np.array([self._handed[k] for k in keys], dtype=np.int64)
-            self._layout = (b, rows, keys, outs, self._put(row_keys), self._put(hist_of_row), self._put(ones), handed)
-        _, rows, keys, outs, row_keys, row_hist, ones, handed = self._layout
+            self._layout = self._new_layout(b)
+        lay = self._layout
+        rows, outs, row_keys, row_hist, ones, handed = lay.rows, lay.outs, lay.row_keys, lay.row_hist, lay.ones, lay.handed
         n = len(outs)
         lens = np.fromiter(map(len, outs), dtype=np.int64, count=n)
         last = np.fromiter((o[-1] if o else -1 for o in outs), dtype=np.int64, count=n)
@@ -424,10 +415,26 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
         counts[rows] = [len(w) for w in window]
         slots.step(logits, row_keys, self._put(hist), row_hist, row_hist, self._put(counts), window=width)
 
+    def _new_layout(self, width: int) -> _Layout:
+        """The batch as the step sees it, rebuilt only when rows come, go or move."""
+        rows = sorted(self._rows)
+        keys = [self._rows[r][0] for r in rows]
+        row_keys = np.full(width, -1, dtype=np.int64)
+        row_keys[rows] = keys
+        hist_of_row = np.zeros(width, dtype=np.int64)
+        hist_of_row[rows] = np.arange(len(rows))
+        ones = np.zeros(width, dtype=np.int64)
+        ones[rows] = 1
+        return _Layout(
+            width=width, rows=rows, keys=keys, outs=[self._rows[r][1] for r in rows],
+            row_keys=self._put(row_keys), row_hist=self._put(hist_of_row), ones=self._put(ones),
+            handed=np.array([self._handed[k] for k in keys], dtype=np.int64),
+        )
+
     def _save_handed(self) -> None:
         """Write the layout's per-row counts of handed ids back to the per-key table."""
         if self._layout is not None:
-            for k, h in zip(self._layout[2], self._layout[7]):
+            for k, h in zip(self._layout.keys, self._layout.handed):
                 self._handed[k] = int(h)
 
     def _put(self, a: np.ndarray) -> torch.Tensor:
@@ -445,6 +452,21 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
         staged = buf[: t.numel()].view(t.shape)
         staged.copy_(t)
         return staged.to(self.device, non_blocking=True)
+
+
+@dataclass(slots=True)
+class _Layout:
+    """The V1 batch in the step's terms: budgeted rows, their keys and live output lists, and the
+    device index tensors built from them; `handed` counts the ids each row's key has been given."""
+
+    width: int  # logits rows
+    rows: list[int]
+    keys: list[int]
+    outs: list[list[int]]
+    row_keys: torch.Tensor
+    row_hist: torch.Tensor
+    ones: torch.Tensor
+    handed: np.ndarray
 
 
 def _fresh(out: list[int], handed: int) -> list[int]:

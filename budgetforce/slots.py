@@ -17,8 +17,8 @@ preempted and resumed finds its state where it left it). Each decoding step, `st
 
 On CUDA one Triton kernel does all of this (`budgetforce.slots_kernel`); elsewhere the same rules
 run as plain torch ops. Nothing here imports vLLM, and nothing raises inside `step()`: a row
-whose forced token did not come out (a user's logit bias, a stop string) turns inert (`FAIL`),
-counted in `failures`, and the request continues unforced.
+whose forced token did not come out (a user's logit bias, a stop string) turns inert (`FAIL`,
+counted by `count_failures`), and the request continues unforced.
 
 Example (R1 ids: `</think>`=6, "Wait"=9; min 3, greedy):
     slots.load(key=0, plan, temperature=0.0, seed_key=(1, 2), prompt_ids=[..., 5])
@@ -143,7 +143,6 @@ class ForcingSlots:
         self.close = torch.full((capacity, limits.max_close_attempts), -1, dtype=torch.int32, device=device)
         self.temp = torch.ones(capacity, dtype=torch.float32, device=device)
         self.stats = stats
-        self.failures = 0  # rows turned inert (read lazily: `count_failures`)
         self._staged: dict[int, tuple] = {}
 
     # -- host side: requests come and go ---------------------------------------------------
