@@ -71,19 +71,23 @@ class BudgetForcingV2(Admission, _V2Base):  # type: ignore[misc]
         try:
             self.slots.flush()
             if self._dirty:
-                src = torch.from_numpy(self._slot_key.copy())
-                if self.device.type == "cuda":
-                    src = src.pin_memory()
-                self._slot_key_dev.copy_(src, non_blocking=True)
+                self._slot_key_dev.copy_(self._to_device(self._slot_key), non_blocking=True)
                 self._dirty = False
             if self._fresh:
-                slots_idx = torch.tensor([s for s, _ in self._fresh], dtype=torch.long).to(self.device)
-                keys = torch.tensor([k for _, k in self._fresh], dtype=torch.long).to(self.device)
+                fresh = self._to_device(np.array(self._fresh, dtype=np.int64))
+                slots_idx, keys = fresh[:, 0], fresh[:, 1]
                 self._fresh.clear()
                 rs = self.req_states
                 self.slots.open_from_history(keys, rs.all_token_ids.gpu, slots_idx, rs.prompt_len.gpu[slots_idx])
         except Exception as e:  # noqa: BLE001 - never take the engine down
             log.exception("budgetforce: staging failed; budgeted requests may run unforced: %r", e)
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        """A host array on the device; pinned, so the copy neither blocks nor waits for the stream."""
+        t = torch.from_numpy(a.copy())
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def apply(self, logits: torch.Tensor, ctx: Any) -> torch.Tensor:
         if self.slots is None or not (self._slot_key[ctx.idx_mapping_np] >= 0).any():
