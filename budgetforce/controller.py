@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 
+from budgetforce.draws import SCHEDULE_SALT, draw24
+
 
 class Phase(IntEnum):
     BEFORE = 0  # the thinking has not been opened yet
@@ -26,7 +28,7 @@ class Action(IntEnum):
     FREE = 0  # anything
     FORCE = 1  # exactly `token`
     GUARD = 2  # below the minimum: a close attempt becomes `token`, the first wait token
-    REDIRECT = 3  # inside a budgeted thinking: end-of-sequence becomes `token`, the close
+    REDIRECT = 3  # inside a budgeted thinking: end-of-sequence (and, past the alpha moment, a wait) becomes `token`, the close
     BAN = 4  # the first free token after a wait string: no close attempt (s1 resubmits with min_tokens=1)
 
 
@@ -46,10 +48,38 @@ class ForcingPlan:
     min_thinking: int = 0
     max_thinking: int | None = None
     max_waits: int | None = None
+    # the modes beyond s1 (all off by default)
+    banned: frozenset[int] = frozenset()  # never sampled while thinking (NoWait); forced tokens excepted
+    intervention: tuple[int, ...] = ()  # forced into the thinking once it holds `intervention_at` tokens
+    intervention_at: int = 0
+    max_answer: int | None = None  # tokens after the close (a forced answer prefix included); then EOS is forced
+    alpha_moment: int = 0  # scheduled waits (AlphaOne) before this many thinking tokens; 0 = off
+    wait_probability: float = 0.0  # ... inserted after a `breaks` token with this probability,
+    wait_decay: bool = True  # ... falling linearly to 0 at the alpha moment (False: constant)
+    breaks: frozenset[int] = frozenset()  # paragraph-break tokens
+    answer_end: int = -1  # the end-of-sequence id forced at `max_answer` (default: the smallest EOS id)
+
+    @property
+    def is_budgeted(self) -> bool:
+        """s1's budget: a minimum or a maximum (an end-of-sequence inside the thinking closes it)."""
+        return self.min_thinking > 0 or self.max_thinking is not None
 
     @property
     def is_active(self) -> bool:
-        return self.min_thinking > 0 or self.max_thinking is not None
+        """Whether the plan changes anything at all (a budget or any mode)."""
+        return (
+            self.is_budgeted or bool(self.banned) or bool(self.intervention) or self.max_answer is not None
+            or self.alpha_moment > 0
+        )
+
+    @property
+    def end_of_answer(self) -> int:
+        return self.answer_end if self.answer_end >= 0 else min(self.eos)
+
+    @property
+    def wait_firsts(self) -> frozenset[int]:
+        """First tokens of the wait strings: what a scheduled row closes on past its alpha moment."""
+        return frozenset(w[0] for w in self.waits)
 
     @property
     def close_attempts(self) -> frozenset[int]:
@@ -59,7 +89,10 @@ class ForcingPlan:
     @property
     def special(self) -> frozenset[int]:
         """Every token that can change a controller's state when it appears (see `quiet`)."""
-        return self.close_attempts | {w[0] for w in self.waits} | set(self.think_start) | set(self.think_end)
+        return (
+            self.close_attempts | {w[0] for w in self.waits} | set(self.think_start) | set(self.think_end)
+            | (self.breaks if self.alpha_moment > 0 else frozenset())
+        )
 
     @property
     def forced_end_length(self) -> int:
@@ -71,6 +104,28 @@ class ForcingStats:
     thinking_tokens: int
     waits_inserted: int
     forced_end: bool
+    scheduled_waits: int = 0
+    answer_tokens: int = 0
+    answer_truncated: bool = False
+
+
+P_ONE = 1 << 24  # probabilities in units of 2**-24, so host and device decide identically
+
+
+def schedule_p24(probability: float) -> int:
+    return max(0, min(P_ONE, round(probability * P_ONE)))
+
+
+def scheduled_wait(u24: int, p24: int, thinking: int, alpha: int, decay: bool) -> bool:
+    """Whether a paragraph break at ``thinking`` tokens gets a scheduled wait (integer arithmetic).
+
+    ``u24`` is the draw (uniform below 2**24); the probability is p, or p * (1 - t/alpha) with decay.
+    """
+    if thinking >= alpha:
+        return False
+    if decay:
+        return u24 * alpha < p24 * (alpha - thinking)
+    return u24 < p24
 
 
 class ThinkingController:
@@ -92,13 +147,23 @@ class ThinkingController:
     __slots__ = (
         "plan", "phase", "thinking_tokens", "waits_inserted", "forced_end",
         "think_end_at", "answer_at", "n_out", "_queue", "_recent", "_tail", "just_waited",
+        "scheduled_waits", "answer_tokens", "answer_truncated", "intervened", "early_exit",
+        "_queue_is_wait", "_rng", "_p24",
     )
 
-    def __init__(self, plan: ForcingPlan, prompt_ids: list[int]) -> None:
+    def __init__(self, plan: ForcingPlan, prompt_ids: list[int], rng_key: tuple[int, int] = (0, 0)) -> None:
         self.plan = plan
         self.thinking_tokens = 0
         self.waits_inserted = 0
         self.forced_end = False
+        self.scheduled_waits = 0
+        self.answer_tokens = 0  # after the close, a forced answer prefix included, end-of-sequence excluded
+        self.answer_truncated = False
+        self.intervened = False
+        self.early_exit = False
+        self._queue_is_wait = False  # the queue holds the rest of a wait string (not an intervention)
+        self._rng = (rng_key[0] ^ SCHEDULE_SALT, rng_key[1])  # the scheduled-wait stream
+        self._p24 = schedule_p24(plan.wait_probability)
         self.n_out = 0  # completion tokens accepted so far
         self.think_end_at: int | None = None  # completion index where the close delimiter starts
         self.answer_at: int | None = None  # completion index where the answer starts
@@ -114,14 +179,32 @@ class ThinkingController:
     def action(self) -> tuple[Action, int]:
         if self._queue:
             return Action.FORCE, self._queue[0]
-        if self.phase is Phase.THINKING and self.plan.is_active:
+        p = self.plan
+        if self.phase is Phase.THINKING and p.is_active:
             if self.just_waited:
                 return Action.BAN, -1
             if self.guarding:
-                waits = self.plan.waits
-                return Action.GUARD, waits[self.waits_inserted % len(waits)][0]
-            return Action.REDIRECT, self.plan.think_end[0]
+                return Action.GUARD, p.waits[self.waits_inserted % len(p.waits)][0]
+            if p.is_budgeted or self.quenching:
+                return Action.REDIRECT, p.think_end[0]
+        if self.phase is Phase.ANSWERING and p.max_answer is not None and self.answer_tokens >= p.max_answer:
+            return Action.FORCE, p.end_of_answer
         return Action.FREE, -1
+
+    @property
+    def quenching(self) -> bool:
+        """Past the alpha moment of a wait schedule: a wait the model starts becomes the close."""
+        return self.plan.alpha_moment > 0 and self.thinking_tokens >= self.plan.alpha_moment
+
+    @property
+    def redirected(self) -> frozenset[int]:
+        """The tokens whose mass a REDIRECT moves onto the close: EOS (a budget), waits (past alpha)."""
+        out = self.plan.eos if self.plan.is_budgeted else frozenset()
+        return out | self.plan.wait_firsts if self.quenching else out
+
+    def banned_now(self) -> frozenset[int]:
+        """Tokens the model may not sample now: the plan's banned tokens, inside a free thinking."""
+        return self.plan.banned if self.phase is Phase.THINKING and not self._queue else frozenset()
 
     @property
     def guarding(self) -> bool:
@@ -147,15 +230,22 @@ class ThinkingController:
         """
         if self._queue or self.just_waited:
             return 0
+        p = self.plan
         if self.phase is Phase.THINKING:
-            p, left = self.plan, 1 << 62
+            left = 1 << 62
             if self.guarding:
                 left = p.min_thinking - self.thinking_tokens - 1
             if p.max_thinking is not None:
                 left = min(left, p.max_thinking - self.thinking_tokens - 1)
+            if p.intervention and not self.intervened:
+                left = min(left, p.intervention_at - self.thinking_tokens - 1)
+            if p.alpha_moment > 0 and not self.quenching:
+                left = min(left, p.alpha_moment - self.thinking_tokens - 1)
             return max(left, 0)
         if self.phase is Phase.BEFORE:
-            return 1 << 62 if len(self.plan.think_start) == 1 else 0
+            return 1 << 62 if len(p.think_start) == 1 else 0
+        if self.phase is Phase.ANSWERING and p.max_answer is not None:
+            return max(p.max_answer - self.answer_tokens - 1, 0)
         return 1 << 62
 
     def accept_quiet(self) -> None:
@@ -163,10 +253,15 @@ class ThinkingController:
         self.n_out += 1
         if self.phase is Phase.THINKING:
             self.thinking_tokens += 1
+        elif self.phase is Phase.ANSWERING:
+            self.answer_tokens += 1
 
     @property
     def stats(self) -> ForcingStats:
-        return ForcingStats(self.thinking_tokens, self.waits_inserted, self.forced_end)
+        return ForcingStats(
+            self.thinking_tokens, self.waits_inserted, self.forced_end, self.scheduled_waits, self.answer_tokens,
+            self.answer_truncated,
+        )
 
     # -- transitions -----------------------------------------------------------------------
     def accept(self, token: int, replaced: bool = False) -> None:
@@ -177,13 +272,17 @@ class ThinkingController:
             expected = self._queue.popleft()
             if token != expected:
                 raise ForcingError(f"expected forced token {expected}, got {token} at completion index {index}")
-            if self.phase is Phase.THINKING:  # inside a wait string
+            if self.phase is Phase.THINKING:  # inside a wait string or an intervention
                 self.thinking_tokens += 1
-                self.just_waited = not self._queue
+                self.just_waited = not self._queue and self._queue_is_wait
                 self._check_max()
-            elif not self._queue:
-                self.phase = Phase.ANSWERING
-                self.answer_at = self.n_out
+                self._check_intervention()
+            else:
+                if self.forced_end and len(self._queue) < len(self.plan.answer_prefix):
+                    self.answer_tokens += 1  # a token of the forced answer prefix
+                if not self._queue:
+                    self.phase = Phase.ANSWERING
+                    self.answer_at = self.n_out
             return
         if self.phase is Phase.BEFORE:
             self._recent.append(token)
@@ -192,23 +291,73 @@ class ThinkingController:
         elif self.phase is Phase.THINKING and not self.plan.is_active:
             self._observe_thinking(index, token)
         elif self.phase is Phase.THINKING:
+            p = self.plan
             was_just, self.just_waited = self.just_waited, False
-            if was_just and (token == self.plan.think_end[0] or token in self.plan.eos):
+            if was_just and (token == p.think_end[0] or token in p.eos):
                 raise ForcingError(f"a close attempt ({token}) right after a wait string")
             if replaced:
-                wait = self.plan.waits[self.waits_inserted % len(self.plan.waits)]
+                wait = p.waits[self.waits_inserted % len(p.waits)]
                 if token != wait[0]:
                     raise ForcingError(f"a replaced close must emit wait token {wait[0]}, got {token}")
                 self.waits_inserted += 1
                 self.thinking_tokens += 1
                 self._queue.extend(wait[1:])
+                self._queue_is_wait = True
                 self.just_waited = not self._queue
                 self._check_max()
-            elif token == self.plan.think_end[0] or token in self.plan.eos:
-                self._close(index, self.plan.think_end[1:])
+            elif token == p.think_end[0] or (token in p.eos and p.is_budgeted):
+                self._close(index, p.think_end[1:])
+            elif token in p.eos:
+                return  # an unbudgeted row (modes only) ends inside its thinking
             else:
                 self.thinking_tokens += 1
                 self._check_max()
+                if token in p.breaks and self.phase is Phase.THINKING and not self._queue:
+                    self._maybe_schedule(index)
+            self._check_intervention()
+        elif self.phase is Phase.ANSWERING:
+            p = self.plan
+            if p.max_answer is not None and self.answer_tokens >= p.max_answer:
+                if token != p.end_of_answer:
+                    raise ForcingError(f"expected the forced end of the answer {p.end_of_answer}, got {token}")
+                self.answer_truncated = True
+            elif token not in p.eos:
+                self.answer_tokens += 1
+
+    def _maybe_schedule(self, index: int) -> None:
+        """A paragraph break before the alpha moment: a wait string, with the schedule's probability."""
+        p = self.plan
+        if p.alpha_moment <= 0 or not p.waits:
+            return
+        u24 = draw24(self._rng[0], self._rng[1], index)
+        if scheduled_wait(u24, self._p24, self.thinking_tokens, p.alpha_moment, p.wait_decay):
+            wait = p.waits[self.scheduled_waits % len(p.waits)]
+            self.scheduled_waits += 1
+            self._queue.extend(wait)
+            self._queue_is_wait = True
+
+    def _check_intervention(self) -> None:
+        p = self.plan
+        if (
+            p.intervention and not self.intervened and self.phase is Phase.THINKING and not self._queue
+            and self.thinking_tokens >= p.intervention_at
+        ):
+            self.intervened = True
+            self._queue.extend(p.intervention)
+            self._queue_is_wait = False
+
+    def exit_now(self) -> bool:
+        """Close the thinking here (an early exit): the close and answer prefix are forced next.
+
+        False when there is no thinking left to close.
+        """
+        if self.phase is not Phase.THINKING:
+            return False
+        self._queue.clear()
+        self.just_waited = False
+        self.early_exit = self.forced_end = True
+        self._close(self.n_out, self.plan.think_end + self.plan.answer_prefix)
+        return True
 
     def _observe_thinking(self, index: int, token: int) -> None:
         """Without a budget nothing is forced: the close is the whole delimiter, as generated."""
@@ -226,7 +375,9 @@ class ThinkingController:
     def _enter_thinking(self) -> None:
         self.phase = Phase.THINKING
         self._tail.clear()
-        self._check_max()
+        if self.plan.is_active:
+            self._check_max()
+            self._check_intervention()
 
     def _check_max(self) -> None:
         limit = self.plan.max_thinking

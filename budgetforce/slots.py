@@ -34,7 +34,8 @@ from enum import IntEnum
 
 import torch
 
-from budgetforce.controller import Action, ForcingPlan, Phase, ends_inside
+from budgetforce.controller import Action, ForcingPlan, Phase, ends_inside, schedule_p24
+from budgetforce.draws import M32, SCHEDULE_SALT, draw24, mix32
 
 log = logging.getLogger(__name__)
 
@@ -305,32 +306,13 @@ class ForcingSlots:
         _step_torch(self, logits, row_keys, history, row_hist, row_base, row_len, window)
 
 
-# -- the counter-based RNG (identical in torch and Triton) --------------------------------
-M32 = 0xFFFFFFFF
+# -- the counter-based RNG (identical in torch and Triton; see budgetforce.draws) ----------
 SEED_MASK = (1 << 62) - 1  # seeds are taken modulo 2**62 (two 31-bit words)
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2**32 for 0 <= x < 2**32 without int64 overflow."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & M32
-
-
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit avalanche hash (lowbias32) on int64 tensors holding uint32 values."""
-    x = x & M32
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
 
 
 def uniform(klo: torch.Tensor, khi: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """A uniform draw in [0, 1) per (key, position): float32."""
-    x = mix32(khi.long() ^ mix32(position.long() * 2 + 1))
-    x = mix32(x ^ klo.long())
-    return (x >> 8).float() * (1.0 / (1 << 24))
+    return draw24(klo.long(), khi.long(), position.long()).float() * (1.0 / (1 << 24))
 
 
 def key_words(seed: torch.Tensor, digest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
