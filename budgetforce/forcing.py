@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from budgetforce.budget import Budget
+from budgetforce.budget import (  # XARG_FIELDS: a budget's `vllm_xargs` keys, shared with the serving layer
+    EARLY_EXIT_MESSAGE,
+    PROBE_FIELDS,
+    XARG_FIELDS,
+    Budget,
+    BudgetError,
+    xarg_budget_fields,
+)
 from budgetforce.controller import Action, ForcingPlan
 from budgetforce.profile import ProfileError
 from budgetforce.slots import NS, ForcingSlots, S, seed_key
@@ -46,7 +53,6 @@ EXTRA_KEY = "budgetforce"  # SamplingParams.extra_args[EXTRA_KEY] holds a serial
 NONCE_KEY = "budgetforce_nonce"  # set on vllm_xargs budgets at admission: a request's identity
 BOARD_NAME_KEY = "budgetforce_board"  # vllm_xargs a frontend layer may add: its StatsBoard's name
 BOARD_KEY_KEY = "budgetforce_key"  # ... and the row it acquired there (with `NONCE_KEY` as its nonce)
-XARG_FIELDS = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix")
 BOARD_ENV = "BUDGETFORCE_STATS_BOARD"  # the one board name a `vllm_xargs` request may name (set by the server)
 PROFILE_ENV = "BUDGETFORCE_PROFILE"  # a profile name overriding detection for `vllm_xargs` budgets
 # The n choices of one request share its extra_args (one nonce) but get seeds seed+i from vLLM:
@@ -73,6 +79,15 @@ def plan_to_args(plan: ForcingPlan, board: str | None = None, key: int = -1, non
             "min_thinking": plan.min_thinking,
             "max_thinking": plan.max_thinking,
             "max_waits": plan.max_waits,
+            "banned": sorted(plan.banned),
+            "intervention": list(plan.intervention),
+            "intervention_at": plan.intervention_at,
+            "max_answer": plan.max_answer,
+            "alpha_moment": plan.alpha_moment,
+            "wait_probability": plan.wait_probability,
+            "wait_decay": plan.wait_decay,
+            "breaks": sorted(plan.breaks),
+            "answer_end": plan.answer_end,
             "board": board,
             "key": key,
             "nonce": nonce or random.getrandbits(62),
@@ -91,17 +106,26 @@ def plan_from_args(args: dict[str, Any]) -> ForcingPlan:
         min_thinking=a["min_thinking"],
         max_thinking=a["max_thinking"],
         max_waits=a["max_waits"],
+        banned=frozenset(a.get("banned", ())),
+        intervention=tuple(a.get("intervention", ())),
+        intervention_at=int(a.get("intervention_at", 0)),
+        max_answer=a.get("max_answer"),
+        alpha_moment=int(a.get("alpha_moment", 0)),
+        wait_probability=float(a.get("wait_probability", 0.0)),
+        wait_decay=bool(a.get("wait_decay", True)),
+        breaks=frozenset(a.get("breaks", ())),
+        answer_end=int(a.get("answer_end", -1)),
     )
 
 
 def budget_from_xargs(extra_args: dict[str, Any] | None) -> Budget | None:
-    """A `Budget` from a stock `vllm serve` request's `vllm_xargs`, or None when it sets none."""
-    if not extra_args or not any(k in extra_args for k in XARG_FIELDS):
-        return None
-    fields = {k: extra_args[k] for k in XARG_FIELDS if k in extra_args}
-    if isinstance(fields.get("wait_strings"), str):
-        fields["wait_strings"] = [fields["wait_strings"]]
-    return Budget.model_validate(fields)
+    """A `Budget` from a stock `vllm serve` request's `vllm_xargs`, or None when it sets none.
+
+    The fields arrive flat (strings, numbers, lists); a single string where a list belongs is a
+    one-element list (`budgetforce.budget.xarg_budget_fields`).
+    """
+    fields = xarg_budget_fields(extra_args)
+    return Budget.model_validate(fields) if fields else None
 
 
 def _split(n: int) -> tuple[int, int]:
@@ -143,7 +167,9 @@ class Admission:
         """Reject bad `vllm_xargs` budgets before the request runs (HTTP 400 in `vllm serve`).
 
         A valid budget gets a nonce here, in the frontend: the request's identity, which lets
-        a preempted and resumed request find its state again.
+        a preempted and resumed request find its state again. An answer budget without a maximum
+        gets its derived maximum here too (`Budget.with_answer_room`), written back into the args.
+        Early exit (`probe_*`) is refused: it needs budgetforce's own engine loop.
         """
         args = sampling_params.extra_args
         if args and EXTRA_KEY in args:
@@ -152,26 +178,38 @@ class Admission:
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise ValueError(f"`{EXTRA_KEY}` in extra_args is not a budgetforce plan: {e!r}") from None
             return
+        probe = next((k for k in PROBE_FIELDS if args and k in args), None)
+        if probe is not None:
+            raise ValueError(EARLY_EXIT_MESSAGE.format(param=probe))
         try:
             budget = budget_from_xargs(args)
         except ValueError as e:  # pydantic's ValidationError is one, and reads well enough
             raise ValueError(f"invalid budget in vllm_xargs: {e}") from None
         if budget is None:
             return
-        if sampling_params.max_tokens is not None:
-            reserved = cls._reserved_tokens(budget)
-            budget.check_room(sampling_params.max_tokens, reserved=reserved)
         assert args is not None
+        reserved = cls._reserved_tokens(budget)  # raises for strings the tokenizer cannot carry
+        if sampling_params.max_tokens is not None:
+            fitted = budget.with_answer_room(sampling_params.max_tokens, reserved)
+            if fitted.max_thinking_tokens != budget.max_thinking_tokens:
+                args["max_thinking_tokens"] = fitted.max_thinking_tokens  # what the engine's admission reads
+            fitted.check_room(sampling_params.max_tokens, reserved=reserved)
         args.setdefault(NONCE_KEY, random.getrandbits(62))
 
     @classmethod
     def _reserved_tokens(cls, budget: Budget) -> int:
-        """Tokens forced after a maximum (close + answer prefix); the profile's when it is known."""
+        """Tokens forced after a maximum (close + answer prefix); the profile's when it is known.
+
+        Raises `BudgetError` (a `PlanError`) for a budget whose strings the tokenizer cannot carry
+        (too many banned tokens, a long intervention): a 400 rather than a request run unforced.
+        """
         profile = _frontend_profile()
         if profile is None:
             return 1
         try:
             return profile.plan(budget).forced_end_length
+        except BudgetError:
+            raise
         except ProfileError:
             return 1
 
@@ -524,17 +562,48 @@ class StatsBoard:
 
     def waits(self, key: int, nonce: int, token_ids: list[int]) -> int | None:
         """Waits inserted into a finished request's ``token_ids``; None if the board lacks them."""
+        row = self._row(key, nonce, token_ids)
+        if row is None:
+            return None
+        waits = row[S.WAITS]
+        if row[S.SEEN] == len(token_ids) - 1:  # the last token was sampled under the recorded action: settle it
+            if row[S.ACT] == Action.GUARD and row[S.DEC] and token_ids[-1] == row[S.ATOK]:
+                waits += 1
+        return waits
+
+    def scheduled_waits(self, key: int, nonce: int, token_ids: list[int]) -> int | None:
+        """Scheduled waits (a wait schedule's insertions) in a finished request; None if the board lacks them.
+
+        A wait is scheduled when its paragraph break is consumed, so the count is final once the
+        break's successor has been sampled (a break as the very last token schedules nothing seen).
+        """
+        row = self._row(key, nonce, token_ids)
+        return None if row is None else row[S.SCHED]
+
+    def exited(self, key: int, nonce: int) -> bool:
+        """Whether the engine carried out `request_exit` for this request (it closed the thinking)."""
+        row = self.table[key].tolist()
+        return (row[S.NONCE_LO], row[S.NONCE_HI]) == _split(nonce) and bool(row[S.EXITED])
+
+    def request_exit(self, key: int, nonce: int) -> bool:
+        """Ask the engine to close this request's thinking at its next step (an early exit).
+
+        False when the row is not (or no longer) this request's.
+        """
+        row = self.table[key]
+        if (int(row[S.NONCE_LO]), int(row[S.NONCE_HI])) != _split(nonce):
+            return False
+        row[S.EXIT] = 1
+        return True
+
+    def _row(self, key: int, nonce: int, token_ids: list[int]) -> list[int] | None:
+        """The request's row once the engine has consumed all but at most the last token; else None."""
         row = self.table[key].tolist()
         if (row[S.NONCE_LO], row[S.NONCE_HI]) != _split(nonce) or row[S.FAIL]:
             return None
-        waits = row[S.WAITS]
-        seen, n = row[S.SEEN], len(token_ids)
-        if seen == n - 1:  # the last token was sampled under the recorded action: settle it
-            if row[S.ACT] == Action.GUARD and row[S.DEC] and token_ids[-1] == row[S.ATOK]:
-                waits += 1
-        elif seen != n:
+        if row[S.SEEN] not in (len(token_ids), len(token_ids) - 1):
             return None
-        return waits
+        return row
 
     def device_view(self, device: torch.device) -> torch.Tensor | None:
         """The table as the processor writes it: itself on the CPU, a mapped view on CUDA."""

@@ -72,9 +72,22 @@ class F(IntEnum):
     GREEDY = 22
     NONCE_LO = 23
     NONCE_HI = 24
+    BUDG = 25  # an s1 budget (min or max): an end-of-sequence inside the thinking closes it
+    IVAT = 26  # thinking tokens before the intervention is forced
+    IVDONE = 27
+    MAXA = 28  # answer tokens before end-of-sequence is forced (INT32_MAX: no limit)
+    ANS = 29  # answer tokens so far (a forced answer prefix included, EOS excluded)
+    AEND = 30  # the end-of-sequence id forced at MAXA
+    ALPHA = 31  # scheduled waits before this many thinking tokens, waits turn into closes after; 0: off
+    P24 = 32  # scheduled-wait probability in units of 2**-24
+    DECAY = 33  # 1: the probability falls linearly to 0 at ALPHA
+    SCHED = 34  # scheduled waits inserted
+    EXITED = 35  # the frontend's early exit closed the thinking
+    NBAN = 36  # banned tokens in the ban table
+    NBRK = 37  # paragraph-break tokens in the break table
 
 
-NF = 25
+NF = 38
 
 
 class S(IntEnum):
@@ -88,9 +101,13 @@ class S(IntEnum):
     ATOK = 5
     DEC = 6
     FAIL = 7
+    SCHED = 8
+    EXITED = 9
+    EXIT = 10  # written by the frontend: close this request's thinking now (an early exit)
 
 
-NS = 8
+NS = 11
+NS_ENGINE = 10  # the columns the step writes (EXIT belongs to the frontend)
 
 
 @dataclass(frozen=True)
@@ -98,17 +115,25 @@ class Limits:
     """Fixed table shapes; plans beyond them run unforced (`fits` says so up front)."""
 
     max_waits_strings: int = 8
-    max_seq: int = 32  # tokens in one forced sequence (a wait string, close + answer prefix)
+    max_seq: int = 64  # tokens in one forced sequence (a wait string, close + answer prefix, an intervention)
     max_start: int = 8  # think_start tokens
     max_close_attempts: int = 6  # think_end[0] plus EOS ids
+    max_banned: int = 16
+    max_breaks: int = 32
 
     def fits(self, plan: ForcingPlan) -> str | None:
         """Why ``plan`` does not fit these tables, or None."""
         if len(plan.waits) > self.max_waits_strings:
             return f"more than {self.max_waits_strings} wait strings"
-        longest = max([len(w) for w in plan.waits] + [len(plan.think_end) + len(plan.answer_prefix)])
+        longest = max([len(w) for w in plan.waits] + [len(plan.think_end) + len(plan.answer_prefix), len(plan.intervention)])
         if longest > self.max_seq:
             return f"a forced sequence of {longest} tokens (at most {self.max_seq})"
+        if len(plan.banned) > self.max_banned:
+            return f"{len(plan.banned)} banned tokens (at most {self.max_banned})"
+        if len(plan.breaks) > self.max_breaks:
+            return f"{len(plan.breaks)} paragraph-break tokens (at most {self.max_breaks})"
+        if plan.alpha_moment > 0 and not plan.waits:
+            return "scheduled waits without wait strings"
         if len(plan.think_start) > self.max_start:
             return f"a think-start delimiter of {len(plan.think_start)} tokens"
         if 1 + len(plan.eos) > self.max_close_attempts:
@@ -137,11 +162,14 @@ class ForcingSlots:
         w, ls = limits.max_waits_strings, limits.max_seq
         self.src_end = w  # think_end + answer_prefix (a forced end)
         self.src_close = w + 1  # think_end[1:] (a natural close)
+        self.src_ivn = w + 2  # the intervention
         self.state = torch.zeros(capacity, NF, dtype=torch.int32, device=device)
-        self.seq = torch.zeros(capacity, w + 2, ls, dtype=torch.int32, device=device)
-        self.seq_len = torch.zeros(capacity, w + 2, dtype=torch.int32, device=device)
+        self.seq = torch.zeros(capacity, w + 3, ls, dtype=torch.int32, device=device)
+        self.seq_len = torch.zeros(capacity, w + 3, dtype=torch.int32, device=device)
         self.start = torch.full((capacity, limits.max_start), -1, dtype=torch.int32, device=device)
         self.close = torch.full((capacity, limits.max_close_attempts), -1, dtype=torch.int32, device=device)
+        self.ban = torch.full((capacity, limits.max_banned), -1, dtype=torch.int32, device=device)
+        self.brk = torch.full((capacity, limits.max_breaks), -1, dtype=torch.int32, device=device)
         self.temp = torch.ones(capacity, dtype=torch.float32, device=device)
         self.stats = stats
         self._staged: dict[int, tuple] = {}
@@ -179,21 +207,36 @@ class ForcingSlots:
         row[F.NCA] = 1 + len(plan.eos)
         row[F.GREEDY] = int(temperature < GREEDY_EPS)
         row[F.NONCE_LO], row[F.NONCE_HI] = nonce
+        row[F.BUDG] = int(plan.is_budgeted)
+        row[F.IVAT] = plan.intervention_at
+        row[F.MAXA] = INT32_MAX if plan.max_answer is None else plan.max_answer
+        row[F.AEND] = plan.end_of_answer
+        row[F.ALPHA] = plan.alpha_moment
+        row[F.P24] = schedule_p24(plan.wait_probability)
+        row[F.DECAY] = int(plan.wait_decay)
+        row[F.NBAN], row[F.NBRK] = len(plan.banned), len(plan.breaks)
         if inside and plan.max_thinking == 0:  # a zero budget closes before the first token
             row[F.QSRC], row[F.FORCED], row[F.PHASE] = self.src_end, 1, int(Phase.CLOSING)
-        w, ls = self.limits.max_waits_strings, self.limits.max_seq
-        seq = [[0] * ls for _ in range(w + 2)]
-        seq_len = [0] * (w + 2)
+        elif inside and plan.intervention and plan.intervention_at == 0:  # the thinking opens with it
+            row[F.QSRC], row[F.IVDONE] = self.src_ivn, 1
+        lim = self.limits
+        w, ls = lim.max_waits_strings, lim.max_seq
+        seq = [[0] * ls for _ in range(w + 3)]
+        seq_len = [0] * (w + 3)
         for i, ids in enumerate(plan.waits):
             seq[i][: len(ids)], seq_len[i] = list(ids), len(ids)
         end = list(plan.think_end) + list(plan.answer_prefix)
         seq[self.src_end][: len(end)], seq_len[self.src_end] = end, len(end)
         rest = list(plan.think_end[1:])
         seq[self.src_close][: len(rest)], seq_len[self.src_close] = rest, len(rest)
-        start = list(plan.think_start) + [-1] * (self.limits.max_start - len(plan.think_start))
+        ivn = list(plan.intervention)
+        seq[self.src_ivn][: len(ivn)], seq_len[self.src_ivn] = ivn, len(ivn)
+        start = list(plan.think_start) + [-1] * (lim.max_start - len(plan.think_start))
         close = [plan.think_end[0], *sorted(plan.eos)]
-        close += [-1] * (self.limits.max_close_attempts - len(close))
-        self._staged[key] = (row, seq, seq_len, start, close, max(temperature, GREEDY_EPS))
+        close += [-1] * (lim.max_close_attempts - len(close))
+        ban = sorted(plan.banned) + [-1] * (lim.max_banned - len(plan.banned))
+        brk = sorted(plan.breaks) + [-1] * (lim.max_breaks - len(plan.breaks))
+        self._staged[key] = (row, seq, seq_len, start, close, ban, brk, max(temperature, GREEDY_EPS))
         return True
 
     def disable(self, key: int) -> None:
@@ -206,7 +249,7 @@ class ForcingSlots:
         if not self._staged:
             return
         keys = list(self._staged)
-        rows, seq, seq_len, start, close, temp = zip(*self._staged.values())
+        rows, seq, seq_len, start, close, ban, brk, temp = zip(*self._staged.values())
         self._staged.clear()
         pin = self.device.type == "cuda"
 
@@ -220,6 +263,8 @@ class ForcingSlots:
         put(self.seq_len, seq_len, torch.int32)
         put(self.start, start, torch.int32)
         put(self.close, close, torch.int32)
+        put(self.ban, ban, torch.int32)
+        put(self.brk, brk, torch.int32)
         put(self.temp, temp, torch.float32)
         if self.stats is not None:
             init = torch.zeros(len(keys), NS, dtype=torch.int32)
@@ -267,7 +312,10 @@ class ForcingSlots:
         klo, khi = key_words(seed, digest)
         st[:, F.KLO], st[:, F.KHI] = klo.int(), khi.int()
         zero_max = inside & (st[:, F.MAXT] == 0)
+        opens_ivn = inside & ~zero_max & (self.seq_len[keys, self.src_ivn] > 0) & (st[:, F.IVAT] == 0)
         st[:, F.PHASE] = torch.where(inside, int(Phase.THINKING), st[:, F.PHASE])
+        st[:, F.QSRC] = torch.where(opens_ivn, self.src_ivn, st[:, F.QSRC])
+        st[:, F.IVDONE] = torch.where(opens_ivn, 1, st[:, F.IVDONE])
         st[:, F.QSRC] = torch.where(zero_max, self.src_end, st[:, F.QSRC])
         st[:, F.FORCED] = torch.where(zero_max, 1, st[:, F.FORCED])
         st[:, F.PHASE] = torch.where(zero_max, int(Phase.CLOSING), st[:, F.PHASE])
@@ -363,8 +411,7 @@ def _step_torch(
         return
     keys = row_keys[rows].long()
     st = slots.state[keys]  # [R, NF] (a copy; written back at the end)
-    seq, seq_len = slots.seq[keys], slots.seq_len[keys]
-    start, close = slots.start[keys], slots.close[keys]
+    t = _Tables(slots, keys)
     hist_rows = row_hist[rows].long()
     if window is None:
         n_new = (row_len[rows] - st[:, F.SEEN]).clamp(min=0)
@@ -372,27 +419,35 @@ def _step_torch(
     else:
         n_new = row_len[rows].int()
     steps = int(n_new.max()) if n_new.numel() else 0
-    ar = torch.arange(len(rows))
     for j in range(steps):
         live = (j < n_new) & (st[:, F.ON] == 1)
         col = j if window is not None else (base + st[:, F.SEEN]).clamp(max=history.shape[1] - 1)
         tok = history[hist_rows, col].int()
-        _consume(slots, st, live, tok, seq, seq_len, start, close, ar)
-    _decide(st, logits, rows, seq, close, slots.temp[keys], ar)
+        _consume(slots, st, live, tok, t)
+    exit_flag = slots.stats[keys.to(slots.stats.device), S.EXIT].to(st.device) if slots.stats is not None else None
+    _decide(slots, st, logits, rows, t, slots.temp[keys], exit_flag)
     slots.state[keys] = st
     if slots.stats is not None:
         out = torch.stack(
             [st[:, F.NONCE_LO], st[:, F.NONCE_HI], st[:, F.SEEN], st[:, F.WAITS], st[:, F.ACT], st[:, F.ATOK],
-             st[:, F.DEC], st[:, F.FAIL]], dim=1,
+             st[:, F.DEC], st[:, F.FAIL], st[:, F.SCHED], st[:, F.EXITED]], dim=1,
         )
-        slots.stats[keys] = out.to(slots.stats.device)
+        slots.stats[keys.to(slots.stats.device), :NS_ENGINE] = out.to(slots.stats.device)
 
 
-def _consume(
-    slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, tok: torch.Tensor, seq: torch.Tensor,
-    seq_len: torch.Tensor, start: torch.Tensor, close: torch.Tensor, ar: torch.Tensor,
-) -> None:
+class _Tables:
+    """The per-key tables of the rows in this step (gathered once)."""
+
+    def __init__(self, slots: ForcingSlots, keys: torch.Tensor) -> None:
+        self.seq, self.seq_len = slots.seq[keys], slots.seq_len[keys]
+        self.start, self.close = slots.start[keys], slots.close[keys]
+        self.ban, self.brk = slots.ban[keys], slots.brk[keys]
+        self.ar = torch.arange(len(keys))
+
+
+def _consume(slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, tok: torch.Tensor, t: _Tables) -> None:
     """One committed token per live row: the controller's `accept`, vectorised."""
+    seq, seq_len, start, close, ar = t.seq, t.seq_len, t.start, t.close, t.ar
     phase = st[:, F.PHASE].clone()  # the phase each token arrived in (the writes below must not leak)
     qsrc = st[:, F.QSRC]
     forcing = live & (qsrc >= 0)
@@ -404,12 +459,16 @@ def _consume(
     in_think = phase == Phase.THINKING
     new_qpos = st[:, F.QPOS] + 1
     done = new_qpos >= seq_len[ar, q]
-    # inside a wait string (thinking) or the close (closing)
+    is_wait_src = q < slots.src_end
+    # inside a wait string or an intervention (thinking), or the close and answer prefix (closing)
     think_add = ok_force & in_think
+    telen = seq_len[:, slots.src_close] + 1
+    prefix_tok = ok_force & ~in_think & (q == slots.src_end) & (st[:, F.QPOS] >= telen)
+    st[:, F.ANS] += prefix_tok.int()
     st[:, F.THINK] += think_add.int()
     st[:, F.QPOS] = torch.where(ok_force, new_qpos, st[:, F.QPOS])
     st[:, F.QSRC] = torch.where(ok_force & done, -1, st[:, F.QSRC])
-    st[:, F.JUST] = torch.where(think_add, done.int(), st[:, F.JUST])
+    st[:, F.JUST] = torch.where(think_add, (done & is_wait_src).int(), st[:, F.JUST])
     st[:, F.PHASE] = torch.where(ok_force & ~in_think & done, int(Phase.ANSWERING), st[:, F.PHASE])
     # phase BEFORE: match the think-start delimiter
     before = live & ~forcing & (phase == Phase.BEFORE)
@@ -421,10 +480,12 @@ def _consume(
     # phase THINKING, free tokens
     thinking = live & ~forcing & (phase == Phase.THINKING)
     is_close = (close == tok[:, None]) & (close >= 0)
-    close_attempt = is_close.any(1)
+    is_eos = is_close[:, 1:].any(1)
+    budg = st[:, F.BUDG] == 1
+    close_attempt = is_close[:, 0] | (is_eos & budg)
     replaced = thinking & (st[:, F.ACT] == Action.GUARD) & (st[:, F.DEC] == 1) & (tok == st[:, F.ATOK])
     # a close right after a wait string was banned; if it still came (a user's bias), no forcing
-    bad = bad | (thinking & (st[:, F.JUST] == 1) & close_attempt & ~replaced)
+    bad = bad | (thinking & (st[:, F.JUST] == 1) & is_close.any(1) & ~replaced)
     st[:, F.JUST] = torch.where(thinking, 0, st[:, F.JUST])
     wi = (st[:, F.WAITS] % st[:, F.NWAIT]).long()
     wlen = seq_len[ar, wi]
@@ -440,9 +501,9 @@ def _consume(
     st[:, F.PHASE] = torch.where(
         closing, torch.where(has_rest, int(Phase.CLOSING), int(Phase.ANSWERING)), st[:, F.PHASE]
     )
-    plain = thinking & ~replaced & ~close_attempt
+    plain = thinking & ~replaced & ~close_attempt & ~is_eos  # an unbudgeted row's EOS counts nothing
     st[:, F.THINK] += plain.int()
-    # the maximum: inside the thinking (free token, replaced close, or a wait string's token)
+    # the maximum: inside the thinking (free token, replaced close, or a forced token)
     counted = (plain | replaced | think_add | opened) & ~bad  # a thinking opened at a zero maximum closes
     at_max = counted & (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.THINK] >= st[:, F.MAXT])
     st[:, F.QSRC] = torch.where(at_max, slots.src_end, st[:, F.QSRC])
@@ -450,6 +511,28 @@ def _consume(
     st[:, F.FORCED] = torch.where(at_max, 1, st[:, F.FORCED])
     st[:, F.JUST] = torch.where(at_max, 0, st[:, F.JUST])
     st[:, F.PHASE] = torch.where(at_max, int(Phase.CLOSING), st[:, F.PHASE])
+    # scheduled waits: a paragraph break before the alpha moment, with the schedule's probability
+    free_now = (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.QSRC] < 0)
+    alpha, think = st[:, F.ALPHA].long(), st[:, F.THINK].long()
+    is_break = ((t.brk == tok[:, None]) & (t.brk >= 0)).any(1)
+    u24 = draw24(st[:, F.KLO].long() ^ SCHEDULE_SALT, st[:, F.KHI].long(), st[:, F.SEEN].long())
+    p24 = st[:, F.P24].long()
+    hit = torch.where(st[:, F.DECAY] == 1, u24 * alpha < p24 * (alpha - think), u24 < p24)
+    sched = plain & ~bad & free_now & (alpha > 0) & is_break & (think < alpha) & hit
+    st[:, F.QSRC] = torch.where(sched, (st[:, F.SCHED] % st[:, F.NWAIT]), st[:, F.QSRC])
+    st[:, F.QPOS] = torch.where(sched, 0, st[:, F.QPOS])
+    st[:, F.SCHED] += sched.int()
+    # the intervention, once the thinking holds its number of tokens and nothing else is forced
+    ivn = (
+        live & ~bad & (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.QSRC] < 0) & (st[:, F.IVDONE] == 0)
+        & (seq_len[:, slots.src_ivn] > 0) & (st[:, F.THINK] >= st[:, F.IVAT])
+    )
+    st[:, F.QSRC] = torch.where(ivn, slots.src_ivn, st[:, F.QSRC])
+    st[:, F.QPOS] = torch.where(ivn, 0, st[:, F.QPOS])
+    st[:, F.IVDONE] = torch.where(ivn, 1, st[:, F.IVDONE])
+    # the answer: free tokens after the close, end-of-sequence excluded
+    answering = live & ~forcing & (phase == Phase.ANSWERING) & ~is_eos
+    st[:, F.ANS] += answering.int()
     # a row whose forced token did not come out runs on unforced
     st[:, F.ON] = torch.where(bad, 0, st[:, F.ON])
     st[:, F.FAIL] = torch.where(bad, 1, st[:, F.FAIL])
@@ -457,18 +540,32 @@ def _consume(
 
 
 def _decide(
-    st: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, seq: torch.Tensor, close: torch.Tensor,
-    t: torch.Tensor, ar: torch.Tensor,
+    slots: ForcingSlots, st: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, t: _Tables, temp: torch.Tensor,
+    exit_flag: torch.Tensor | None,
 ) -> None:
     """The controller's `action()` per row, applied to the logits with a few column writes."""
+    seq, close, ar = t.seq, t.close, t.ar
     on = st[:, F.ON] == 1
+    if exit_flag is not None:  # the frontend's early exit: the close and answer prefix are forced now
+        leave = on & (exit_flag == 1) & (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.EXITED] == 0)
+        st[:, F.QSRC] = torch.where(leave, slots.src_end, st[:, F.QSRC])
+        st[:, F.QPOS] = torch.where(leave, 0, st[:, F.QPOS])
+        st[:, F.FORCED] = torch.where(leave, 1, st[:, F.FORCED])
+        st[:, F.EXITED] = torch.where(leave, 1, st[:, F.EXITED])
+        st[:, F.JUST] = torch.where(leave, 0, st[:, F.JUST])
+        st[:, F.PHASE] = torch.where(leave, int(Phase.CLOSING), st[:, F.PHASE])
     qsrc = st[:, F.QSRC]
     force = on & (qsrc >= 0)
     thinking = on & ~force & (st[:, F.PHASE] == Phase.THINKING)
+    budg = st[:, F.BUDG] == 1
+    quench = (st[:, F.ALPHA] > 0) & (st[:, F.THINK] >= st[:, F.ALPHA])
     ban = thinking & (st[:, F.JUST] == 1)
     guard = thinking & ~ban & (st[:, F.THINK] < st[:, F.MIN]) & (st[:, F.WAITS] < st[:, F.MAXW])
-    redirect = thinking & ~ban & ~guard
+    redirect = thinking & ~ban & ~guard & (budg | quench)
+    stop = on & ~force & (st[:, F.PHASE] == Phase.ANSWERING) & (st[:, F.ANS] >= st[:, F.MAXA])
+    force = force | stop
     forced_tok = seq[ar, qsrc.clamp(min=0).long(), st[:, F.QPOS].long().clamp(max=seq.shape[2] - 1)]
+    forced_tok = torch.where(stop, st[:, F.AEND], forced_tok)
     wait_tok = seq[ar, (st[:, F.WAITS] % st[:, F.NWAIT]).long(), 0]
     target = torch.where(force, forced_tok, torch.where(guard, wait_tok, close[:, 0]))
     act = torch.full_like(qsrc, int(Action.FREE))
@@ -479,10 +576,24 @@ def _decide(
     st[:, F.ACT] = act
     st[:, F.ATOK] = torch.where(force | guard | redirect, target, -1)
     st[:, F.DEC] = 0
-    # sources: all close attempts (GUARD, BAN) or end-of-sequence only (REDIRECT: skip column 0)
-    cols = close.long()
+    # NoWait: banned tokens inside a free thinking (before any mass is moved, so none moves onto them)
+    banning = thinking[:, None] & (t.ban >= 0)
+    if bool(banning.any()):
+        logits[rows[:, None].expand_as(t.ban)[banning], t.ban.long()[banning]] = float("-inf")
+    # sources: all close attempts (GUARD, BAN), or for REDIRECT end-of-sequence (a budget) and the
+    # wait strings' first tokens (past the alpha moment)
+    nw = seq.shape[1] - 3
+    wait_first = seq[:, :nw, 0]
+    wait_ok = torch.arange(nw)[None, :] < st[:, F.NWAIT][:, None]
+    cols = torch.cat([close, torch.where(wait_ok, wait_first, -1)], 1).long()
     valid = cols >= 0
+    nca = close.shape[1]
     valid[:, 0] &= ~redirect
+    valid[:, 1:nca] &= ~(redirect & ~budg)[:, None]
+    valid[:, nca:] &= (redirect & quench)[:, None]
+    # a token listed twice (a wait string repeated in the rotation) is one source
+    earlier = torch.ones(cols.shape[1], cols.shape[1], dtype=torch.bool).tril(-1)
+    valid &= ~((cols[:, :, None] == cols[:, None, :]) & earlier & valid[:, None, :]).any(2)
     moving = guard | redirect | ban
     sel = moving[:, None] & valid
     if bool(sel.any()):
@@ -492,13 +603,11 @@ def _decide(
         tcol = target.long().clamp(min=0)
         tgt = logits[rows, tcol]
         greedy = st[:, F.GREEDY] == 1
-        lt = tgt / t
-        ls = src / t[:, None]
+        lt = tgt / temp
+        ls = src / temp[:, None]
         both = torch.logsumexp(torch.cat([lt[:, None], ls], 1), 1)
-        merged = torch.where(greedy, torch.maximum(tgt, src.amax(1)), both * t)
-        share = torch.where(
-            greedy, (src.amax(1) > tgt).float(), 1.0 - torch.exp(lt - both)
-        )
+        merged = torch.where(greedy, torch.maximum(tgt, src.amax(1)), both * temp)
+        share = torch.where(greedy, (src.amax(1) > tgt).float(), 1.0 - torch.exp(lt - both))
         share = torch.nan_to_num(share, nan=0.0)
         u = uniform(st[:, F.KLO], st[:, F.KHI], st[:, F.SEEN])
         st[:, F.DEC] = torch.where(guard, (u < share).int(), 0)
@@ -509,4 +618,3 @@ def _decide(
         logits[rows[mv], tcol[mv]] = merged[mv]
     if bool(force.any()):
         logits[rows[force], forced_tok[force].long()] = FORCE_LOGIT
-

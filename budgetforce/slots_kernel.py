@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from budgetforce.controller import Action, Phase
+from budgetforce.draws import SCHEDULE_SALT
 from budgetforce.slots import FORCE_LOGIT, NF, NS, F, ForcingSlots
 
 _FREE, _FORCE, _GUARD, _REDIRECT, _BAN = (int(a) for a in (Action.FREE, Action.FORCE, Action.GUARD, Action.REDIRECT, Action.BAN))
@@ -29,13 +30,21 @@ def _mix32(x):
 
 
 @triton.jit
+def _u24(klo, khi, pos):
+    x = _mix32(khi.to(tl.uint32) ^ _mix32((pos * 2 + 1).to(tl.uint32)))
+    x = _mix32(x ^ klo.to(tl.uint32))
+    return x >> 8
+
+
+@triton.jit
 def _step_kernel(
     logits_ptr, logits_stride,
     row_keys_ptr, hist_ptr, hist_stride, row_hist_ptr, row_base_ptr, row_len_ptr,
-    state_ptr, seq_ptr, seq_len_ptr, start_ptr, close_ptr, temp_ptr, stats_ptr,
+    state_ptr, seq_ptr, seq_len_ptr, start_ptr, close_ptr, ban_ptr, brk_ptr, temp_ptr, stats_ptr,
     NF_: tl.constexpr, NSRC: tl.constexpr, LS: tl.constexpr, LTS: tl.constexpr, LCA: tl.constexpr,
-    SRC_END: tl.constexpr, SRC_CLOSE: tl.constexpr, NS_: tl.constexpr, HAS_STATS: tl.constexpr,
-    WINDOW: tl.constexpr, FORCE_VALUE: tl.constexpr,
+    LB: tl.constexpr, LBR: tl.constexpr, NW: tl.constexpr,
+    SRC_END: tl.constexpr, SRC_CLOSE: tl.constexpr, SRC_IVN: tl.constexpr, NS_: tl.constexpr,
+    HAS_STATS: tl.constexpr, WINDOW: tl.constexpr, FORCE_VALUE: tl.constexpr, SALT: tl.constexpr,
     FREE: tl.constexpr, FORCE: tl.constexpr, GUARD: tl.constexpr, REDIRECT: tl.constexpr, BAN: tl.constexpr,
     BEFORE: tl.constexpr, THINKING: tl.constexpr, CLOSING: tl.constexpr, ANSWERING: tl.constexpr,
 ):
@@ -65,11 +74,23 @@ def _step_kernel(
         fail = tl.load(sp + 19)
         tslen = tl.load(sp + 20)
         greedy = tl.load(sp + 22)
+        budg = tl.load(sp + 25)
+        ivat = tl.load(sp + 26)
+        ivdone = tl.load(sp + 27)
+        maxa = tl.load(sp + 28)
+        ans = tl.load(sp + 29)
+        aend = tl.load(sp + 30)
+        alpha = tl.load(sp + 31)
+        p24 = tl.load(sp + 32)
+        decay = tl.load(sp + 33)
+        sched = tl.load(sp + 34)
+        exited = tl.load(sp + 35)
         seqp = seq_ptr + key * NSRC * LS
         lenp = seq_len_ptr + key * NSRC
         cap = close_ptr + key * LCA
         te0 = tl.load(cap)
         close_rest = tl.load(lenp + SRC_CLOSE)
+        ivn_len = tl.load(lenp + SRC_IVN)
 
         # 1. consume the committed tokens this row has not seen
         hrow = tl.load(row_hist_ptr + r).to(tl.int64)
@@ -82,19 +103,26 @@ def _step_kernel(
         for _j in range(0, n_new):
             if on == 1:
                 tok = tl.load(hist_ptr + hrow * hist_stride + base + seen).to(tl.int32)
+                is_eos = 0
+                for c in tl.static_range(1, LCA):
+                    v = tl.load(cap + c)
+                    is_eos = is_eos | ((v == tok) & (v >= 0)).to(tl.int32)
                 bad = 0
                 counted = 0
+                plain = 0
                 if qsrc >= 0:
                     expected = tl.load(seqp + qsrc * LS + tl.minimum(qpos, LS - 1))
                     if tok != expected:
                         bad = 1
                     else:
+                        if (phase != THINKING) & (qsrc == SRC_END) & (qpos >= close_rest + 1):
+                            ans += 1  # a token of the forced answer prefix
                         qpos += 1
                         done = qpos >= tl.load(lenp + qsrc)
                         if phase == THINKING:
                             think += 1
                             counted = 1
-                            just = done.to(tl.int32)
+                            just = (done & (qsrc < SRC_END)).to(tl.int32)
                         else:
                             if done:
                                 phase = ANSWERING
@@ -109,12 +137,10 @@ def _step_kernel(
                         phase = THINKING
                         counted = 1
                 elif phase == THINKING:
-                    is_close = 0
-                    for c in tl.static_range(LCA):
-                        v = tl.load(cap + c)
-                        is_close = is_close | ((v == tok) & (v >= 0)).to(tl.int32)
+                    is_close0 = (tok == te0).to(tl.int32)
+                    close_attempt = is_close0 | (is_eos & budg)
                     replaced = (act == GUARD) & (dec == 1) & (tok == atok)
-                    if (just == 1) & (is_close == 1) & (replaced == 0):
+                    if (just == 1) & ((is_close0 | is_eos) == 1) & (replaced == 0):
                         bad = 1
                     just = 0
                     if bad == 0:
@@ -129,22 +155,44 @@ def _step_kernel(
                                 qsrc = wi
                             else:
                                 just = 1
-                        elif is_close == 1:
+                        elif close_attempt == 1:
                             qpos = 0
                             if close_rest > 0:
                                 qsrc = SRC_CLOSE
                                 phase = CLOSING
                             else:
                                 phase = ANSWERING
-                        else:
+                        elif is_eos == 0:
                             think += 1
                             counted = 1
+                            plain = 1
+                elif phase == ANSWERING:
+                    if is_eos == 0:
+                        ans += 1
                 if (counted == 1) & (bad == 0) & (phase == THINKING) & (think >= max_t):
                     qsrc = SRC_END
                     qpos = 0
                     forced = 1
                     just = 0
                     phase = CLOSING
+                if (plain == 1) & (phase == THINKING) & (qsrc < 0) & (alpha > 0) & (think < alpha):
+                    is_break = 0
+                    for c in tl.static_range(LBR):
+                        v = tl.load(brk_ptr + key * LBR + c)
+                        is_break = is_break | ((v == tok) & (v >= 0)).to(tl.int32)
+                    if is_break == 1:
+                        u24 = _u24(klo ^ SALT, khi, seen).to(tl.int64)
+                        hit = u24 < p24.to(tl.int64)
+                        if decay == 1:
+                            hit = u24 * alpha.to(tl.int64) < p24.to(tl.int64) * (alpha - think).to(tl.int64)
+                        if hit:
+                            qsrc = sched % nwait
+                            qpos = 0
+                            sched += 1
+                if (bad == 0) & (phase == THINKING) & (qsrc < 0) & (ivdone == 0) & (ivn_len > 0) & (think >= ivat):
+                    qsrc = SRC_IVN
+                    qpos = 0
+                    ivdone = 1
                 if bad == 1:
                     on = 0
                     fail = 1
@@ -157,53 +205,83 @@ def _step_kernel(
         atok = -1
         dec = 0
         if on == 1:
+            if HAS_STATS:
+                if (tl.load(stats_ptr + key * NS_ + 10) == 1) & (phase == THINKING) & (exited == 0):
+                    qsrc = SRC_END  # the frontend's early exit
+                    qpos = 0
+                    forced = 1
+                    exited = 1
+                    just = 0
+                    phase = CLOSING
             if qsrc >= 0:
                 act = FORCE
                 atok = tl.load(seqp + qsrc * LS + tl.minimum(qpos, LS - 1))
                 tl.store(lrow + atok, FORCE_VALUE)
+            elif (phase == ANSWERING) & (ans >= maxa):
+                act = FORCE
+                atok = aend
+                tl.store(lrow + atok, FORCE_VALUE)
             elif phase == THINKING:
+                for c in tl.static_range(LB):  # NoWait: banned tokens inside a free thinking
+                    v = tl.load(ban_ptr + key * LB + c)
+                    if v >= 0:
+                        tl.store(lrow + v, -float("inf"))
+                quench = (alpha > 0) & (think >= alpha)
+                moving = 1
                 if just == 1:
                     act = BAN
                 elif (think < min_t) & (waits < max_w):
                     act = GUARD
                     atok = tl.load(seqp + (waits % nwait) * LS)
-                else:
+                elif (budg == 1) | quench:
                     act = REDIRECT
                     atok = te0
-                t = tl.load(temp_ptr + key)
-                tgt = tl.load(lrow + tl.maximum(atok, 0))
-                m = tgt / t
-                smax = -float("inf")
-                for c in tl.static_range(LCA):
-                    v = tl.load(cap + c)
-                    use = (v >= 0) & ((c > 0) | (act != REDIRECT))
-                    if use:
-                        lv = tl.load(lrow + v)
-                        smax = tl.maximum(smax, lv)
-                        m = tl.maximum(m, lv / t)
-                total = tl.exp(tgt / t - m)
-                for c in tl.static_range(LCA):
-                    v = tl.load(cap + c)
-                    use = (v >= 0) & ((c > 0) | (act != REDIRECT))
-                    if use:
-                        total += tl.exp(tl.load(lrow + v) / t - m)
-                        tl.store(lrow + v, -float("inf"))
-                both = m + tl.log(total)
-                if act != BAN:
-                    if greedy == 1:
-                        tl.store(lrow + atok, tl.maximum(tgt, smax))
-                    else:
-                        tl.store(lrow + atok, both * t)
-                if act == GUARD:
-                    share = 1.0 - tl.exp(tgt / t - both)
-                    if greedy == 1:
-                        share = (smax > tgt).to(tl.float32)
-                    x = _mix32(khi.to(tl.uint32) ^ _mix32((seen * 2 + 1).to(tl.uint32)))
-                    x = _mix32(x ^ klo.to(tl.uint32))
-                    u = (x >> 8).to(tl.float32) * (1.0 / 16777216.0)
-                    dec = (u < share).to(tl.int32)
-                if act == REDIRECT:
-                    atok = te0
+                else:
+                    moving = 0
+                if moving == 1:
+                    t = tl.load(temp_ptr + key)
+                    tgt = tl.load(lrow + tl.maximum(atok, 0))
+                    m = tgt / t
+                    smax = -float("inf")
+                    for c in tl.static_range(LCA):
+                        v = tl.load(cap + c)
+                        use = (v >= 0) & (((c > 0) & (budg == 1)) | (act != REDIRECT))
+                        if use:
+                            lv = tl.load(lrow + v)
+                            smax = tl.maximum(smax, lv)
+                            m = tl.maximum(m, lv / t)
+                    for c in tl.static_range(NW):
+                        v = tl.load(seqp + c * LS)
+                        if (c < nwait) & (act == REDIRECT) & quench:
+                            lv = tl.load(lrow + v)
+                            smax = tl.maximum(smax, lv)
+                            m = tl.maximum(m, lv / t)
+                    total = tl.exp(tgt / t - m)
+                    for c in tl.static_range(LCA):
+                        v = tl.load(cap + c)
+                        use = (v >= 0) & (((c > 0) & (budg == 1)) | (act != REDIRECT))
+                        if use:
+                            total += tl.exp(tl.load(lrow + v) / t - m)
+                            tl.store(lrow + v, -float("inf"))
+                    for c in tl.static_range(NW):
+                        v = tl.load(seqp + c * LS)
+                        if (c < nwait) & (act == REDIRECT) & quench:
+                            lv = tl.load(lrow + v)
+                            if lv > -float("inf"):  # a wait string repeated in the rotation counts once
+                                total += tl.exp(lv / t - m)
+                            tl.store(lrow + v, -float("inf"))
+                    both = m + tl.log(total)
+                    if act != BAN:
+                        if greedy == 1:
+                            tl.store(lrow + atok, tl.maximum(tgt, smax))
+                        else:
+                            tl.store(lrow + atok, both * t)
+                    if act == GUARD:
+                        share = 1.0 - tl.exp(tgt / t - both)
+                        if greedy == 1:
+                            share = (smax > tgt).to(tl.float32)
+                        u = _u24(klo, khi, seen).to(tl.float32) * (1.0 / 16777216.0)
+                        dec = (u < share).to(tl.int32)
         tl.store(sp + 0, on)
         tl.store(sp + 1, phase)
         tl.store(sp + 2, think)
@@ -218,6 +296,10 @@ def _step_kernel(
         tl.store(sp + 14, seen)
         tl.store(sp + 15, forced)
         tl.store(sp + 19, fail)
+        tl.store(sp + 27, ivdone)
+        tl.store(sp + 29, ans)
+        tl.store(sp + 34, sched)
+        tl.store(sp + 35, exited)
         if HAS_STATS:
             stp = stats_ptr + key * NS_
             tl.store(stp + 0, tl.load(sp + 23))
@@ -228,6 +310,8 @@ def _step_kernel(
             tl.store(stp + 5, atok)
             tl.store(stp + 6, dec)
             tl.store(stp + 7, fail)
+            tl.store(stp + 8, sched)
+            tl.store(stp + 9, exited)
 
 
 def step_cuda(
@@ -248,10 +332,11 @@ def step_cuda(
     _step_kernel[(b,)](
         logits, logits.stride(0),
         row_keys, history, history.stride(0), row_hist, row_base, row_len,
-        slots.state, slots.seq, slots.seq_len, slots.start, slots.close, slots.temp, stats,
+        slots.state, slots.seq, slots.seq_len, slots.start, slots.close, slots.ban, slots.brk, slots.temp, stats,
         NF_=NF, NSRC=slots.seq.shape[1], LS=slots.seq.shape[2], LTS=slots.start.shape[1], LCA=slots.close.shape[1],
-        SRC_END=slots.src_end, SRC_CLOSE=slots.src_close, NS_=NS, HAS_STATS=slots.stats is not None,
-        WINDOW=window, FORCE_VALUE=FORCE_LOGIT,
+        LB=slots.ban.shape[1], LBR=slots.brk.shape[1], NW=slots.seq.shape[1] - 3,
+        SRC_END=slots.src_end, SRC_CLOSE=slots.src_close, SRC_IVN=slots.src_ivn, NS_=NS,
+        HAS_STATS=slots.stats is not None, WINDOW=window, FORCE_VALUE=FORCE_LOGIT, SALT=SCHEDULE_SALT,
         FREE=_FREE, FORCE=_FORCE, GUARD=_GUARD, REDIRECT=_REDIRECT, BAN=_BAN,
         BEFORE=_BEFORE, THINKING=_THINKING, CLOSING=_CLOSING, ANSWERING=_ANSWERING,
         num_warps=1,

@@ -35,14 +35,102 @@ def reference_token(ctl: ThinkingController, raw: torch.Tensor) -> tuple[int, bo
     if kind == Action.FORCE:
         return token, False
     logits = raw.clone()
+    banned = ctl.banned_now()
+    if banned:
+        logits[list(banned)] = -math.inf
     if kind == Action.BAN:
         logits[list(ctl.plan.close_attempts)] = -math.inf
     choice = int(logits.argmax())
     if kind == Action.GUARD and choice in ctl.plan.close_attempts:
         return token, True
-    if kind == Action.REDIRECT and choice in ctl.plan.eos:
+    if kind == Action.REDIRECT and choice in ctl.redirected:
         return ctl.plan.think_end[0], False
     return choice, False
+
+
+BREAK, IV1, IV2 = 14, 16, 17
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    specs=st.lists(
+        st.tuples(
+            st.sampled_from(["r1", "s1", "none"]),
+            st.one_of(st.just(0), st.integers(0, 30)), st.one_of(st.none(), st.integers(0, 40)),
+            st.sampled_from([frozenset(), frozenset({12}), frozenset({12, HMM, WAIT})]),
+            st.sampled_from([(), (IV1,), (IV1, IV2, IV1)]), st.integers(0, 12),
+            st.one_of(st.none(), st.integers(0, 8)),
+            st.sampled_from([0, 6, 25]), st.sampled_from([0.3, 1.0]), st.booleans(),
+        ),
+        min_size=1, max_size=6,
+    ),
+    exit_at=st.integers(0, 50),
+)
+def test_slots_follow_the_controller_with_every_mode(seed: int, specs: list, exit_at: int) -> None:
+    """The modes beyond s1 (bans, interventions, answer budgets, scheduled waits, early exits), mixed
+    with s1's budgets, give the same tokens and counts on the device as in the controller."""
+    gen = torch.Generator().manual_seed(seed)
+    slots = ForcingSlots(16, torch.device("cpu"), stats=torch.zeros(16, NS, dtype=torch.int32))
+    ctls: list[ThinkingController | None] = []
+    keys = []
+    for i, (family, lo, hi, banned, ivn, iv_at, max_answer, alpha, p, decay) in enumerate(specs):
+        if hi is not None and lo > hi:
+            lo = hi
+        plan = ForcingPlan(
+            **(R1 if family != "s1" else S1), min_thinking=lo if family != "none" else 0,
+            max_thinking=hi if family != "none" else None, banned=banned, intervention=ivn, intervention_at=iv_at,
+            max_answer=max_answer, alpha_moment=alpha, wait_probability=p, wait_decay=decay,
+            breaks=frozenset({BREAK}), answer_end=EOS,
+        )
+        prompt = PROMPT["s1" if family == "s1" else ("closed" if i % 3 == 2 else "r1")]
+        if not plan.is_active:
+            ctls.append(None)
+            keys.append(-1)
+            continue
+        assert slots.load(i, plan, 0.0, (i, 7), prompt, (i, 1))
+        ctls.append(ThinkingController(plan, prompt, rng_key=(i, 7)))
+        keys.append(i)
+    slots.flush()
+    b = len(specs)
+    row_keys = torch.tensor(keys)
+    outs: list[list[int]] = [[] for _ in range(b)]
+    for step in range(60):
+        raw = torch.randn(b, V, generator=gen)
+        raw[:, END] += 0.5
+        raw[:, BREAK] += 1.5
+        raw[:, WAIT] += 1.0
+        logits = raw.clone()
+        if step == exit_at:
+            for r, ctl in enumerate(ctls):
+                if ctl is not None and r % 2 == 0:
+                    slots.stats[keys[r], S.EXIT] = 1
+                    ctl.exit_now()
+        hist = torch.tensor([[o[-1] if o else -1] for o in outs])
+        seen = torch.tensor([len(o) - 1 if o else 0 for o in outs])
+        slots.step(logits, row_keys, hist, torch.arange(b), -seen, torch.tensor([len(o) for o in outs]))
+        chosen = logits.argmax(1).tolist()
+        for r, ctl in enumerate(ctls):
+            if ctl is None:
+                assert torch.equal(logits[r], raw[r]), "a row without a plan was touched"
+                outs[r].append(chosen[r])
+                continue
+            want, replaced = reference_token(ctl, raw[r])
+            assert chosen[r] == want, f"row {r} step {step}: slots chose {chosen[r]}, controller {want} ({ctl.action()})"
+            ctl.accept(want, replaced)
+            outs[r].append(want)
+    hist = torch.tensor([[o[-1]] for o in outs])
+    seen = torch.tensor([len(o) - 1 for o in outs])
+    slots.step(torch.zeros(b, V), row_keys, hist, torch.arange(b), -seen, torch.tensor([len(o) for o in outs]))
+    for r, ctl in enumerate(ctls):
+        if ctl is None:
+            continue
+        row = slots.state[keys[r]]
+        got = tuple(int(row[c]) for c in (F.ON, F.THINK, F.WAITS, F.FORCED, F.SCHED, F.ANS, F.IVDONE))
+        want = (1, ctl.thinking_tokens, ctl.waits_inserted, int(ctl.forced_end), ctl.scheduled_waits,
+                ctl.answer_tokens, int(ctl.intervened))
+        assert got == want, f"row {r}: slots {got}, controller {want}"
+        assert int(slots.stats[keys[r], S.SCHED]) == ctl.scheduled_waits
 
 
 @settings(max_examples=60, deadline=None)

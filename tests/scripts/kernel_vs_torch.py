@@ -12,7 +12,7 @@ import sys
 import torch
 
 from budgetforce.controller import ForcingPlan
-from budgetforce.slots import NS, ForcingSlots, _step_torch
+from budgetforce.slots import NS, F, ForcingSlots, S, _step_torch
 from budgetforce.slots_kernel import step_cuda
 
 V = 48
@@ -23,6 +23,25 @@ S1 = dict(
     think_start=(IM, THINK, NL), think_end=(IM, ANSWER, NL), eos=frozenset({EOS, 3}),
     waits=((WAIT,), (HMM, COMMA, WAIT)), answer_prefix=(FINAL, COLON),
 )
+
+
+def modes(rng: random.Random) -> dict:
+    """A random mix of the modes beyond s1 (each on with probability 1/2)."""
+    out: dict = {}
+    if rng.random() < 0.5:
+        out["banned"] = frozenset(rng.sample([12, 13, HMM, 20], rng.randrange(1, 4)))
+    if rng.random() < 0.5:
+        out["intervention"] = tuple(rng.sample([16, 17, 18, 19], rng.randrange(1, 4)))
+        out["intervention_at"] = rng.choice([0, 0, 5, 20])
+    if rng.random() < 0.5:
+        out["max_answer"] = rng.randrange(0, 12)
+        out["answer_end"] = EOS
+    if rng.random() < 0.5:
+        out["alpha_moment"] = rng.randrange(1, 40)
+        out["wait_probability"] = rng.choice([0.2, 0.7, 1.0])
+        out["wait_decay"] = rng.random() < 0.5
+        out["breaks"] = frozenset({14, 15})
+    return out
 
 
 def main(seed: int, window: bool) -> None:
@@ -38,7 +57,11 @@ def main(seed: int, window: bool) -> None:
         s1 = rng.random() < 0.5
         lo = rng.randrange(0, 40)
         hi = rng.choice([None, rng.randrange(lo, 60)])
-        plan = ForcingPlan(**(S1 if s1 else R1), min_thinking=lo, max_thinking=hi, max_waits=rng.choice([None, 1, 3]))
+        plan = ForcingPlan(
+            **(S1 if s1 else R1), min_thinking=lo, max_thinking=hi, max_waits=rng.choice([None, 1, 3]), **modes(rng)
+        )
+        if not plan.is_budgeted and rng.random() < 0.5:
+            plan = ForcingPlan(**(S1 if s1 else R1), **modes(rng))  # modes alone
         prompt = [1, IM, THINK, NL] if s1 else rng.choice([[1, START, NL], [1, 4], [1, START, 7, END]])
         temp = rng.choice([0.0, 0.6, 1.0])
         key = 2 * i + 1
@@ -53,7 +76,12 @@ def main(seed: int, window: bool) -> None:
         raw[:, END] += 1.5
         raw[:, IM] += 1.5
         raw[:, START] += 0.5
+        raw[:, 14:16] += 1.0  # paragraph breaks now and then
         la, lk = raw.clone(), raw.clone()
+        if step == 30:  # the frontend asks some rows to close their thinking now (an early exit)
+            for key in keys[::3]:
+                if key >= 0:
+                    a.stats[key, S.EXIT] = k.stats[key, S.EXIT] = 1
         hist = torch.tensor([[o[-1] if o else -1] for o in outs])
         seen = torch.tensor([len(o) - 1 if o else 0 for o in outs])
         n = torch.tensor([len(o) for o in outs])
@@ -70,7 +98,9 @@ def main(seed: int, window: bool) -> None:
         tok = torch.multinomial(probs, 1, generator=gen).flatten().tolist()
         for o, t in zip(outs, tok):
             o.append(t)
-    print("OK", step + 1, int(a.state[:, 3].sum()), int(a.state[:, 15].sum()))
+    print("OK", step + 1, "waits", int(a.state[:, F.WAITS].sum()), "forced", int(a.state[:, F.FORCED].sum()),
+          "sched", int(a.state[:, F.SCHED].sum()), "exited", int(a.state[:, F.EXITED].sum()),
+          "ans", int(a.state[:, F.ANS].sum()), "ivn", int(a.state[:, F.IVDONE].sum()))
 
 
 if __name__ == "__main__":
