@@ -58,6 +58,7 @@ class ForcingPlan:
     wait_decay: bool = True  # ... falling linearly to 0 at the alpha moment (False: constant)
     breaks: frozenset[int] = frozenset()  # paragraph-break tokens
     answer_end: int = -1  # the end-of-sequence id forced at `max_answer` (default: the smallest EOS id)
+    early_exit: bool = False  # the frontend may close the thinking early (answer probes agreed)
 
     @property
     def is_budgeted(self) -> bool:
@@ -69,7 +70,7 @@ class ForcingPlan:
         """Whether the plan changes anything at all (a budget or any mode)."""
         return (
             self.is_budgeted or bool(self.banned) or bool(self.intervention) or self.max_answer is not None
-            or self.alpha_moment > 0
+            or self.alpha_moment > 0 or self.early_exit
         )
 
     @property
@@ -215,6 +216,17 @@ class ThinkingController:
             and self.thinking_tokens < p.min_thinking
             and (p.max_waits is None or self.waits_inserted < p.max_waits)
         )
+
+    def tokens_to_event(self) -> int | None:
+        """Thinking tokens until the rules change (the maximum, the intervention, the alpha moment); None: never."""
+        p, t = self.plan, self.thinking_tokens
+        marks = [p.max_thinking] if p.max_thinking is not None else []
+        if p.intervention and not self.intervened:
+            marks.append(p.intervention_at)
+        if p.alpha_moment > 0:
+            marks.append(p.alpha_moment)
+        ahead = [m - t for m in marks if m > t]
+        return min(ahead) if ahead else None
 
     @property
     def tokens_to_max(self) -> int | None:

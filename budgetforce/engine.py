@@ -8,7 +8,10 @@ the wait ids, resubmit) on the same engine, relying on prefix caching. Both are 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from budgetforce.budget import Budget, BudgetError
 from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController
 from budgetforce.decoding import IncrementalDecoder
 from budgetforce.profile import Profile, ResolvedProfile, detect_profile, get_profile
+from budgetforce.slots import seed_key
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,24 @@ class BudgetStats:
     waits_inserted: int | None  # None: the engine could not share it (another node, a failed row)
     forced_end: bool
     strategy: str | None  # None: the request had no budget
+    scheduled_waits: int | None = 0  # a wait schedule's insertions (None: not shared, as waits_inserted)
+    answer_tokens: int = 0  # after the close, a forced answer prefix included, end-of-sequence excluded
+    answer_truncated: bool = False  # the answer budget ended the answer
+    intervened: bool = False  # the thinking intervention was written
+    early_exit: bool = False  # agreeing answer probes closed the thinking
+    probes: int = 0  # answer probes run (side requests, not counted in the usage)
+    probe_tokens: int = 0  # tokens the probes generated
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What a generation source knows at its end, beyond the token ids."""
+
+    waits: int | None = 0
+    scheduled: int | None = 0
+    early_exit: bool = False
+    probes: int = 0
+    probe_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +171,13 @@ class BudgetForcingEngine:
             return None
         plan = self.profile.plan(budget)
         budget.check_room(max_tokens, reserved=plan.forced_end_length)
+        if budget.probe_every is not None:
+            plan = dataclasses.replace(plan, early_exit=True)
+        if budget.probe_every is not None and budget.strategy == "rounds":
+            raise BudgetError(
+                "early exit (`probe_every`) runs with the engine strategy; drop `budget_strategy: rounds`",
+                param="probe_every",
+            )
         return plan
 
     def _max_tokens(self, prompt_len: int, max_tokens: int | None) -> int:
@@ -208,12 +237,13 @@ class BudgetForcingEngine:
         plan = self.plan(budget, max_tokens)
         request_id = request_id or uuid.uuid4().hex
         strategy = budget.strategy if plan is not None and budget is not None else None
+        tally = _Tally()
         if plan is not None and strategy == "rounds":
-            source = self._rounds(prompt_ids, plan, max_tokens, request_id, sampling)
+            source = self._rounds(prompt_ids, plan, max_tokens, request_id, sampling, tally)
         else:
-            source = self._engine(prompt_ids, plan, max_tokens, request_id, sampling)
+            source = self._engine(prompt_ids, plan, max_tokens, request_id, sampling, tally, budget)
         splitter = Splitter(self.tokenizer, ThinkingController(self._observer_plan, prompt_ids))
-        async for ids, finish, waits in source:
+        async for ids, finish in source:
             reasoning, answer = splitter.push(ids)
             if finish is not None:
                 rest_reasoning, rest_answer = splitter.flush()
@@ -222,11 +252,24 @@ class BudgetForcingEngine:
                 if ids:
                     yield Delta(reasoning, answer, tuple(ids))
                 continue
-            thinking = splitter.ctl.thinking_tokens
-            # The engine forces the close exactly when the span reaches the maximum.
-            forced = plan is not None and plan.max_thinking is not None and thinking >= plan.max_thinking
-            yield Delta(reasoning, answer, tuple(ids), finish, BudgetStats(thinking, waits, forced, strategy))
+            yield Delta(reasoning, answer, tuple(ids), finish, self._stats(splitter, plan, strategy, tally))
             return
+        raise GenerationFailed("error")  # a source ends with a finish reason; this is a bug
+
+    def _stats(self, splitter: Splitter, plan: ForcingPlan | None, strategy: str | None, tally: _Tally) -> BudgetStats:
+        obs = splitter.ctl  # an observer: it follows the spans as generated, forcing nothing
+        thinking, answer = obs.thinking_tokens, obs.answer_tokens
+        if plan is None:
+            return BudgetStats(thinking, tally.waits, False, None, answer_tokens=answer)
+        # the engine forces the close exactly when the span reaches the maximum
+        forced = (plan.max_thinking is not None and thinking >= plan.max_thinking) or tally.early_exit
+        reasoning_ids = obs.split(splitter.ids)[0]
+        return BudgetStats(
+            thinking, tally.waits, forced, strategy, tally.scheduled, answer,
+            plan.max_answer is not None and answer >= plan.max_answer,
+            bool(plan.intervention) and _contains(reasoning_ids, plan.intervention),
+            tally.early_exit, tally.probes, tally.probe_tokens,
+        )
 
     def _params(self, sampling: dict[str, Any], **overrides: Any) -> Any:
         from vllm import SamplingParams
@@ -235,14 +278,16 @@ class BudgetForcingEngine:
         return SamplingParams(**{**sampling, **overrides}, output_kind=RequestOutputKind.DELTA, detokenize=False)
 
     async def _engine(
-        self, prompt_ids: list[int], plan: ForcingPlan | None, max_tokens: int, request_id: str, sampling: dict[str, Any]
-    ) -> AsyncIterator[tuple[list[int], FinishReason | None, int]]:
-        """Yields (new ids, finish reason once finished, waits inserted)."""
+        self, prompt_ids: list[int], plan: ForcingPlan | None, max_tokens: int, request_id: str,
+        sampling: dict[str, Any], tally: _Tally, budget: Budget | None = None,
+    ) -> AsyncIterator[tuple[list[int], FinishReason | None]]:
+        """Yields (new ids, finish reason once finished); fills ``tally`` before the last."""
         from vllm.inputs import TokensPrompt
 
         from budgetforce.forcing import plan_to_args
 
         key, nonce = self._board.acquire() if plan is not None else (-1, 0)
+        probe = _Prober(self, prompt_ids, plan, budget, request_id, key, nonce) if plan is not None and plan.early_exit else None
         try:
             extra = plan_to_args(plan, self._board.name, key, nonce) if plan is not None else None
             params = self._params(sampling, max_tokens=max_tokens, extra_args=extra)
@@ -250,54 +295,90 @@ class BudgetForcingEngine:
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id):
                 o = out.outputs[0]
                 ids.extend(o.token_ids)
+                if probe is not None and not out.finished:
+                    probe.feed(o.token_ids)
                 if out.finished:
-                    waits = self._board.waits(key, nonce, ids) if key >= 0 else 0
-                    yield list(o.token_ids), _finish(o.finish_reason), waits
+                    if key >= 0:
+                        tally.waits = self._board.waits(key, nonce, ids)
+                        tally.scheduled = self._board.scheduled_waits(key, nonce, ids)
+                        tally.early_exit = self._board.exited(key, nonce)
+                    if probe is not None:
+                        await probe.close()
+                        tally.probes, tally.probe_tokens = probe.count, probe.tokens
+                    yield list(o.token_ids), _finish(o.finish_reason)
                     return
-                yield list(o.token_ids), None, 0
+                yield list(o.token_ids), None
         finally:
+            if probe is not None:
+                await probe.close()
             if key >= 0:
                 self._board.release(key)
 
     async def _rounds(
-        self, prompt_ids: list[int], plan: ForcingPlan, max_tokens: int, request_id: str, sampling: dict[str, Any]
-    ) -> AsyncIterator[tuple[list[int], FinishReason | None, int]]:
-        """s1's loop, per request: generate to a close attempt, append the wait ids, resubmit."""
+        self, prompt_ids: list[int], plan: ForcingPlan, max_tokens: int, request_id: str, sampling: dict[str, Any],
+        tally: _Tally,
+    ) -> AsyncIterator[tuple[list[int], FinishReason | None]]:
+        """s1's loop, per request: generate to a point where the rules act (a close attempt, a paragraph
+        break, the maximum, ...), let the controller act there, resubmit.
+
+        The reference for the engine strategy: under greedy decoding both give the same tokens.
+        """
         from vllm.inputs import TokensPrompt
 
-        ctl = ThinkingController(plan, prompt_ids)
+        seed0 = sampling.get("seed")
+        rng_seed = seed0 if seed0 is not None else random.getrandbits(62)
+        ctl = ThinkingController(plan, prompt_ids, rng_key=seed_key(rng_seed, prompt_ids))
         out: list[int] = []
         round_no = 0
+
+        def done(reason: FinishReason) -> tuple[list[int], FinishReason]:
+            tally.waits, tally.scheduled = ctl.waits_inserted, ctl.scheduled_waits
+            return [], reason
+
         while True:
             remaining = max_tokens - len(out)
             if remaining <= 0:
-                yield [], "length", ctl.waits_inserted
+                yield done("length")
                 return
             kind, token = ctl.action()
             if kind == Action.FORCE:
                 ctl.accept(token)
                 out.append(token)
-                yield [token], None, 0
+                yield [token], None
+                if ctl.answer_truncated:  # the forced end of the answer
+                    yield done("stop")
+                    return
                 continue
-            limit = remaining
-            if kind in (Action.GUARD, Action.REDIRECT, Action.BAN):  # budgeted thinking: stop at any close attempt
-                stops = sorted(plan.close_attempts)
-                if ctl.tokens_to_max is not None:
-                    limit = min(remaining, ctl.tokens_to_max)
+            limit, bias = remaining, None
+            round_phase = ctl.phase
+            if ctl.phase is Phase.THINKING:  # stop wherever the rules may act
+                stops = set(plan.close_attempts)
+                if ctl.quenching:
+                    stops |= plan.wait_firsts
+                elif plan.alpha_moment > 0:
+                    stops |= plan.breaks
+                to_event = ctl.tokens_to_event()
+                if to_event is not None:
+                    limit = min(remaining, to_event)
+                if ctl.banned_now():
+                    bias = {t: -100.0 for t in ctl.banned_now()}  # vLLM's strongest bias
             elif ctl.phase is Phase.BEFORE:  # stop where the thinking may open
-                stops = [plan.think_start[-1]]
+                stops = {plan.think_start[-1]}
             else:
-                stops = []
+                stops = set()
+                if plan.max_answer is not None:
+                    limit = min(remaining, plan.max_answer - ctl.answer_tokens)
             # min_tokens counts the whole completion: each round owes what is still missing
             owed = max(0, min(sampling.get("min_tokens") or 0, max_tokens) - len(out))
             if ctl.just_waited:  # s1 resubmits after a wait with min_tokens=1: no close as the first token
                 owed = max(owed, 1)
             round_no += 1
-            seed = sampling.get("seed")
+            seed = seed0
             if seed is not None and round_no > 1:  # fresh randomness each round (a reused seed would replay its draws)
                 seed = (seed + (round_no - 1) * 0x9E3779B97F4A7C15) % (1 << 63)
             params = self._params(
-                sampling, max_tokens=limit, stop_token_ids=stops or None, min_tokens=min(owed, limit), seed=seed
+                sampling, max_tokens=limit, stop_token_ids=sorted(stops) or None, min_tokens=min(owed, limit),
+                seed=seed, logit_bias=bias,
             )
             new: list[int] = []
             reason: str | None = None
@@ -309,29 +390,126 @@ class BudgetForcingEngine:
                 if res.finished:
                     reason = res.outputs[0].finish_reason
                     # a stop token can only be the last one of a round
-                    if reason == "stop" and kind != Action.FREE and chunk and chunk[-1] in stops:
+                    if reason == "stop" and round_phase is Phase.THINKING and chunk and chunk[-1] in stops:
                         stopped_on = chunk.pop()
                 for t in chunk:
                     ctl.accept(t)
                 out.extend(chunk)
                 new.extend(chunk)
                 if chunk:
-                    yield chunk, None, 0
+                    yield chunk, None
             if stopped_on is not None:
-                if ctl.guarding:  # s1: ignore the close and append the wait string instead
+                if stopped_on in plan.close_attempts and ctl.guarding:  # s1: the close becomes the wait string
                     replacement = ctl.action()[1]
                     ctl.accept(replacement, replaced=True)
-                else:  # past the minimum: an end of sequence inside the thinking closes it
+                elif stopped_on in plan.eos and not plan.is_budgeted:  # modes only: the sequence ends in its thinking
+                    ctl.accept(stopped_on)
+                    out.append(stopped_on)
+                    yield [stopped_on], None
+                    yield done("stop")
+                    return
+                elif stopped_on in plan.close_attempts or stopped_on in plan.wait_firsts:
+                    # past the minimum an end of sequence closes (s1); past the alpha moment a wait does
                     replacement = plan.think_end[0]
                     ctl.accept(replacement)
+                else:  # a paragraph break: kept; the controller may schedule a wait after it
+                    replacement = stopped_on
+                    ctl.accept(replacement)
                 out.append(replacement)
-                yield [replacement], None, 0
+                yield [replacement], None
                 continue
-            opened = kind == Action.FREE and reason == "stop" and bool(stops) and new[-1:] == stops
-            if opened or (reason == "length" and kind != Action.FREE):
-                continue  # the thinking may have opened, or its maximum was reached
-            yield [], _finish(reason), ctl.waits_inserted
+            opened = round_phase is Phase.BEFORE and reason == "stop" and new[-1:] == [plan.think_start[-1]]
+            if opened or (reason == "length" and len(out) < max_tokens):
+                continue  # the thinking may have opened, or a rule's mark was reached
+            yield done(_finish(reason))
             return
+
+
+class _Prober:
+    """Early exit by answer probes (Dynasor-CoT, DEER): every `probe_every` thinking tokens, ask the
+    engine what the answer would be if the thinking closed now; `probe_agree` equal answers in a row
+    close the thinking through the stats board (the processor forces the close at its next step).
+
+    A probe is a side request (the prompt, the thinking so far, the close and a lead-in such as
+    "The answer is"), greedy and short; the engine's prefix cache holds everything before its tail.
+    Its tokens are not the request's: they are counted apart (`probes`, `probe_tokens`).
+    """
+
+    def __init__(
+        self, engine: BudgetForcingEngine, prompt_ids: list[int], plan: ForcingPlan, budget: Budget | None,
+        request_id: str, key: int, nonce: int,
+    ) -> None:
+        assert budget is not None and budget.probe_every is not None
+        self.engine, self.plan, self.key, self.nonce = engine, plan, key, nonce
+        self.every, self.agree, self.max_tokens = budget.probe_every, budget.probe_agree, budget.probe_max_tokens
+        lead = budget.probe_lead if budget.probe_lead is not None else DEFAULT_PROBE_LEAD
+        self.tail = list(plan.think_end) + list(engine.tokenizer.encode(lead, add_special_tokens=False))
+        self.prompt_ids, self.request_id = prompt_ids, request_id
+        self.ctl = ThinkingController(engine._observer_plan, prompt_ids)
+        self.ids: list[int] = []
+        self.next_at = self.every
+        self.count = self.tokens = self.streak = 0
+        self.last: str | None = None
+        self.exit_asked = False
+        self._task: asyncio.Task | None = None
+
+    def feed(self, new_ids: Sequence[int]) -> None:
+        """New tokens of the request: start a probe when the thinking has grown by `every` tokens."""
+        for t in new_ids:
+            self.ctl.accept(t)
+            self.ids.append(t)
+        if self.exit_asked or self.ctl.phase is not Phase.THINKING:
+            return
+        if self._task is not None and not self._task.done():
+            return  # one probe at a time: a slow probe delays the next, it never queues them
+        if self.ctl.thinking_tokens >= self.next_at:
+            self.next_at = self.ctl.thinking_tokens + self.every
+            self.count += 1
+            self._task = asyncio.ensure_future(self._probe(list(self.ids), self.count))
+
+    async def _probe(self, ids: list[int], n: int) -> None:
+        from vllm.inputs import TokensPrompt
+
+        params = self.engine._params({}, max_tokens=self.max_tokens, temperature=0.0, stop_token_ids=sorted(self.plan.eos))
+        got: list[int] = []
+        prompt = TokensPrompt(prompt_token_ids=self.prompt_ids + ids + self.tail)
+        async for res in self.engine.llm.generate(prompt, params, f"{self.request_id}-probe{n}"):
+            got.extend(res.outputs[0].token_ids)
+        self.tokens += len(got)
+        answer = probe_answer(self.engine.tokenizer.decode([t for t in got if t not in self.plan.eos]))
+        self.streak = self.streak + 1 if answer and answer == self.last else 1
+        self.last = answer
+        if answer and self.streak >= self.agree and not self.exit_asked:
+            self.exit_asked = self.engine._board.request_exit(self.key, self.nonce)
+
+    async def close(self) -> None:
+        """Stop a probe still running (the request has finished)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - a cancelled probe has nothing to say
+                pass
+
+
+DEFAULT_PROBE_LEAD = "\n\n**Final Answer**\n\\boxed{"  # Dynasor-CoT's probe, for models that box their answers
+
+
+def probe_answer(text: str) -> str:
+    r"""A probe's answer, normalised for comparison: its first line (or the boxed part), trimmed.
+
+    Example:
+        >>> probe_answer(" 226.\nWait") == probe_answer("226") == "226"
+        True
+    """
+    text = text.split("}", 1)[0].strip().split("\n", 1)[0].strip()
+    return text.rstrip(".").strip()
+
+
+def _contains(ids: list[int], pattern: tuple[int, ...]) -> bool:
+    n = len(pattern)
+    return any(tuple(ids[i : i + n]) == pattern for i in range(len(ids) - n + 1))
 
 
 def _finish(reason: str | None) -> FinishReason:
@@ -353,8 +531,10 @@ class Splitter:
         self._reasoning = IncrementalDecoder(tokenizer)
         self._answer = IncrementalDecoder(tokenizer)
         self._held: list[int] = []
+        self.ids: list[int] = []  # everything pushed so far
 
     def push(self, ids: list[int]) -> tuple[str, str]:
+        self.ids.extend(ids)
         r_ids: list[int] = []
         a_ids: list[int] = []
         closed = ""

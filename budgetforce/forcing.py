@@ -34,7 +34,7 @@ import torch
 from budgetforce.budget import (  # XARG_FIELDS: a budget's `vllm_xargs` keys, shared with the serving layer
     EARLY_EXIT_MESSAGE,
     PROBE_FIELDS,
-    XARG_FIELDS,
+    XARG_FIELDS,  # noqa: F401 - re-exported
     Budget,
     BudgetError,
     xarg_budget_fields,
@@ -88,6 +88,7 @@ def plan_to_args(plan: ForcingPlan, board: str | None = None, key: int = -1, non
             "wait_decay": plan.wait_decay,
             "breaks": sorted(plan.breaks),
             "answer_end": plan.answer_end,
+            "early_exit": plan.early_exit,
             "board": board,
             "key": key,
             "nonce": nonce or random.getrandbits(62),
@@ -115,6 +116,7 @@ def plan_from_args(args: dict[str, Any]) -> ForcingPlan:
         wait_decay=bool(a.get("wait_decay", True)),
         breaks=frozenset(a.get("breaks", ())),
         answer_end=int(a.get("answer_end", -1)),
+        early_exit=bool(a.get("early_exit", False)),
     )
 
 
