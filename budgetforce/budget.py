@@ -3,14 +3,56 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Strategy = Literal["engine", "rounds"]
+WaitDecay = Literal["linear", "constant"]
+Mode = Literal["nowait", "intervention", "answer_budget", "scheduled_waits", "early_exit"]
+
+# Limits of the modes beyond s1. The token-level ones (banned tokens, intervention tokens, break
+# tokens) are the processor's table sizes (`budgetforce.slots.Limits`) and are checked where the
+# strings become tokens (`budgetforce.profile.ResolvedProfile.plan`).
+MAX_BANNED_STRINGS = 32
+MAX_INTERVENTION_CHARS = 4096
+MAX_BREAK_STRINGS = 8
+DEFAULT_PARAGRAPH_BREAKS = ("\n\n",)
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+InterventionText = Annotated[str, Field(min_length=1, max_length=MAX_INTERVENTION_CHARS)]
+Alpha = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+ProbeTokens = Annotated[int, Field(ge=1, le=256)]
+ProbeLead = Annotated[str, Field(max_length=MAX_INTERVENTION_CHARS)]
+
+# The modes beyond s1: the fields that turn each on (any one set), and the fields that only
+# qualify it (setting one while the mode is off is an error, not a silently ignored field).
+MODES: dict[Mode, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "nowait": (("banned_thinking_strings",), ()),
+    "intervention": (("thinking_intervention",), ("intervention_at",)),
+    "answer_budget": (("max_answer_tokens",), ()),
+    "scheduled_waits": (("alpha_moment_tokens", "alpha"), ("wait_probability", "wait_decay", "paragraph_breaks")),
+    "early_exit": (("probe_every",), ("probe_agree", "probe_lead", "probe_max_tokens")),
+}
+NEW_FIELDS = tuple(f for switches, qualifiers in MODES.values() for f in (*switches, *qualifiers))
+PROBE_FIELDS = (*MODES["early_exit"][0], *MODES["early_exit"][1])
+LIST_FIELDS = ("wait_strings", "banned_thinking_strings", "paragraph_breaks")
+# What each mode adds to a choice's `budget` report (both HTTP layers).
+REPORT_KEYS: dict[Mode, tuple[str, ...]] = {
+    "answer_budget": ("answer_tokens", "answer_truncated"),
+    "intervention": ("intervened",),
+    "scheduled_waits": ("scheduled_waits",),
+    "early_exit": ("early_exit", "probes", "probe_tokens"),
+}
+EARLY_EXIT_MESSAGE = (
+    "early exit by answer probes (`{param}`) runs only on budgetforce's Python engine "
+    "(`budgetforce.BudgetForcingEngine`) and `budgetforce serve --legacy-server`; vLLM's own server "
+    "cannot pause a request to probe it. Drop the `probe_*` fields, or use one of those"
+)
 
 
 class BudgetError(ValueError):
@@ -21,16 +63,28 @@ class BudgetError(ValueError):
         self.param = param
 
 
+class FieldError(ValueError):
+    """A request rule broken; `param` names the field the 400 points at."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class Budget(BaseModel):
-    """Minimum and maximum thinking tokens for one request (s1's budget forcing).
+    """What one request asks of its thinking: s1's minimum and maximum, and the modes beyond s1.
 
     Below ``min_thinking_tokens`` an attempt to close the thinking is replaced by a wait
     string, at most ``max_waits`` times; at ``max_thinking_tokens`` the end-of-thinking
-    delimiter is forced. ``None`` fields fall back to the model profile's defaults.
+    delimiter is forced. ``None`` fields fall back to the model profile's defaults. The other
+    modes (NoWait's banned strings, a thinking intervention, an answer budget, AlphaOne's
+    scheduled waits, early exit by answer probes) are off unless their fields are set.
 
     Example:
         >>> Budget(min_thinking_tokens=2000, max_thinking_tokens=8000).is_active
         True
+        >>> Budget(banned_thinking_strings=("Wait",)).modes
+        frozenset({'nowait'})
         >>> Budget().is_active   # no budget: the request is left untouched
         False
     """
@@ -49,22 +103,145 @@ class Budget(BaseModel):
     )
     answer_prefix: str | None = Field(None, description="Text forced after a forced end of thinking.")
     strategy: Strategy = Field("engine", description="`engine` (logits processor) or `rounds` (s1's loop).")
+    # NoWait (arXiv 2506.08343)
+    banned_thinking_strings: tuple[NonEmptyStr, ...] | None = Field(
+        None, min_length=1, max_length=MAX_BANNED_STRINGS,
+        description="Strings whose tokens are never sampled while thinking (each with and without a leading "
+        "space, capitalised and lower-case).",
+    )  # fmt: skip
+    # Thinking Intervention (arXiv 2503.24370)
+    thinking_intervention: InterventionText | None = Field(
+        None, description="Text forced into the thinking once it holds `intervention_at` tokens."
+    )
+    intervention_at: int = Field(0, ge=0, description="Thinking tokens before the intervention (0: at the start).")
+    # Elastic Reasoning (arXiv 2505.05315)
+    max_answer_tokens: int | None = Field(
+        None, ge=0, description="Answer tokens after the close (a forced answer prefix included); then EOS is forced."
+    )
+    # AlphaOne (arXiv 2505.24863)
+    alpha_moment_tokens: int | None = Field(
+        None, ge=1, description="Scheduled waits come only before this many thinking tokens (the alpha moment)."
+    )
+    alpha: Alpha | None = Field(None, description="The alpha moment as a fraction of `max_thinking_tokens`.")
+    wait_probability: Probability = Field(0.3, description="Chance of a scheduled wait after a paragraph break.")
+    wait_decay: WaitDecay = Field(
+        "linear", description="`linear`: the chance falls to 0 at the alpha moment; `constant`: it stays."
+    )
+    paragraph_breaks: tuple[NonEmptyStr, ...] | None = Field(
+        None, min_length=1, max_length=MAX_BREAK_STRINGS,
+        description='Texts that end a paragraph; a token ending with one may be followed by a wait (default "\\n\\n").',
+    )  # fmt: skip
+    # Early exit by answer probes (Dynasor-CoT, DEER): carried out by budgetforce's Python engine
+    probe_every: int | None = Field(None, ge=1, description="Thinking tokens between answer probes.")
+    probe_agree: int = Field(2, ge=1, description="Consecutive agreeing probes that close the thinking.")
+    probe_lead: ProbeLead | None = Field(
+        None, description="Answer lead-in appended after the close in a probe (None: the engine's default)."
+    )
+    probe_max_tokens: ProbeTokens = Field(16, description="Tokens one probe may generate.")
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Budget:
         if self.max_thinking_tokens is not None and self.min_thinking_tokens > self.max_thinking_tokens:
-            raise ValueError(
+            raise FieldError(
+                "min_thinking_tokens",
                 f"`min_thinking_tokens` ({self.min_thinking_tokens}) exceeds `max_thinking_tokens` "
-                f"({self.max_thinking_tokens}); lower the minimum or raise the maximum"
+                f"({self.max_thinking_tokens}); lower the minimum or raise the maximum",
             )
         if self.wait_strings is not None and any(not w for w in self.wait_strings):
-            raise ValueError("`wait_strings` must not contain empty strings")
+            raise FieldError("wait_strings", "`wait_strings` must not contain empty strings")
+        return self
+
+    @model_validator(mode="after")
+    def _modes_are_whole(self) -> Budget:
+        """A qualifying field needs its mode on; the schedule's alpha needs a maximum to be a fraction of."""
+        modes = self.modes
+        for mode, (switches, qualifiers) in MODES.items():
+            for name in qualifiers:
+                if name in self.model_fields_set and mode not in modes:
+                    on = " or ".join(f"`{s}`" for s in switches)
+                    raise FieldError(name, f"`{name}` qualifies a mode that is off; set {on} too, or drop it")
+        if self.alpha is not None and self.alpha_moment_tokens is not None:
+            raise FieldError("alpha", "set one of `alpha` (a fraction of the maximum) or `alpha_moment_tokens`")
+        if self.alpha is not None and self.max_thinking_tokens is None:
+            raise FieldError(
+                "alpha", "`alpha` is a fraction of `max_thinking_tokens`, which is not set; set it, or give "
+                "`alpha_moment_tokens` in tokens instead",
+            )  # fmt: skip
+        if "scheduled_waits" in self.modes and self.min_thinking_tokens > 0:
+            switch = "alpha" if self.alpha is not None else "alpha_moment_tokens"
+            raise FieldError(
+                switch,
+                f"scheduled waits (`{switch}`) replace s1's minimum (`min_thinking_tokens` "
+                f"{self.min_thinking_tokens}); use one or the other",
+            )
         return self
 
     @property
-    def is_active(self) -> bool:
-        """Whether the budget changes anything at all."""
+    def modes(self) -> frozenset[Mode]:
+        """The modes beyond s1 this budget turns on."""
+        return frozenset(m for m, (switches, _) in MODES.items() if any(getattr(self, f) is not None for f in switches))
+
+    @property
+    def is_budgeted(self) -> bool:
+        """s1's budget: a minimum or a maximum of thinking tokens."""
         return self.min_thinking_tokens > 0 or self.max_thinking_tokens is not None
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the budget changes anything at all (s1's minimum or maximum, or any other mode)."""
+        return self.is_budgeted or bool(self.modes)
+
+    @property
+    def alpha_moment(self) -> int:
+        """Thinking tokens before which waits are scheduled (AlphaOne's alpha moment); 0 = no schedule.
+
+        Example:
+            >>> Budget(alpha=0.5, max_thinking_tokens=1000).alpha_moment
+            500
+        """
+        if self.alpha_moment_tokens is not None:
+            return self.alpha_moment_tokens
+        if self.alpha is not None and self.max_thinking_tokens is not None:
+            return max(1, round(self.alpha * self.max_thinking_tokens))
+        return 0
+
+    @property
+    def report_keys(self) -> tuple[str, ...]:
+        """The keys this budget's modes add to a choice's `budget` report."""
+        return tuple(k for mode, keys in REPORT_KEYS.items() if mode in self.modes for k in keys)
+
+    def with_answer_room(
+        self, max_tokens: int | None, reserved: int, cap_param: str = "max_tokens", server_max: bool = False
+    ) -> Budget:
+        """The budget with its maximum thinking derived from an answer budget and the completion cap.
+
+        With `max_answer_tokens` set, a cap known and no maximum asked for, the thinking may take
+        what the answer leaves: ``max_tokens - reserved - max_answer_tokens - 1`` (``reserved``: the
+        forced close and answer prefix; the 1 is the end-of-sequence forced after the answer, which
+        the cap counts too). A maximum the server chose (``server_max``: defaults, the effort
+        table) is lowered to that as well; a client's is kept. Raises `BudgetError` naming
+        `max_answer_tokens` when nothing is left for the thinking.
+
+        Example:
+            >>> Budget(max_answer_tokens=100).with_answer_room(1000, reserved=1).max_thinking_tokens
+            898
+        """
+        if self.max_answer_tokens is None or max_tokens is None:
+            return self
+        if self.max_thinking_tokens is not None and not server_max:
+            return self
+        hi = max_tokens - reserved - self.max_answer_tokens - 1
+        if hi < 0:
+            raise BudgetError(
+                f"`max_answer_tokens` ({self.max_answer_tokens}) plus the {reserved} forced end tokens and the "
+                f"end of sequence leave no room for thinking within `{cap_param}` ({max_tokens}); raise "
+                f"`{cap_param}` or lower `max_answer_tokens`",
+                param="max_answer_tokens",
+            )
+        if self.max_thinking_tokens is not None:
+            hi = min(hi, self.max_thinking_tokens)
+        lo = min(self.min_thinking_tokens, hi)
+        return self.model_copy(update={"max_thinking_tokens": hi, "min_thinking_tokens": lo})
 
     def check_room(self, max_tokens: int | None, reserved: int = 0) -> None:
         """Reject budgets that leave no room for an answer within ``max_tokens``.
@@ -88,6 +265,37 @@ class Budget(BaseModel):
             )
 
 
+XARG_FIELDS = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix", *NEW_FIELDS)
+
+
+def xarg_budget_fields(xargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The budget fields of a request's `vllm_xargs` (flat strings, numbers and lists).
+
+    A single string where a list belongs (`wait_strings`, ...) is a one-element list.
+
+    Example:
+        >>> xarg_budget_fields({"banned_thinking_strings": "Wait", "note": 1})
+        {'banned_thinking_strings': ['Wait']}
+    """
+    fields = {k: xargs[k] for k in XARG_FIELDS if k in xargs} if xargs else {}
+    for name in LIST_FIELDS:
+        if isinstance(fields.get(name), str):
+            fields[name] = [fields[name]]
+    return fields
+
+
+def budget_error(exc: ValidationError) -> BudgetError:
+    """A `Budget`'s validation error as a `BudgetError` naming the field (the first problem)."""
+    err = exc.errors()[0]
+    cause = (err.get("ctx") or {}).get("error")
+    loc = err.get("loc") or ()
+    param = getattr(cause, "param", None) or (str(loc[0]) if loc else None)
+    message = str(err.get("msg", "invalid budget")).removeprefix("Value error, ")
+    if not getattr(cause, "param", None) and param:
+        message = f"`{param}`: {message}"
+    return BudgetError(message, param=param)
+
+
 # -- a request's budget fields, and the one precedence order ---------------------------------------
 # Everything below is shared by every HTTP layer (`budgetforce.serving`, the vLLM app's middleware,
 # and the legacy server): which fields a request may carry, how they map onto one `Budget`, and the
@@ -99,17 +307,9 @@ Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]  # 
 # which resemble them but are not misspellings (e.g. `max_completion_tokens` on /v1/completions).
 BUDGET_FIELD_NAMES = (
     "min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix", "budget_strategy",
-    "thinking_token_budget",
+    "thinking_token_budget", *NEW_FIELDS,
 )  # fmt: skip
 NOT_BUDGET_FIELDS = frozenset({"max_completion_tokens", "max_tokens", "min_tokens", "max_new_tokens", "min_new_tokens"})
-
-
-class FieldError(ValueError):
-    """A request rule broken; `param` names the field the 400 points at."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 def misspelled_budget_field(unknown: Iterable[str]) -> FieldError | None:
@@ -234,11 +434,15 @@ class ResolvedBudget:
         """The budget fitted to ``limit`` completion tokens, ``reserved`` of them forced after a maximum.
 
         A server-chosen minimum or maximum is shrunk to fit; a client-chosen one that does not
-        fit raises `BudgetError` naming the request field it came from (or ``cap_param``).
+        fit raises `BudgetError` naming the request field it came from (or ``cap_param``). An
+        answer budget without a maximum makes the maximum what the answer leaves of ``limit``
+        (`Budget.with_answer_room`).
         """
         budget = self.budget
         if budget is None:
             return None
+        # a derived maximum fits by construction, and is the server's (it may be shrunk, not refused)
+        budget = budget.with_answer_room(limit, reserved, cap_param, server_max=self.max_source is None)
         hi, lo = budget.max_thinking_tokens, budget.min_thinking_tokens
         if hi is not None and hi + reserved >= limit and self.max_source is None:
             hi = max(limit - reserved - 1, 0)
@@ -315,6 +519,49 @@ class BudgetRequest(BaseModel):
         None, description="OpenRouter-style `{effort, max_tokens, exclude, enabled}`."
     )
     include_reasoning: bool = Field(True, description="vLLM's switch; false leaves the reasoning text out.")
+    # The modes beyond s1 (`Budget` holds their rules; null = off, or the default).
+    banned_thinking_strings: list[NonEmptyStr] | None = Field(
+        None, min_length=1, max_length=MAX_BANNED_STRINGS,
+        description="NoWait: strings never written while thinking (their first tokens are banned, with and without "
+        "a leading space, capitalised and lower-case; at most 16 tokens in all), e.g. [\"Wait\", \"Hmm\"].",
+    )  # fmt: skip
+    thinking_intervention: InterventionText | None = Field(
+        None, description="Thinking Intervention: text forced into the thinking (at most 64 tokens)."
+    )
+    intervention_at: int | None = Field(
+        None, ge=0, description="Thinking tokens before `thinking_intervention` is forced (default 0: at once)."
+    )
+    max_answer_tokens: int | None = Field(
+        None, ge=0, description="Elastic Reasoning: answer tokens after the close, then the end of sequence is "
+        "forced; without a maximum thinking, the thinking gets what the answer leaves of the token cap.",
+    )  # fmt: skip
+    alpha_moment_tokens: int | None = Field(
+        None, ge=1, description="AlphaOne: waits are scheduled after paragraph breaks before this many thinking "
+        "tokens (the alpha moment); past it a wait the model starts becomes the close.",
+    )  # fmt: skip
+    alpha: Alpha | None = Field(
+        None, description="AlphaOne: the alpha moment as a fraction of `max_thinking_tokens` (instead of "
+        "`alpha_moment_tokens`).",
+    )  # fmt: skip
+    wait_probability: Probability | None = Field(
+        None, description="Chance of a scheduled wait after a paragraph break (default 0.3)."
+    )
+    wait_decay: WaitDecay | None = Field(
+        None, description="`linear` (default): the chance falls to 0 at the alpha moment; `constant`: it stays."
+    )
+    paragraph_breaks: list[NonEmptyStr] | None = Field(
+        None, min_length=1, max_length=MAX_BREAK_STRINGS,
+        description='Texts that end a paragraph for scheduled waits (default ["\\n\\n"]).',
+    )  # fmt: skip
+    probe_every: int | None = Field(
+        None, ge=1, description="Early exit: thinking tokens between answer probes (Python engine and "
+        "`--legacy-server` only).",
+    )  # fmt: skip
+    probe_agree: int | None = Field(None, ge=1, description="Agreeing probes in a row that end thinking (default 2).")
+    probe_lead: ProbeLead | None = Field(
+        None, description="Answer lead-in a probe writes after the close (default: the engine's)."
+    )
+    probe_max_tokens: ProbeTokens | None = Field(None, description="Tokens one probe may generate (default 16).")
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> BudgetRequest:
@@ -348,14 +595,24 @@ class BudgetRequest(BaseModel):
             lo = min(lo or 0, hi)
         strategy = self.budget_strategy or defaults.default_budget_strategy
         max_waits = self.max_waits if self.max_waits is not None else defaults.default_max_waits
-        budget = Budget(
-            min_thinking_tokens=lo or 0,
-            max_thinking_tokens=hi,
-            max_waits=max_waits,
-            wait_strings=tuple(self.wait_strings) if self.wait_strings else None,
-            answer_prefix=self.answer_prefix,
-            strategy=strategy,
-        )
+        modes = {k: getattr(self, k) for k in NEW_FIELDS if getattr(self, k) is not None}  # set ones only: see Budget
+        for name in LIST_FIELDS:
+            if name in modes:
+                modes[name] = tuple(modes[name])
+        if lo_src is None and (self.alpha is not None or self.alpha_moment_tokens is not None):
+            lo = 0  # scheduled waits replace s1's minimum: the server's minimum gives way, a client's is refused
+        try:
+            budget = Budget(
+                min_thinking_tokens=lo or 0,
+                max_thinking_tokens=hi,
+                max_waits=max_waits,
+                wait_strings=tuple(self.wait_strings) if self.wait_strings else None,
+                answer_prefix=self.answer_prefix,
+                strategy=strategy,
+                **modes,
+            )
+        except ValidationError as exc:
+            raise budget_error(exc) from None
         hide = not self.include_reasoning or bool(self.reasoning and self.reasoning.exclude)
         return ResolvedBudget(budget if budget.is_active else None, hi_src, lo_src, hide)
 
