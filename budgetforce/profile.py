@@ -6,15 +6,28 @@ against the model's own tokenizer, so everything downstream works on ids alone.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from budgetforce.budget import Budget
+from budgetforce.budget import DEFAULT_PARAGRAPH_BREAKS, Budget, BudgetError
 from budgetforce.controller import ForcingPlan, ends_inside
+
+# Token-level limits of the modes beyond s1: the processor's table sizes (`budgetforce.slots.Limits`,
+# where a plan beyond them would run unforced), checked here so the client gets a 400 instead.
+MAX_BANNED_TOKENS = 16
+MAX_INTERVENTION_TOKENS = 64
+MAX_BREAK_TOKENS = 32
+_BREAK_CACHE = 64  # break-string tuples whose tokens a profile remembers (clients choose them)
 
 
 class ProfileError(ValueError):
     """The model's profile cannot be determined or does not fit its tokenizer."""
+
+
+class PlanError(BudgetError, ProfileError):
+    """A request's budget that the model's tokenizer cannot carry (too many banned tokens, a long
+    intervention); `param` names the request field. Both a `BudgetError` and a `ProfileError`."""
 
 
 class TokenizerLike(Protocol):
@@ -26,9 +39,13 @@ class TokenizerLike(Protocol):
 
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
+    def decode(self, ids: list[int], **kwargs: Any) -> str: ...
+
     def get_vocab(self) -> dict[str, int]: ...
 
     def convert_tokens_to_ids(self, tokens: str) -> Any: ...
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,9 @@ class Profile:
             think_end=ids(self.think_end, "think_end"),
             eos=eos_ids,
             encode=lambda s: tuple(tokenizer.encode(s, add_special_tokens=False)),
+            answer_end=vocab.get(str(tokenizer.eos_token), -1),
+            decode_token=lambda i: tokenizer.decode([i]),
+            vocabulary=Vocabulary(tokenizer),
         )
 
 
@@ -87,14 +107,32 @@ class ResolvedProfile:
     think_end: tuple[int, ...]
     eos: frozenset[int]
     encode: Any = field(repr=False, compare=False)
+    answer_end: int = -1  # the tokenizer's own end-of-sequence id, forced after an answer budget
+    decode_token: Any = field(default=None, repr=False, compare=False)  # id -> its text
+    vocabulary: Vocabulary | None = field(default=None, repr=False, compare=False)
+    _breaks: dict[tuple[str, ...], frozenset[int]] = field(default_factory=dict, repr=False, compare=False)
 
     def plan(self, budget: Budget) -> ForcingPlan:
-        """The token-level plan for one request's budget (profile defaults fill the gaps)."""
+        """The token-level plan for one request's budget (profile defaults fill the gaps).
+
+        Raises:
+            ProfileError: a wait string without tokens; `PlanError` (naming the request field)
+                for the modes' strings that do not fit the processor's tables.
+        """
         waits = budget.wait_strings or self.profile.wait_strings
         wait_ids = tuple(self.encode(w) for w in waits)
         if any(not w for w in wait_ids):
             raise ProfileError(f"a wait string in {list(waits)!r} encodes to no tokens")
         prefix = self.profile.answer_prefix if budget.answer_prefix is None else budget.answer_prefix
+        alpha_moment = budget.alpha_moment
+        scheduled = {}
+        if alpha_moment > 0:
+            scheduled = {
+                "alpha_moment": alpha_moment,
+                "wait_probability": budget.wait_probability,
+                "wait_decay": budget.wait_decay == "linear",
+                "breaks": self.break_tokens(budget.paragraph_breaks or DEFAULT_PARAGRAPH_BREAKS),
+            }
         return ForcingPlan(
             think_start=self.think_start,
             think_end=self.think_end,
@@ -104,13 +142,146 @@ class ResolvedProfile:
             min_thinking=budget.min_thinking_tokens,
             max_thinking=budget.max_thinking_tokens,
             max_waits=budget.max_waits,
+            banned=self.banned_tokens(budget.banned_thinking_strings or ()),
+            intervention=self._intervention(budget.thinking_intervention),
+            intervention_at=budget.intervention_at,
+            max_answer=budget.max_answer_tokens,
+            answer_end=self.answer_end,
+            **scheduled,
         )
+
+    @property
+    def _delimiters(self) -> frozenset[int]:
+        """Tokens no mode may ban or treat as a paragraph break: the thinking's delimiters and EOS."""
+        return frozenset(self.think_start) | frozenset(self.think_end) | self.eos
+
+    def banned_tokens(self, strings: tuple[str, ...] | list[str]) -> frozenset[int]:
+        """NoWait's banned ids: the first token of each string as a word may begin (s, " s", "S",
+        " S", lower-case), never a delimiter or EOS; more than `MAX_BANNED_TOKENS` is a `PlanError`.
+
+        Example (Qwen): ["Wait"] -> {14190 "Wait", 13824 " Wait", 11489 "wait", 3783 " wait"}.
+        """
+        out: set[int] = set()
+        never = self._delimiters
+        for s in strings:
+            cased = (s, s.capitalize(), s.lower())
+            for variant in dict.fromkeys(v for c in cased for v in (c, " " + c)):
+                ids = self.encode(variant)
+                if not ids or ids[0] in never:
+                    continue
+                if variant.strip() and self.decode_token is not None and not self.decode_token(ids[0]).strip():
+                    continue  # a tokenizer that writes the leading space as a token of its own: never ban a space
+                out.add(ids[0])
+        if len(out) > MAX_BANNED_TOKENS:
+            raise PlanError(
+                f"`banned_thinking_strings` bans {len(out)} distinct tokens (each string's first token with and "
+                f"without a leading space, capitalised and lower-case); this model allows at most "
+                f"{MAX_BANNED_TOKENS}: ban fewer strings",
+                param="banned_thinking_strings",
+            )
+        return frozenset(out)
+
+    def _intervention(self, text: str | None) -> tuple[int, ...]:
+        if text is None:
+            return ()
+        ids = tuple(self.encode(text))
+        if not ids:
+            raise PlanError(f"`thinking_intervention` {text!r} encodes to no tokens", param="thinking_intervention")
+        if len(ids) > MAX_INTERVENTION_TOKENS:
+            raise PlanError(
+                f"`thinking_intervention` is {len(ids)} tokens for this model; at most {MAX_INTERVENTION_TOKENS}: "
+                "shorten it",
+                param="thinking_intervention",
+            )
+        return ids
+
+    def break_tokens(self, strings: tuple[str, ...]) -> frozenset[int]:
+        """Paragraph-break ids for scheduled waits: tokens whose text ends with one of ``strings``
+        (the `MAX_BREAK_TOKENS` lowest ids, i.e. the most frequent merges), cached per tuple.
+
+        Example (Qwen): ("\n\n",) -> {271 "\n\n", 382 ".\n\n", 401 ";\n\n", ...}.
+        """
+        strings = tuple(strings)
+        found = self._breaks.get(strings)
+        if found is None:
+            if self.vocabulary is None:
+                raise ProfileError("this profile was resolved without its vocabulary; scheduled waits need it")
+            never = self._delimiters
+            ids = [i for i in self.vocabulary.ending_with(strings) if i not in never]
+            if not ids:
+                raise PlanError(
+                    f"no token of this model's vocabulary ends with any of {list(strings)!r}, so no wait would "
+                    "ever be scheduled; choose other `paragraph_breaks`",
+                    param="paragraph_breaks",
+                )
+            found = frozenset(ids[:MAX_BREAK_TOKENS])
+            if len(self._breaks) >= _BREAK_CACHE:
+                self._breaks.pop(next(iter(self._breaks)), None)  # the oldest tuple
+            self._breaks[strings] = found
+        return found
 
     def open_thinking(self, prompt_ids: list[int]) -> list[int]:
         """Append the think-start delimiter when the profile needs it and the prompt lacks it."""
         if not self.profile.opens_in_prompt or ends_inside(prompt_ids, self.think_start, self.think_end):
             return prompt_ids
         return [*prompt_ids, *self.think_start]
+
+
+def _byte_to_char() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: the printable character each byte is written as in a vocabulary."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+BYTE_TO_CHAR = _byte_to_char()
+
+
+def byte_level(text: str) -> str:
+    """``text`` as a byte-level BPE vocabulary writes it: "\n\n" -> "ĊĊ", " Wait" -> "ĠWait"."""
+    return "".join(BYTE_TO_CHAR[b] for b in text.encode("utf-8"))
+
+
+class Vocabulary:
+    """A tokenizer's vocabulary as text, for suffix searches (paragraph-break tokens).
+
+    Byte-level BPE vocabularies (GPT-2, Qwen, Llama 3) are searched as they are stored, with the
+    suffix written in their byte alphabet, which is exact for tokens that end inside a UTF-8
+    character too; any other vocabulary is decoded once, token by token, on first use.
+    """
+
+    def __init__(self, tokenizer: TokenizerLike) -> None:
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()
+        # (byte-level, [(id, stored text)], [(id, text)] of added tokens, which are stored as plain text)
+        self._index: tuple[bool, list[tuple[int, str]], list[tuple[int, str]]] | None = None
+
+    def _load(self) -> tuple[bool, list[tuple[int, str]], list[tuple[int, str]]]:
+        with self._lock:
+            if self._index is None:
+                tok = self._tokenizer
+                vocab = tok.get_vocab()
+                decoder = getattr(tok, "added_tokens_decoder", None) or {}
+                added = sorted((i, getattr(t, "content", str(t))) for i, t in decoder.items())
+                probe = "\n\n a"
+                pieces = tok.convert_ids_to_tokens(tok.encode(probe, add_special_tokens=False))
+                if "".join(pieces) == byte_level(probe):
+                    self._index = (True, sorted((i, t) for t, i in vocab.items() if i not in decoder), added)
+                else:
+                    self._index = (False, [(i, tok.decode([i])) for i in sorted(vocab.values())], [])
+            return self._index
+
+    def ending_with(self, suffixes: tuple[str, ...]) -> list[int]:
+        """Ids (ascending) of the tokens whose text ends with one of ``suffixes``."""
+        is_bytes, entries, added = self._load()
+        plain = tuple(suffixes)
+        coded = tuple(byte_level(s) for s in suffixes) if is_bytes else plain
+        found = [i for i, text in entries if text.endswith(coded)]
+        return sorted(found + [i for i, text in added if text.endswith(plain)])
 
 
 PRESETS: dict[str, Profile] = {

@@ -102,3 +102,123 @@ def test_tiny_models_detect(tiny_r1: Path, tiny_s1: Path) -> None:
 
     assert detect_profile(AutoTokenizer.from_pretrained(tiny_r1)).name == "r1-distill-qwen"
     assert detect_profile(AutoTokenizer.from_pretrained(tiny_s1), "tiny-s1").name == "s1"
+
+
+# -- the modes beyond s1 in token ids ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def student():
+    from transformers import AutoTokenizer
+
+    from budgetforce.student import STUDENT_PATH
+
+    tok = AutoTokenizer.from_pretrained(STUDENT_PATH)
+    return tok, detect_profile(tok).resolve(tok)
+
+
+def test_banned_strings_ban_each_first_token_once(student) -> None:
+    tok, resolved = student
+    first = {tok.encode(v, add_special_tokens=False)[0] for v in ("Wait", " Wait", "wait", " wait")}
+    assert resolved.banned_tokens(["Wait"]) == first == {389, 518, 92, 591}
+    assert resolved.banned_tokens(["wait"]) == first  # every casing, whichever is given
+    # " hmm" is [space, "h", "mm"] in the student's vocabulary: a space alone is never banned
+    assert 226 not in resolved.banned_tokens(["hmm"]) and tok.decode([226]) == " "
+    # the delimiters and end of sequence never are either
+    banned = resolved.banned_tokens(["</think>", "<think>", tok.eos_token])
+    assert not banned & (set(resolved.think_start) | set(resolved.think_end) | resolved.eos)
+    plan = resolved.plan(Budget(banned_thinking_strings=("Wait",)))
+    assert plan.banned == first and plan.is_active and not plan.is_budgeted
+
+
+def test_too_many_banned_tokens_is_a_client_error(student) -> None:
+    from budgetforce import BudgetError
+    from budgetforce.profile import PlanError
+
+    _, resolved = student
+    words = ("Wait", "Hmm", "Alternatively", "But", "So", "Let", "Check")
+    with pytest.raises(PlanError) as err:
+        resolved.plan(Budget(banned_thinking_strings=words))
+    assert err.value.param == "banned_thinking_strings" and "at most 16" in str(err.value)
+    assert isinstance(err.value, BudgetError) and isinstance(err.value, ProfileError)
+
+
+def test_intervention_is_the_encoded_text(student) -> None:
+    from budgetforce.profile import PlanError
+
+    tok, resolved = student
+    plan = resolved.plan(Budget(thinking_intervention="Let me check.", intervention_at=7))
+    assert plan.intervention == tuple(tok.encode("Let me check.", add_special_tokens=False)) == (49, 284, 390, 408, 19)
+    assert plan.intervention_at == 7
+    with pytest.raises(PlanError) as err:
+        resolved.plan(Budget(thinking_intervention="x" * 65))  # one token a character here
+    assert err.value.param == "thinking_intervention" and "at most 64" in str(err.value)
+
+
+def test_answer_budget_and_schedule_reach_the_plan(student) -> None:
+    tok, resolved = student
+    plan = resolved.plan(Budget(max_answer_tokens=12, alpha=0.5, max_thinking_tokens=400, wait_decay="constant"))
+    assert plan.max_answer == 12 and plan.answer_end == tok.eos_token_id == 0
+    assert (plan.alpha_moment, plan.wait_probability, plan.wait_decay) == (200, 0.3, False)
+    assert plan.breaks == {332}  # '>\n\n' is the student's one token that ends a paragraph
+    plain = resolved.plan(Budget(max_thinking_tokens=400))
+    assert (plain.alpha_moment, plain.breaks, plain.wait_probability, plain.banned) == (0, frozenset(), 0.0, frozenset())
+
+
+def test_break_tokens_are_cached_and_checked(student) -> None:
+    from budgetforce.profile import PlanError
+
+    tok, resolved = student
+    lines = resolved.break_tokens(("\n",))
+    assert lines == {204, 264, 323, 332} and all(tok.decode([i]).endswith("\n") for i in lines)
+    assert resolved.break_tokens(("\n",)) is lines
+    with pytest.raises(PlanError) as err:
+        resolved.plan(Budget(alpha_moment_tokens=10, paragraph_breaks=("§§",)))
+    assert err.value.param == "paragraph_breaks"
+
+
+def test_limits_match_the_processor_tables() -> None:
+    from budgetforce import profile
+    from budgetforce.slots import Limits
+
+    limits = Limits()
+    assert (profile.MAX_BANNED_TOKENS, profile.MAX_INTERVENTION_TOKENS, profile.MAX_BREAK_TOKENS) == (
+        limits.max_banned, limits.max_seq, limits.max_breaks,
+    )  # fmt: skip
+
+
+@needs_fixtures
+def test_qwen_paragraph_breaks_are_byte_level_tokens() -> None:
+    """Qwen writes "\\n\\n" as 'ĊĊ' (271); the byte-level search finds what decoding finds, lowest ids first."""
+    tok = tokenizer("deepseek-r1-distill-qwen")
+    resolved = detect_profile(tok).resolve(tok)
+    breaks = resolved.break_tokens(("\n\n",))
+    decoded = [i for i in range(4000) if tok.decode([i]).endswith("\n\n")]
+    assert len(breaks) == 32 and sorted(breaks) == decoded[:32] and min(breaks) == 271
+    assert tok.convert_ids_to_tokens(271) == "ĊĊ"
+    # a break with a multi-byte character is searched by its UTF-8 bytes
+    wide = resolved.break_tokens(("。\n\n",))
+    assert 3407 in wide and all(tok.decode([i]).endswith("。\n\n") for i in wide)
+    assert resolved.banned_tokens(["Wait"]) == {14190, 13824, 11489, 3783}
+    assert resolved.plan(Budget(max_answer_tokens=5)).answer_end == 151643
+
+
+def test_vocabulary_decodes_what_is_not_byte_level() -> None:
+    """A vocabulary not written in the byte alphabet (SentencePiece-like) is decoded token by token."""
+    from budgetforce.profile import Vocabulary
+
+    pieces = {0: "<eos>", 1: "▁Wait", 2: "<0x0A>", 3: ".\n\n", 4: "\n\n", 5: "▁so"}
+    text = {0: "", 1: " Wait", 2: "\n", 3: ".\n\n", 4: "\n\n", 5: " so"}
+
+    class Spm:
+        def get_vocab(self) -> dict[str, int]:
+            return {p: i for i, p in pieces.items()}
+
+        def encode(self, s: str, add_special_tokens: bool = False) -> list[int]:
+            return [2, 2, 5]  # whatever: not byte-level pieces
+
+        def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+            return [pieces[i] for i in ids]
+
+        def decode(self, ids: list[int]) -> str:
+            return "".join(text[i] for i in ids)
+
+    assert Vocabulary(Spm()).ending_with(("\n\n",)) == [3, 4]
