@@ -62,3 +62,101 @@ def test_requests_without_budget_pass_untouched(model: ServedModel) -> None:
         rewrite(model, max_wait=2)
     with pytest.raises(RequestError, match="reserved"):
         rewrite(model, vllm_xargs={"budgetforce_board": "psm_x"})
+
+
+# -- the modes beyond s1 -------------------------------------------------------------------------------------
+def test_mode_fields_become_vllm_xargs(model: ServedModel) -> None:
+    out = rewrite(
+        model, max_tokens=300, banned_thinking_strings=["Wait"], thinking_intervention="Be brief.", intervention_at=4,
+        alpha_moment_tokens=100, wait_probability=0.5, wait_decay="constant", paragraph_breaks=["\n"],
+    )  # fmt: skip
+    assert out.body["vllm_xargs"] == {
+        "min_thinking_tokens": 0, "banned_thinking_strings": ["Wait"], "thinking_intervention": "Be brief.",
+        "intervention_at": 4, "alpha_moment_tokens": 100, "wait_probability": 0.5, "wait_decay": "constant",
+        "paragraph_breaks": ["\n"],
+    }  # fmt: skip
+    assert not any(k in out.body for k in ("banned_thinking_strings", "alpha_moment_tokens", "wait_decay"))
+    # vllm_xargs carry them too, a single string as a one-element list
+    xargs = rewrite(model, max_tokens=300, vllm_xargs={"banned_thinking_strings": "Wait"}).body["vllm_xargs"]
+    assert xargs == {"min_thinking_tokens": 0, "banned_thinking_strings": ["Wait"]}
+
+
+def test_answer_budget_sets_the_maximum_thinking(model: ServedModel) -> None:
+    """The student closes with one token (`</think>`) and has no answer prefix: 300 - 1 - 50 - 1 (EOS)."""
+    out = rewrite(model, max_completion_tokens=300, max_answer_tokens=50)
+    assert out.body["vllm_xargs"] == {"min_thinking_tokens": 0, "max_thinking_tokens": 248, "max_answer_tokens": 50}
+    assert out.budget.max_thinking_tokens == 248
+    kept = rewrite(model, max_completion_tokens=300, max_answer_tokens=50, max_thinking_tokens=100)
+    assert kept.body["vllm_xargs"]["max_thinking_tokens"] == 100
+    with pytest.raises(RequestError) as err:
+        rewrite(model, max_completion_tokens=40, max_answer_tokens=50)
+    assert err.value.param == "max_answer_tokens" and "`max_completion_tokens` (40)" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"wait_probability": 2, "alpha_moment_tokens": 9}, "wait_probability"),
+        ({"banned_thinking_strings": [""]}, "banned_thinking_strings[0]"),
+        ({"thinking_intervention": "x" * 4097}, "thinking_intervention"),
+        ({"intervention_at": 5}, "intervention_at"),
+        ({"alpha": 0.5}, "alpha"),
+        ({"alpha": 0.5, "alpha_moment_tokens": 9, "max_thinking_tokens": 50}, "alpha"),
+        ({"alpha_moment_tokens": 9, "min_thinking_tokens": 5}, "alpha_moment_tokens"),
+        ({"wait_decay": "constant"}, "wait_decay"),
+        # what only the tokenizer can tell: too many tokens
+        ({"banned_thinking_strings": ["Wait", "Hmm", "Alternatively", "But", "So", "Let", "Check"]},
+         "banned_thinking_strings"),
+        ({"thinking_intervention": "x" * 65}, "thinking_intervention"),
+        ({"alpha_moment_tokens": 9, "paragraph_breaks": ["§"]}, "paragraph_breaks"),
+    ],
+)  # fmt: skip
+def test_mode_mistakes_are_400s_naming_the_field(model: ServedModel, fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(RequestError) as err:
+        rewrite(model, max_tokens=300, **fields)
+    assert err.value.status == 400 and err.value.param == param, err.value.message
+
+
+@pytest.mark.parametrize("where", ["body", "vllm_xargs"])
+def test_early_exit_needs_the_legacy_server(model: ServedModel, where: str) -> None:
+    fields = {"probe_every": 64, "probe_agree": 3}
+    body = fields if where == "body" else {"vllm_xargs": fields}
+    with pytest.raises(RequestError) as err:
+        rewrite(model, max_tokens=300, **body)
+    assert err.value.param == "probe_every" and err.value.code == "unsupported_value"
+    assert "--legacy-server" in err.value.message and "BudgetForcingEngine" in err.value.message
+
+
+class _Board:
+    """A stats board stand-in: what the processor would have counted."""
+
+    def waits(self, key: int, nonce: int, ids: list[int]) -> int:
+        return 0
+
+    def scheduled_waits(self, key: int, nonce: int, ids: list[int]) -> int:
+        return 2
+
+
+def test_report_gains_the_keys_of_the_modes_used(model: ServedModel) -> None:
+    from budgetforce.serving.annotate import Annotator
+
+    tok = model.tokenizer
+    lead = tok.encode("Be brief.", add_special_tokens=False)
+    think = [70, *lead, 71]  # the intervention forced after one thinking token
+    ids = [*think, 5, 72, 73, 74, 0]  # </think>, three answer tokens, end of sequence
+    response = {"prompt_token_ids": [2, 70, 3, 4], "choices": [{"index": 0, "message": {"content": "x"}, "token_ids": ids}]}
+
+    def annotate(stats: Any = None, **fields: Any) -> dict[str, Any]:
+        prepared = rewrite(model, max_tokens=300, **fields)
+        body = Annotator(prepared, model, stats).json_body({**response, "choices": [dict(c) for c in response["choices"]]})
+        return body["choices"][0]["budget"]
+
+    plain = annotate(max_thinking_tokens=100)
+    assert set(plain) == {"thinking_tokens", "waits_inserted", "forced_end", "strategy"}
+    report = annotate(max_answer_tokens=3, thinking_intervention="Be brief.")
+    assert report["thinking_tokens"] == len(think)
+    assert (report["answer_tokens"], report["answer_truncated"], report["intervened"]) == (3, True, True)
+    assert annotate(max_answer_tokens=4)["answer_truncated"] is False
+    assert annotate(thinking_intervention="Something else.")["intervened"] is False
+    assert annotate(alpha_moment_tokens=50)["scheduled_waits"] is None  # no stats board
+    assert annotate((_Board(), 1, 7), alpha_moment_tokens=50)["scheduled_waits"] == 2

@@ -10,6 +10,11 @@ completions, or a chat server without `--reasoning-parser`) it splits the text o
 
 `waits_inserted` comes from the processor's stats board (`budgetforce.forcing.StatsBoard`, named by
 `BUDGETFORCE_STATS_BOARD`); it is null where the board is absent and for n > 1 (one row per request).
+
+The modes beyond s1 add keys only to requests that use them (`Budget.report_keys`): an answer
+budget `answer_tokens` (after the close, a forced answer prefix included, end-of-sequence
+excluded) and `answer_truncated`; an intervention `intervened` (its forced ids are in the
+thinking); scheduled waits `scheduled_waits` (from the stats board, as `waits_inserted`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetforce.budget import Budget
-from budgetforce.controller import ThinkingController
+from budgetforce.controller import ThinkingController, rfind
 from budgetforce.serving.metrics import record_choice
 from budgetforce.serving.rewrite import Prepared, ServedModel
 from budgetforce.stops import StopCutter
@@ -43,6 +48,12 @@ class Annotator:
         self.model = model
         self.stats = stats  # (StatsBoard, key, nonce) of a single-choice budgeted request
         self.observer = model.profile.plan(Budget())
+        budget = prepared.budget
+        self.report_keys = budget.report_keys if budget is not None else ()
+        # the forced ids of an intervention, to find in the thinking (the same ids the processor forces)
+        self.intervention = (
+            tuple(model.profile.encode(budget.thinking_intervention)) if "intervened" in self.report_keys else ()
+        )
         self.prompt: list[int] | None = None  # chat: one prompt for every choice
         self.choices: dict[int, _Choice] = {}
         self.head: dict[str, Any] = {}  # id, object, created, model of the stream's chunks
@@ -67,26 +78,39 @@ class Annotator:
         for t in ids or ():
             st.ctl.accept(t)
         st.tokens += len(ids or ())
-        if self.stats is not None:
+        if self.stats is not None or self.intervention:
             st.ids.extend(ids or ())
 
     def report(self, st: _Choice) -> dict[str, Any]:
         budget = self.p.budget
         thinking = st.ctl.thinking_tokens
         hi = budget.max_thinking_tokens if budget is not None else None
-        return {
+        out: dict[str, Any] = {
             "thinking_tokens": thinking,
-            "waits_inserted": self._waits(st),
+            "waits_inserted": self._board(st, "waits"),
             "forced_end": hi is not None and thinking >= hi,
             "strategy": budget.strategy if budget is not None else None,
         }
+        if budget is None:
+            return out
+        keys = self.report_keys
+        if "answer_tokens" in keys:
+            limit = budget.max_answer_tokens
+            out["answer_tokens"] = st.ctl.answer_tokens
+            out["answer_truncated"] = limit is not None and st.ctl.answer_tokens >= limit
+        if "intervened" in keys:
+            out["intervened"] = rfind(st.ctl.split(st.ids)[0], self.intervention) >= 0
+        if "scheduled_waits" in keys:
+            out["scheduled_waits"] = self._board(st, "scheduled_waits")
+        return out
 
-    def _waits(self, st: _Choice) -> int | None:
-        """Waits the processor inserted, from the stats board; None where it cannot say (n > 1, no board)."""
+    def _board(self, st: _Choice, stat: str) -> int | None:
+        """A count the processor keeps on the stats board (`StatsBoard.waits`, `.scheduled_waits`);
+        None where it cannot say (n > 1, no board)."""
         if self.stats is None or self.p.choices != 1:
             return None
         board, key, nonce = self.stats
-        return board.waits(key, nonce, st.ids)
+        return getattr(board, stat)(key, nonce, st.ids)
 
     def _finish(self, st: _Choice) -> dict[str, Any]:
         st.done = True

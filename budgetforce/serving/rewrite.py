@@ -18,17 +18,20 @@ from pydantic import ValidationError
 
 from budgetforce.budget import (
     BUDGET_REQUEST_FIELDS,
+    EARLY_EXIT_MESSAGE,
+    NEW_FIELDS,
+    PROBE_FIELDS,
     Budget,
     BudgetDefaults,
     BudgetError,
     BudgetRequest,
     misspelled_budget_field,
+    xarg_budget_fields,
 )
 from budgetforce.profile import ProfileError
 
-# The processor's per-request keys (budgetforce.forcing.XARG_FIELDS) and the keys only budgetforce
-# itself may set in `vllm_xargs` (its own engine's plan, and a stats board's row).
-XARG_FIELDS = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix")
+# The keys only budgetforce itself may set in `vllm_xargs` (its own engine's plan, and a stats
+# board's row); the processor's per-request budget keys are `budgetforce.budget.XARG_FIELDS`.
 RESERVED_XARGS = ("budgetforce", "budgetforce_board", "budgetforce_key", "budgetforce_nonce")
 ROUNDS_MESSAGE = (
     "`budget_strategy` `rounds` (s1's stop-and-resubmit loop) is not available on vLLM's OpenAI server; "
@@ -109,18 +112,22 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
     for key in RESERVED_XARGS:
         if key in xargs:
             raise RequestError(f"`vllm_xargs.{key}` is reserved for budgetforce itself", f"vllm_xargs.{key}", "invalid_value")
-    fields = {k: xargs.pop(k) for k in XARG_FIELDS if k in xargs}  # the processor's keys, as explicit fields
-    if isinstance(fields.get("wait_strings"), str):
-        fields["wait_strings"] = [fields["wait_strings"]]
+    fields = xarg_budget_fields(xargs)  # the processor's keys, as explicit fields
+    for k in fields:
+        del xargs[k]
     fields.update({k: body[k] for k in BUDGET_REQUEST_FIELDS if k in body and body[k] is not None})
     if "include_reasoning" in body and body["include_reasoning"] is None:
         fields.pop("include_reasoning", None)
     try:
         request = BudgetRequest.model_validate(fields)
-        resolved = request.resolve(defaults)
     except ValidationError as exc:
         param, message = validation_message(exc)
         raise RequestError(message, param, code="invalid_value") from None
+    probe = next((k for k in PROBE_FIELDS if getattr(request, k) is not None), None)
+    if probe is not None:  # like `rounds`: it needs budgetforce's own engine loop
+        raise RequestError(EARLY_EXIT_MESSAGE.format(param=probe), probe, code="unsupported_value")
+    try:
+        resolved = request.resolve(defaults)
     except BudgetError as exc:
         raise RequestError(str(exc), exc.param) from None
     echo = endpoint == "completions" and body.get("echo") is True
@@ -153,8 +160,9 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
         try:
             reserved = model.profile.plan(budget).forced_end_length
             budget = resolved.fit(limit, reserved, cap_param)
-        except ProfileError as exc:
-            raise RequestError(str(exc), "wait_strings" if budget.wait_strings else "answer_prefix") from None
+        except ProfileError as exc:  # a `PlanError` names its field; a plain one is about the profile's strings
+            param = getattr(exc, "param", None) or ("wait_strings" if budget.wait_strings else "answer_prefix")
+            raise RequestError(str(exc), param) from None
         except BudgetError as exc:
             raise RequestError(str(exc), exc.param) from None
         xargs.update(budget_xargs(budget))
@@ -199,6 +207,10 @@ def budget_xargs(budget: Budget) -> dict[str, Any]:
         out["wait_strings"] = list(budget.wait_strings)
     if budget.answer_prefix is not None:
         out["answer_prefix"] = budget.answer_prefix
+    for name in NEW_FIELDS:  # the modes beyond s1: what the request set (the processor knows the defaults)
+        value = getattr(budget, name)
+        if name in budget.model_fields_set and value is not None:
+            out[name] = list(value) if isinstance(value, tuple) else value
     return out
 
 
