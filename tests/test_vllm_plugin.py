@@ -142,3 +142,35 @@ def test_clients_cannot_send_an_engine_plan() -> None:
     """`vllm_xargs.budgetforce` would reach the engine as a malformed plan: refused at the edge."""
     with pytest.raises(ValueError, match="reserved"):
         BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={EXTRA_KEY: "x"}))
+
+
+def test_xargs_modes_are_checked_at_the_edge(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stock `vllm serve`: the modes' fields arrive flat in `vllm_xargs`; early exit is refused (a 400),
+    an answer budget gets its maximum thinking written back, and what the tokenizer cannot carry is refused."""
+    from transformers import AutoTokenizer
+
+    from budgetforce import forcing
+    from budgetforce.profile import detect_profile
+
+    tok = AutoTokenizer.from_pretrained(tiny_r1)
+    monkeypatch.setattr(forcing, "_FRONTEND_PROFILE", [detect_profile(tok).resolve(tok)])
+    with pytest.raises(ValueError, match="--legacy-server") as err:
+        BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={"probe_every": 16}))
+    assert "`probe_every`" in str(err.value)
+    with pytest.raises(ValueError, match="probe_lead"):
+        BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={"probe_lead": "Answer:"}))
+    args: dict[str, Any] = {"max_answer_tokens": 20, "banned_thinking_strings": "Wait"}
+    BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args=args))
+    assert args["max_thinking_tokens"] == 64 - 1 - 20 - 1 and "budgetforce_nonce" in args
+    budget = forcing.budget_from_xargs(args)
+    assert budget is not None and budget.banned_thinking_strings == ("Wait",) and budget.max_thinking_tokens == 42
+    with pytest.raises(ValueError, match="max_answer_tokens"):
+        BudgetForcing.validate_params(SamplingParams(max_tokens=16, extra_args={"max_answer_tokens": 20}))
+    with pytest.raises(ValueError, match="wait_probability"):
+        BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={"alpha_moment_tokens": 8, "wait_probability": 3}))
+    with pytest.raises(ValueError, match="thinking_intervention"):
+        BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={"thinking_intervention": "x" * 65}))
+    scheduled = {"alpha_moment_tokens": "8", "wait_decay": "constant", "paragraph_breaks": "\n"}  # strings, as xargs may be
+    BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args=scheduled))
+    plan = forcing._frontend_profile().plan(forcing.budget_from_xargs(scheduled))
+    assert plan.alpha_moment == 8 and not plan.wait_decay and plan.breaks
