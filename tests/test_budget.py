@@ -3,6 +3,7 @@ the answer budget's share of the token cap, `vllm_xargs` parsing, and what the r
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -220,3 +221,49 @@ def test_xargs_are_flat_and_a_string_is_a_one_element_list() -> None:
     assert (budget.wait_probability, budget.wait_decay, budget.paragraph_breaks) == (0.5, "constant", ("\n\n",))
     assert xarg_budget_fields(None) == {} and xarg_budget_fields({"seed": 1}) == {}
 
+
+# -- the legacy server's report --------------------------------------------------------------------------------
+def test_legacy_report_carries_only_the_modes_used() -> None:
+    from budgetforce.legacy_server.generation import report
+
+    stats = SimpleNamespace(
+        thinking_tokens=10, waits_inserted=1, forced_end=False, strategy="engine", scheduled_waits=None,
+        answer_tokens=4, answer_truncated=True, intervened=True, early_exit=True, probes=3, probe_tokens=30,
+    )  # fmt: skip
+    plain = report(stats, Budget(max_thinking_tokens=10)).model_dump()  # type: ignore[arg-type]
+    assert set(plain) == {"thinking_tokens", "waits_inserted", "forced_end", "strategy"}
+    modes = Budget(max_answer_tokens=4, alpha_moment_tokens=5, probe_every=8, thinking_intervention="x")
+    out = report(stats, modes).model_dump()  # type: ignore[arg-type]
+    assert out["answer_tokens"] == 4 and out["answer_truncated"] is True and out["intervened"] is True
+    assert "scheduled_waits" in out and out["scheduled_waits"] is None  # used but unknown: null, not absent
+    assert (out["early_exit"], out["probes"], out["probe_tokens"]) == (True, 3, 30)
+
+
+def test_engine_stats_have_every_report_key() -> None:
+    from dataclasses import fields
+
+    from budgetforce.budget import REPORT_KEYS
+    from budgetforce.engine import BudgetStats
+    from budgetforce.legacy_server.protocol import BudgetReport
+
+    keys = {k for ks in REPORT_KEYS.values() for k in ks}
+    assert keys <= {f.name for f in fields(BudgetStats)} and keys <= set(BudgetReport.model_fields)
+
+
+def test_legacy_report_of_a_choice_cut_by_a_stop_string() -> None:
+    """Counted on the ids: the answer and the intervention; what only the engine knows is null."""
+    from transformers import AutoTokenizer
+
+    from budgetforce.legacy_server.generation import Job, _Choice, _report_when_cut
+    from budgetforce.profile import detect_profile
+    from budgetforce.student import STUDENT_PATH
+
+    tok = AutoTokenizer.from_pretrained(STUDENT_PATH)
+    engine = SimpleNamespace(profile=detect_profile(tok).resolve(tok))
+    lead = tok.encode("Be brief.", add_special_tokens=False)
+    choice = _Choice(prompt_ids=[2, 70, 3, 4], cutter=None, ids=[70, *lead, 5, 72, 73])
+    budget = Budget(max_answer_tokens=2, thinking_intervention="Be brief.", alpha_moment_tokens=50, probe_every=8)
+    job = Job("r", [choice.prompt_ids], 1, budget, {}, None, ["x"], False)
+    out = _report_when_cut(engine, job, choice).model_dump()  # type: ignore[arg-type]
+    assert (out["answer_tokens"], out["answer_truncated"], out["intervened"]) == (2, True, True)
+    assert out["scheduled_waits"] is None and out["probes"] is None and out["waits_inserted"] is None

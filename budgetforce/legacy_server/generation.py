@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetforce.budget import Budget, BudgetError
-from budgetforce.controller import ThinkingController
+from budgetforce.controller import ThinkingController, rfind
 from budgetforce.engine import BudgetForcingEngine, BudgetStats, Delta
 from budgetforce.stops import StopCutter as _StopCutter
 from budgetforce.legacy_server.errors import APIError, vllm_client_errors
@@ -132,26 +132,39 @@ class _Choice:
     done: bool = False
 
 
-def report(stats: BudgetStats) -> BudgetReport:
+def report(stats: BudgetStats, budget: Budget | None = None) -> BudgetReport:
+    """A finished choice's report: s1's stats, and the keys of the modes ``budget`` uses."""
+    keys = budget.report_keys if budget is not None else ()
     return BudgetReport(
         thinking_tokens=stats.thinking_tokens,
         waits_inserted=stats.waits_inserted,
         forced_end=stats.forced_end,
         strategy=stats.strategy,  # type: ignore[arg-type]
+        **{k: getattr(stats, k) for k in keys},  # `BudgetStats` has a field of each report key
     )
 
 
 def _report_when_cut(engine: BudgetForcingEngine, job: Job, choice: _Choice) -> BudgetReport:
-    """Stats of a choice ended by a stop string; its waits are only known to the engine, so null."""
+    """Stats of a choice ended by a stop string, counted on its ids; what only the engine knows
+    (waits, scheduled waits, probes) is null."""
     ctl = ThinkingController(engine.profile.plan(Budget()), choice.prompt_ids)
     for t in choice.ids:
         ctl.accept(t)
-    hi = job.budget.max_thinking_tokens if job.budget is not None else None
+    budget = job.budget
+    hi = budget.max_thinking_tokens if budget is not None else None
+    modes: dict[str, Any] = {k: None for k in (budget.report_keys if budget is not None else ())}
+    if budget is not None and budget.max_answer_tokens is not None:
+        modes["answer_tokens"] = ctl.answer_tokens
+        modes["answer_truncated"] = ctl.answer_tokens >= budget.max_answer_tokens
+    if budget is not None and budget.thinking_intervention is not None:
+        forced = engine.profile.encode(budget.thinking_intervention)
+        modes["intervened"] = rfind(ctl.split(choice.ids)[0], tuple(forced)) >= 0
     return BudgetReport(
         thinking_tokens=ctl.thinking_tokens,
         waits_inserted=None,
         forced_end=hi is not None and ctl.thinking_tokens >= hi,
-        strategy=job.budget.strategy if job.budget is not None else None,
+        strategy=budget.strategy if budget is not None else None,
+        **modes,
     )
 
 
@@ -202,9 +215,8 @@ async def run(engine: BudgetForcingEngine, job: Job) -> AsyncIterator[ChoiceEven
                 assert item.stats is not None
                 answer += choice.cutter.flush() if choice.cutter else ""
                 choice.done, left = True, left - 1
-                yield ChoiceEvent(
-                    index, item.reasoning, answer, len(item.token_ids), item.finish_reason, report(item.stats)
-                )
+                final = report(item.stats, job.budget)
+                yield ChoiceEvent(index, item.reasoning, answer, len(item.token_ids), item.finish_reason, final)
             elif item.reasoning or answer or item.token_ids:
                 yield ChoiceEvent(index, item.reasoning, answer, len(item.token_ids))
     finally:

@@ -17,11 +17,12 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from budgetforce.budget import (  # noqa: F401 - the budget block lives in the core, re-exported here
     BUDGET_FIELD_NAMES,
     NOT_BUDGET_FIELDS,
+    REPORT_KEYS,
     BudgetRequest,
     FieldError,
     ReasoningConfig,
@@ -270,12 +271,40 @@ class CompletionRequest(SamplingFields):
 
 # -- responses -----------------------------------------------------------------------------------
 class BudgetReport(BaseModel):
-    """What the budget did to one choice."""
+    """What the budget did to one choice.
+
+    The modes beyond s1 add their keys only to requests that use them (`Budget.report_keys`):
+    a key left unset at construction is left out of the response, while null means unknown.
+    """
 
     thinking_tokens: int = Field(description="Tokens inside the thinking, waits and forced tokens included.")
     waits_inserted: int | None = Field(description="Early closes replaced by a wait string (null: cut by `stop`).")
     forced_end: bool = Field(description="Whether the end of thinking was forced at the maximum.")
     strategy: Strategy | None = Field(description="How the budget was enforced; null: no budget.")
+    answer_tokens: int | None = Field(
+        None, description="With `max_answer_tokens`: answer tokens after the close (a forced answer prefix "
+        "included, the end of sequence excluded).",
+    )  # fmt: skip
+    answer_truncated: bool | None = Field(
+        None, description="With `max_answer_tokens`: the answer reached it and its end was forced."
+    )
+    intervened: bool | None = Field(None, description="With `thinking_intervention`: whether it was forced in.")
+    scheduled_waits: int | None = Field(
+        None, description="With a wait schedule (`alpha`, `alpha_moment_tokens`): waits it inserted (null: unknown)."
+    )
+    early_exit: bool | None = Field(None, description="With `probe_every`: whether agreeing probes ended the thinking.")
+    probes: int | None = Field(None, description="With `probe_every`: answer probes run.")
+    probe_tokens: int | None = Field(None, description="With `probe_every`: tokens the probes generated.")
+
+    @model_serializer(mode="wrap")
+    def _only_modes_used(self, handler: SerializerFunctionWrapHandler):  # unannotated: the schema stays the model's
+        data = handler(self)
+        for key in REPORT_MODE_KEYS - self.model_fields_set:
+            data.pop(key, None)
+        return data
+
+
+REPORT_MODE_KEYS = frozenset(k for keys in REPORT_KEYS.values() for k in keys)
 
 
 class CompletionTokensDetails(BaseModel):
