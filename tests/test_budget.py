@@ -93,7 +93,7 @@ def test_budget_refuses_and_names_the_field(fields: dict[str, Any], param: str) 
 
 
 def test_scheduled_waits_conflict_says_why() -> None:
-    with pytest.raises(ValidationError, match=r"replace s1's minimum \(`min_thinking_tokens` 5\); use one or the other"):
+    with pytest.raises(ValidationError, match=r"s1's minimum \(`min_thinking_tokens` 5\); use one or the other"):
         Budget(alpha_moment_tokens=10, min_thinking_tokens=5)
 
 

@@ -144,11 +144,12 @@ def test_report_gains_the_keys_of_the_modes_used(model: ServedModel) -> None:
     lead = tok.encode("Be brief.", add_special_tokens=False)
     think = [70, *lead, 71]  # the intervention forced after one thinking token
     ids = [*think, 5, 72, 73, 74, 0]  # </think>, three answer tokens, end of sequence
-    response = {"prompt_token_ids": [2, 70, 3, 4], "choices": [{"index": 0, "message": {"content": "x"}, "token_ids": ids}]}
+    choice = {"index": 0, "message": {"content": "x"}, "token_ids": ids}
 
     def annotate(stats: Any = None, **fields: Any) -> dict[str, Any]:
         prepared = rewrite(model, max_tokens=300, **fields)
-        body = Annotator(prepared, model, stats).json_body({**response, "choices": [dict(c) for c in response["choices"]]})
+        response = {"prompt_token_ids": [2, 70, 3, 4], "choices": [dict(choice)]}
+        body = Annotator(prepared, model, stats).json_body(response)
         return body["choices"][0]["budget"]
 
     plain = annotate(max_thinking_tokens=100)

@@ -167,10 +167,12 @@ def test_xargs_modes_are_checked_at_the_edge(tiny_r1: Path, monkeypatch: pytest.
     with pytest.raises(ValueError, match="max_answer_tokens"):
         BudgetForcing.validate_params(SamplingParams(max_tokens=16, extra_args={"max_answer_tokens": 20}))
     with pytest.raises(ValueError, match="wait_probability"):
-        BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={"alpha_moment_tokens": 8, "wait_probability": 3}))
+        BudgetForcing.validate_params(
+            SamplingParams(max_tokens=64, extra_args={"alpha_moment_tokens": 8, "wait_probability": 3})
+        )
     with pytest.raises(ValueError, match="thinking_intervention"):
         BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={"thinking_intervention": "x" * 65}))
-    scheduled = {"alpha_moment_tokens": "8", "wait_decay": "constant", "paragraph_breaks": "\n"}  # strings, as xargs may be
+    scheduled = {"alpha_moment_tokens": "8", "wait_decay": "constant", "paragraph_breaks": "\n"}  # xargs may be strings
     BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args=scheduled))
     plan = forcing._frontend_profile().plan(forcing.budget_from_xargs(scheduled))
     assert plan.alpha_moment == 8 and not plan.wait_decay and plan.breaks
