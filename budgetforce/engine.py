@@ -9,7 +9,6 @@ the wait ids, resubmit) on the same engine, relying on prefix caching. Both are 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import uuid
@@ -170,9 +169,10 @@ class BudgetForcingEngine:
         if budget is None or not budget.is_active:
             return None
         plan = self.profile.plan(budget)
+        fitted = budget.with_answer_room(max_tokens, plan.forced_end_length)
+        if fitted is not budget:  # the answer budget left the thinking a maximum
+            budget, plan = fitted, self.profile.plan(fitted)
         budget.check_room(max_tokens, reserved=plan.forced_end_length)
-        if budget.probe_every is not None:
-            plan = dataclasses.replace(plan, early_exit=True)
         if budget.probe_every is not None and budget.strategy == "rounds":
             raise BudgetError(
                 "early exit (`probe_every`) runs with the engine strategy; drop `budget_strategy: rounds`",
@@ -349,7 +349,7 @@ class BudgetForcingEngine:
                     yield done("stop")
                     return
                 continue
-            limit, bias = remaining, None
+            limit, bias = remaining, sampling.get("logit_bias")
             round_phase = ctl.phase
             if ctl.phase is Phase.THINKING:  # stop wherever the rules may act
                 stops = set(plan.close_attempts)
@@ -360,8 +360,8 @@ class BudgetForcingEngine:
                 to_event = ctl.tokens_to_event()
                 if to_event is not None:
                     limit = min(remaining, to_event)
-                if ctl.banned_now():
-                    bias = {t: -100.0 for t in ctl.banned_now()}  # vLLM's strongest bias
+                if ctl.banned_now():  # vLLM's strongest bias, over the user's
+                    bias = {**(bias or {}), **{t: -100.0 for t in ctl.banned_now()}}
             elif ctl.phase is Phase.BEFORE:  # stop where the thinking may open
                 stops = {plan.think_start[-1]}
             else:

@@ -147,6 +147,7 @@ class ResolvedProfile:
             intervention_at=budget.intervention_at,
             max_answer=budget.max_answer_tokens,
             answer_end=self.answer_end,
+            early_exit=budget.probe_every is not None,
             **scheduled,
         )
 
