@@ -3,7 +3,8 @@
 The `backend` switch exists so the same sweep can run against a stock `vllm serve` for
 comparison: vLLM only enforces a maximum (its `thinking_token_budget` request field), so a
 budget with a minimum, waits, wait strings or a strategy is refused up front rather than being
-silently ignored by the server.
+silently ignored by the server; so is a point that uses one of budgetforce's thinking modes
+beyond s1 (banned strings, interventions, answer budgets, scheduled waits, answer probes).
 
 Thinking tokens are taken from `usage.completion_tokens_details.reasoning_tokens` when the server
 reports them (budgetforce always does; vLLM does when started with a reasoning parser, but 0.32
@@ -24,7 +25,14 @@ from typing import Any
 
 import httpx
 
-from budgetforce.bench.types import Backend, BenchError, BudgetSettings, MessageList, SamplerResponse
+from budgetforce.bench.types import (
+    MODE_REPORT_KEYS,
+    Backend,
+    BenchError,
+    BudgetSettings,
+    MessageList,
+    SamplerResponse,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,12 @@ def budget_fields(budget: BudgetSettings, backend: Backend) -> dict[str, Any]:
             for name in ("min_thinking_tokens", "max_waits", "wait_strings", "answer_prefix", "strategy")
             if getattr(budget, name) is not None
         ]
+        if budget.modes:
+            raise BenchError(
+                f"backend `vllm` has none of budgetforce's thinking modes; point {budget.label!r} uses "
+                f"{', '.join(budget.modes)} ({', '.join(budget.mode_fields)}). "
+                "Use --backend budgetforce against a budgetforce server."
+            )
         if unsupported:
             raise BenchError(
                 f"backend `vllm` enforces only a maximum thinking budget; "
@@ -60,6 +74,9 @@ def budget_fields(budget: BudgetSettings, backend: Backend) -> dict[str, Any]:
         "answer_prefix": budget.answer_prefix,
         "budget_strategy": budget.strategy,
     }
+    for name in budget.mode_fields:  # the modes' fields go out under their own names
+        value = getattr(budget, name)
+        fields[name] = list(value) if isinstance(value, tuple) else value
     return {key: value for key, value in fields.items() if value is not None}
 
 
@@ -194,6 +211,7 @@ class ChatSampler:
             waits_inserted=budget.get("waits_inserted"),
             forced_end=budget.get("forced_end"),
             finish_reason=choice.get("finish_reason"),
+            **{key: budget.get(key) for key in MODE_REPORT_KEYS},
         )
         reported = details.get("reasoning_tokens")
         # vLLM 0.32 reports 0 when the chat template opens `<think>` in the prompt (R1 family),

@@ -8,6 +8,7 @@ function; the sweep runner owns concurrency, resumption and aggregation.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -18,16 +19,68 @@ Message = dict[str, str]  # keys role, content
 MessageList = list[Message]
 Strategy = Literal["engine", "rounds"]
 Backend = Literal["budgetforce", "vllm"]
+WaitDecay = Literal["linear", "constant"]
 
 
 class BenchError(Exception):
     """A mistake in the user's input or environment; the CLI prints it without a traceback."""
 
 
+# The thinking modes beyond s1 that the budgetforce server takes as top-level request fields
+# (README, "Thinking modes beyond s1"): per mode, the fields that belong to it, its switches first.
+MODE_FIELDS: dict[str, tuple[str, ...]] = {
+    "nowait": ("banned_thinking_strings",),
+    "intervention": ("thinking_intervention", "intervention_at"),
+    "answer_budget": ("max_answer_tokens",),
+    "scheduled_waits": ("alpha_moment_tokens", "alpha", "wait_probability", "wait_decay", "paragraph_breaks"),
+    "early_exit": ("probe_every", "probe_agree", "probe_lead", "probe_max_tokens"),
+}
+MODE_FIELD_NAMES = tuple(name for names in MODE_FIELDS.values() for name in names)
+# What the modes add to a choice's `budget` report; kept per sample and summarised per point.
+MODE_REPORT_KEYS = (
+    "scheduled_waits", "answer_tokens", "answer_truncated", "intervened", "early_exit", "probes", "probe_tokens",
+)  # fmt: skip
+
+LABEL_TEXT_CHARS = 24  # longer free text (an intervention, a probe lead) is cut in labels, with a digest
+LABEL_LIST_CHARS = 40  # likewise a long list of strings (banned strings, paragraph breaks)
+_BARE_UNSAFE = set(" |,='\"…~@<>")
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=3).hexdigest()
+
+
+def label_text(text: str, limit: int = LABEL_TEXT_CHARS) -> str:
+    """A quoted string for a label; past `limit` characters cut, with a digest of the whole so that
+    texts sharing their start keep distinct labels.
+
+    >>> print(label_text("I must answer in one sentence."))
+    'I must answer in one sen…'~9a6866
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit] + "…") + "~" + _digest(text)
+
+
+def label_list(values: tuple[str, ...], limit: int = LABEL_LIST_CHARS) -> str:
+    """Strings joined by "|", plain words bare and anything else quoted; a long list is cut."""
+    words = [v if v and v.isprintable() and not _BARE_UNSAFE & set(v) else repr(v) for v in values]
+    shown: list[str] = []
+    for word in words:
+        if shown and len("|".join([*shown, word])) > limit:
+            return "|".join(shown) + f"|…+{len(words) - len(shown)}~" + _digest("\0".join(values))
+        shown.append(word)
+    return "|".join(shown)
+
+
 class BudgetSettings(BaseModel):
     """One point of a sweep: the per-request thinking budget, as the budgetforce server takes it.
 
-    All fields None means "no budget" (the unconstrained baseline).
+    s1's fields (minimum, maximum, waits, wait strings, answer prefix, strategy) and the fields of
+    the thinking modes beyond s1 (`MODE_FIELDS`: banned strings, an intervention, an answer
+    budget, AlphaOne's scheduled waits, early exit by answer probes). The mode fields are checked
+    only loosely here (types, signs); the server validates their combinations. All fields None
+    means "no budget" (the unconstrained baseline).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -38,6 +91,24 @@ class BudgetSettings(BaseModel):
     wait_strings: tuple[str, ...] | None = None
     answer_prefix: str | None = None
     strategy: Strategy | None = None
+    # NoWait
+    banned_thinking_strings: tuple[str, ...] | None = None
+    # Thinking Intervention
+    thinking_intervention: str | None = None
+    intervention_at: int | None = Field(default=None, ge=0)
+    # Elastic Reasoning
+    max_answer_tokens: int | None = Field(default=None, ge=0)
+    # AlphaOne
+    alpha_moment_tokens: int | None = Field(default=None, ge=0)
+    alpha: float | None = Field(default=None, allow_inf_nan=False)
+    wait_probability: float | None = Field(default=None, allow_inf_nan=False)
+    wait_decay: WaitDecay | None = None
+    paragraph_breaks: tuple[str, ...] | None = None
+    # Early exit by answer probes
+    probe_every: int | None = Field(default=None, ge=0)
+    probe_agree: int | None = Field(default=None, ge=0)
+    probe_lead: str | None = None
+    probe_max_tokens: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> BudgetSettings:
@@ -48,11 +119,38 @@ class BudgetSettings(BaseModel):
 
     @property
     def is_baseline(self) -> bool:
-        return self.min_thinking_tokens is None and self.max_thinking_tokens is None and self.max_waits is None
+        """No field set at all: the request goes out without any budget field."""
+        return all(getattr(self, name) is None for name in type(self).model_fields)
+
+    @property
+    def has_s1_budget(self) -> bool:
+        """A minimum, a maximum or a wait count: the points s1's Control is measured on."""
+        return (
+            self.min_thinking_tokens is not None or self.max_thinking_tokens is not None or self.max_waits is not None
+        )
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The thinking modes beyond s1 this point touches (any of a mode's fields set), in `MODE_FIELDS` order."""
+        return tuple(m for m, names in MODE_FIELDS.items() if any(getattr(self, n) is not None for n in names))
+
+    @property
+    def mode_fields(self) -> tuple[str, ...]:
+        """The mode fields this point sets."""
+        return tuple(name for name in MODE_FIELD_NAMES if getattr(self, name) is not None)
 
     @property
     def label(self) -> str:
-        """A short, stable, human-readable key; also the resume key of the point."""
+        """A short, stable, human-readable key; also the resume key of the point.
+
+        s1's parts come as they always have (so earlier runs still resume), the modes' parts
+        between the wait count and the wait strings:
+
+        >>> BudgetSettings(max_thinking_tokens=256, probe_every=16, probe_agree=2).label
+        'max=256,probe=16x2'
+        >>> print(BudgetSettings(alpha_moment_tokens=120, wait_probability=0.5, paragraph_breaks=["\\n"]).label)
+        alpha@120,p=0.5,breaks='\\n'
+        """
         parts: list[str] = []
         if self.min_thinking_tokens is not None:
             parts.append(f"min={self.min_thinking_tokens}")
@@ -60,6 +158,7 @@ class BudgetSettings(BaseModel):
             parts.append(f"max={self.max_thinking_tokens}")
         if self.max_waits is not None:
             parts.append(f"waits={self.max_waits}")
+        parts += self._mode_label_parts()
         if self.wait_strings is not None:
             parts.append("wait=" + "|".join(self.wait_strings))
         if self.answer_prefix is not None:
@@ -67,6 +166,36 @@ class BudgetSettings(BaseModel):
         if self.strategy is not None:
             parts.append(f"strategy={self.strategy}")
         return ",".join(parts) or "baseline"
+
+    def _mode_label_parts(self) -> list[str]:
+        parts: list[str] = []
+        if self.banned_thinking_strings is not None:
+            parts.append("nowait=" + label_list(self.banned_thinking_strings))
+        if self.thinking_intervention is not None:
+            at = "" if self.intervention_at is None else f"@{self.intervention_at}"
+            parts.append(f"intervene{at}={label_text(self.thinking_intervention)}")
+        elif self.intervention_at is not None:
+            parts.append(f"intervene@{self.intervention_at}")
+        if self.max_answer_tokens is not None:
+            parts.append(f"answer<={self.max_answer_tokens}")
+        if self.alpha is not None:
+            parts.append(f"alpha={self.alpha!r}")
+        if self.alpha_moment_tokens is not None:
+            parts.append(f"alpha@{self.alpha_moment_tokens}")
+        if self.wait_probability is not None:
+            parts.append(f"p={self.wait_probability!r}")
+        if self.wait_decay is not None:
+            parts.append(self.wait_decay)
+        if self.paragraph_breaks is not None:
+            parts.append("breaks=" + label_list(self.paragraph_breaks))
+        if self.probe_every is not None or self.probe_agree is not None:
+            every = "?" if self.probe_every is None else str(self.probe_every)
+            parts.append(f"probe={every}" + ("" if self.probe_agree is None else f"x{self.probe_agree}"))
+        if self.probe_lead is not None:
+            parts.append(f"lead={label_text(self.probe_lead)}")
+        if self.probe_max_tokens is not None:
+            parts.append(f"probe_max={self.probe_max_tokens}")
+        return parts
 
     def within(self, thinking_tokens: int) -> bool:
         """Whether a sample obeyed this budget (the s1 Control indicator)."""
@@ -88,6 +217,14 @@ class SamplerResponse:
     completion_tokens: int | None = None
     waits_inserted: int | None = None
     forced_end: bool | None = None
+    # the modes' report keys (`MODE_REPORT_KEYS`), None when the response lacks them
+    scheduled_waits: int | None = None
+    answer_tokens: int | None = None
+    answer_truncated: bool | None = None
+    intervened: bool | None = None
+    early_exit: bool | None = None
+    probes: int | None = None
+    probe_tokens: int | None = None
     finish_reason: str | None = None
     latency_s: float = 0.0
     attempts: int = 1
