@@ -12,11 +12,17 @@ https://arxiv.org/abs/2501.19393, section 3.2):
 - Scaling: the mean pairwise slope of accuracy vs mean thinking tokens over the series' points,
   here in accuracy points (%) per 1000 thinking tokens, so it reads "what a thousand tokens buy".
 - Performance: the best accuracy over the series' points.
+
+Points of the thinking modes beyond s1 (given with `--point`: banned strings, interventions,
+answer budgets, scheduled waits, answer probes) form series of their own, named by their modes;
+the "all" row of the s1 metrics is over s1's points only. Where the server reports the modes'
+keys (`scheduled_waits`, `early_exit`, `probes`, ...), the per-point table gains their means.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import itertools
 import json
 import logging
@@ -29,6 +35,7 @@ from pydantic import BaseModel, Field, ValidationError
 from tqdm import tqdm
 
 from budgetforce.bench.types import (
+    MODE_REPORT_KEYS,
     Backend,
     BenchError,
     BudgetSettings,
@@ -81,12 +88,51 @@ def parse_pairs(spec: str | None, option: str) -> list[tuple[int, int]]:
     return pairs
 
 
+POINT_ALIASES = {"budget_strategy": "strategy"}  # the request's name for the strategy
+
+
+def parse_point(spec: str, option: str = "--point") -> BudgetSettings:
+    """One budget point from a JSON object of budget fields (s1's and the modes'); a readable
+    BenchError for bad JSON, an unknown field or a bad value.
+
+    >>> parse_point('{"probe_every": 16, "probe_agree": 2, "max_thinking_tokens": 256}').label
+    'max=256,probe=16x2'
+    """
+    try:
+        fields = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"`{option}` is not JSON ({exc.msg} at character {exc.pos}): {spec!r}") from exc
+    if not isinstance(fields, dict):
+        raise BenchError(f"`{option}` must be a JSON object of budget fields, like '{{\"max_thinking_tokens\": 512}}'")
+    known = list(BudgetSettings.model_fields)
+    for alias, name in POINT_ALIASES.items():
+        if alias in fields:
+            if name in fields:
+                raise BenchError(f"`{option}` sets both `{alias}` and `{name}`; give one")
+            fields[name] = fields.pop(alias)
+    unknown = [name for name in fields if name not in known]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, [*known, *POINT_ALIASES], n=1)
+            hints.append(f"`{name}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+        raise BenchError(f"`{option}`: unknown field {', '.join(hints)}; known fields: {', '.join(known)}")
+    try:
+        return BudgetSettings(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].replace("a valid tuple", "a list (a JSON array)")
+        raise BenchError(f"`{option}` {spec}: " + (f"`{where}`: " if where else "") + message) from exc
+
+
 class SweepSpec(BaseModel):
     """Which budgets to run: each list adds points; strategies and wait strings multiply them.
 
     A "waits" point forbids ending the thinking before `waits_min` tokens (default: `waits_max`,
     else one below the completion cap) but inserts at most N waits, which is s1's "suppress the
-    end of thinking N times" extrapolation.
+    end of thinking N times" extrapolation. `extra` points (the CLI's `--point`) come last, as
+    given: they are not crossed with wait strings, strategies or the answer prefix.
     """
 
     baseline: bool = False
@@ -99,9 +145,10 @@ class SweepSpec(BaseModel):
     wait_strings: list[str] = Field(default_factory=list)
     strategies: list[Strategy] = Field(default_factory=list)
     answer_prefix: str | None = None
+    extra: list[BudgetSettings] = Field(default_factory=list)
 
     def points(self, max_tokens: int) -> list[BudgetSettings]:
-        """The sweep's budgets in a stable order (baseline, max, min, min:max, waits)."""
+        """The sweep's budgets in a stable order (baseline, max, min, min:max, waits, extra)."""
         plain: list[BudgetSettings] = [BudgetSettings(max_thinking_tokens=hi) for hi in self.max_only]
         forcing: list[dict[str, Any]] = [{"min_thinking_tokens": lo} for lo in self.min_only]
         forcing += [{"min_thinking_tokens": lo, "max_thinking_tokens": hi} for lo, hi in self.min_max]
@@ -123,10 +170,25 @@ class SweepSpec(BaseModel):
                 for p in points
                 for s in (self.strategies or [None])
             ]
-        unique = list(dict.fromkeys(points))
+        unique = list(dict.fromkeys([*points, *self.extra]))
         if not unique:
-            raise BenchError("empty sweep: give at least one of --max, --min, --min-max, --waits or --baseline")
+            raise BenchError(
+                "empty sweep: give at least one of --max, --min, --min-max, --waits, --point or --baseline"
+            )
+        check_labels(unique)
         return unique
+
+
+def check_labels(points: Sequence[BudgetSettings]) -> None:
+    """Labels are resume keys: two different points must never share one."""
+    seen: dict[str, BudgetSettings] = {}
+    for point in points:
+        other = seen.setdefault(point.label, point)
+        if other != point:
+            raise BenchError(
+                f"two different points share the label {point.label!r}: "
+                f"{other.model_dump(exclude_none=True)} and {point.model_dump(exclude_none=True)}"
+            )
 
 
 # --- running -------------------------------------------------------------------------------
@@ -198,6 +260,10 @@ def grade_sample(eval_: Eval, example: Example, response: SamplerResponse) -> Si
         metrics["waits_inserted"] = response.waits_inserted
     if response.forced_end is not None:
         metrics["forced_end"] = float(response.forced_end)
+    for key in MODE_REPORT_KEYS:
+        value = getattr(response, key)
+        if value is not None:
+            metrics[key] = float(value)
     convo = messages + [{"role": "assistant", "content": response.content, "reasoning": response.reasoning}]
     return SingleEvalResult(score=score, metrics=metrics, extracted_answer=extracted, convo=convo)
 
@@ -206,7 +272,9 @@ def sample_row(
     key: str, eval_: Eval, point: BudgetSettings, example: Example, repeat: int, response: SamplerResponse
 ) -> dict[str, Any]:
     result = grade_sample(eval_, example, response)
-    within = None if point.is_baseline or response.thinking_tokens is None else point.within(response.thinking_tokens)
+    within = (
+        None if not point.has_s1_budget or response.thinking_tokens is None else point.within(response.thinking_tokens)
+    )
     return {
         "key": key,
         "eval": eval_.name,
@@ -222,6 +290,7 @@ def sample_row(
         "completion_tokens": response.completion_tokens,
         "waits_inserted": response.waits_inserted,
         "forced_end": response.forced_end,
+        **{key: getattr(response, key) for key in MODE_REPORT_KEYS},
         "within_budget": within,
         "finish_reason": response.finish_reason,
         "latency_s": round(response.latency_s, 4),
@@ -295,14 +364,40 @@ def sample_seed(key: str) -> int:
 # --- summarising ---------------------------------------------------------------------------
 
 
+# The modes' per-point metrics: (summary key, the sample key it is the mean of, table header, a share?).
+MODE_METRICS: tuple[tuple[str, str, str, bool], ...] = (
+    ("mean_scheduled_waits", "scheduled_waits", "sched waits", False),
+    ("intervened_rate", "intervened", "intervened %", True),
+    ("early_exit_rate", "early_exit", "early exit %", True),
+    ("mean_probes", "probes", "probes", False),
+    ("mean_probe_tokens", "probe_tokens", "probe tok", False),
+    ("mean_answer_tokens", "answer_tokens", "answer tok", False),
+    ("answer_truncated_rate", "answer_truncated", "answer cut %", True),
+)
+
+
+def mode_columns(summary: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(summary key, header, share?) of the modes' metrics that some point of `summary` has."""
+    return [
+        (key, header, share)
+        for key, _, header, share in MODE_METRICS
+        if any(e.get(key) is not None for e in summary["points"])
+    ]
+
+
 def aggregate(rows: Sequence[dict[str, Any]], point: BudgetSettings) -> EvalResult:
-    """Reduce one point's rows: accuracy over graded samples, token stats, the Control fraction."""
+    """Reduce one point's rows: accuracy over graded samples, token stats, the Control fraction,
+    and the means of the modes' report keys (None where no sample reports one)."""
     graded = [r for r in rows if r.get("error") is None and r.get("score") is not None]
     tokens = [r["thinking_tokens"] for r in graded if r.get("thinking_tokens") is not None]
     waits = [r["waits_inserted"] for r in graded if r.get("waits_inserted") is not None]
     forced = [float(r["forced_end"]) for r in graded if r.get("forced_end") is not None]
     within = [float(r["within_budget"]) for r in graded if r.get("within_budget") is not None]
     score = statistics.fmean(r["score"] for r in graded) if graded else None
+    modes: dict[str, float | None] = {}
+    for key, sample_key_, _, _ in MODE_METRICS:
+        values = [float(r[sample_key_]) for r in graded if r.get(sample_key_) is not None]
+        modes[key] = statistics.fmean(values) if values else None
     return EvalResult(
         score=score,
         metrics={
@@ -313,9 +408,10 @@ def aggregate(rows: Sequence[dict[str, Any]], point: BudgetSettings) -> EvalResu
             "median_thinking_tokens": statistics.median(tokens) if tokens else None,
             "mean_waits": statistics.fmean(waits) if waits else None,
             "forced_end_rate": statistics.fmean(forced) if forced else None,
-            "control": None if point.is_baseline or not within else statistics.fmean(within),
+            "control": None if not point.has_s1_budget or not within else statistics.fmean(within),
             "within_n": float(len(within)),
             "mean_latency_s": statistics.fmean(r["latency_s"] for r in graded) if graded else None,
+            **modes,
         },
     )
 
@@ -340,8 +436,10 @@ def scaling(points: Sequence[tuple[float, float]]) -> float | None:
 
 
 def series_name(point: BudgetSettings) -> str:
-    """Points that share strategy and wait strings form one series (one line in the plot)."""
+    """Points that share strategy and wait strings form one series (one line in the plot); points
+    of the modes beyond s1 form series by their modes (`mode:nowait`, `mode:early_exit`, ...)."""
     parts = [
+        "mode:" + "+".join(point.modes) if point.modes else "",
         f"strategy={point.strategy}" if point.strategy else "",
         "wait=" + "|".join(point.wait_strings) if point.wait_strings else "",
     ]
@@ -357,7 +455,12 @@ def summarize(rows: Sequence[dict[str, Any]], points: Sequence[BudgetSettings]) 
     for point in points:
         result = aggregate(by_point[point.label], point)
         table.append(
-            {"point": point.label, "series": "baseline" if point.is_baseline else series_name(point), **result.metrics}
+            {
+                "point": point.label,
+                "series": "baseline" if point.is_baseline else series_name(point),
+                "mode": list(point.modes),
+                **result.metrics,
+            }
         )
 
     def s1_metrics(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -385,7 +488,8 @@ def summarize(rows: Sequence[dict[str, Any]], points: Sequence[BudgetSettings]) 
         name: s1_metrics([e for e in budgeted if e["series"] == name])
         for name in dict.fromkeys(e["series"] for e in budgeted)
     }
-    return {"points": table, "s1": {"all": s1_metrics(budgeted), **({} if len(series) < 2 else series)}}
+    s1_points = [e for e in budgeted if not e["mode"]]
+    return {"points": table, "s1": {"all": s1_metrics(s1_points), **({} if len(series) < 2 else series)}}
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -404,15 +508,20 @@ def markdown_table(summary: dict[str, Any]) -> str:
             else str(value)
         )
 
+    extra = mode_columns(summary)
+    headers = "".join(f" {header} |" for _, header, _ in extra)
     lines = [
-        "| point | n | errors | accuracy % | mean think | median think | mean waits | forced end % | control % |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| point | n | errors | accuracy % | mean think | median think | mean waits | forced end % | control % |"
+        + headers,
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for e in summary["points"]:
+        cells = "".join(f" {fmt(e.get(key), share)} |" for key, _, share in extra)
+        point = e["point"].replace("|", "\\|")  # a wait-string or banned-string separator, not a column
         lines.append(
-            f"| {e['point']} | {fmt(e['n'])} | {fmt(e['errors'])} | {fmt(e['accuracy'], True)} | "
+            f"| {point} | {fmt(e['n'])} | {fmt(e['errors'])} | {fmt(e['accuracy'], True)} | "
             f"{fmt(e['mean_thinking_tokens'])} | {fmt(e['median_thinking_tokens'])} | {fmt(e['mean_waits'])} | "
-            f"{fmt(e['forced_end_rate'], True)} | {fmt(e['control'], True)} |"
+            f"{fmt(e['forced_end_rate'], True)} | {fmt(e['control'], True)} |" + cells
         )
     lines += [
         "",
@@ -421,29 +530,35 @@ def markdown_table(summary: dict[str, Any]) -> str:
     ]
     for name, m in summary["s1"].items():
         scaling_ = fmt(m["scaling_pct_per_1k_tokens"])
+        name = name.replace("|", "\\|")
         lines.append(
             f"| {name} | {m['points']} | {fmt(m['control'], True)} | {scaling_} | {fmt(m['performance'], True)} |"
         )
     return "\n".join(lines) + "\n"
 
 
+MODE_MARKERS = ("s", "^", "D", "v", "P", "X", "h", "<", ">", "p", "d", "H")
+PLOT_LABEL_CHARS = 48
+
+
+def short(text: str, limit: int = PLOT_LABEL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def plot(summary: dict[str, Any], path: Path, title: str) -> None:
-    """Accuracy (%) vs mean thinking tokens, one line per series, baseline as a star."""
+    """Accuracy (%) vs mean thinking tokens: one line per s1 series, baseline as a star, and each
+    point of a mode beyond s1 as its own marker (one colour per mode), annotated with its label."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     annotated: set[tuple[float, float, str]] = set()
     all_ys: list[float] = []
-    for name in dict.fromkeys(e["series"] for e in summary["points"]):
-        entries = [
-            e
-            for e in summary["points"]
-            if e["series"] == name and e["mean_thinking_tokens"] is not None and e["accuracy"] is not None
-        ]
-        entries.sort(key=lambda e: e["mean_thinking_tokens"])
+    plotted = [e for e in summary["points"] if e["mean_thinking_tokens"] is not None and e["accuracy"] is not None]
+    for name in dict.fromkeys(e["series"] for e in summary["points"] if not e.get("mode")):
+        entries = sorted((e for e in plotted if e["series"] == name), key=lambda e: e["mean_thinking_tokens"])
         if not entries:
             continue
         xs = [e["mean_thinking_tokens"] for e in entries]
@@ -458,6 +573,20 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
             if (x, y, text) not in annotated:  # series that share a budget share its label
                 annotated.add((x, y, text))
                 ax.annotate(text, (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
+    mode_entries = [e for e in plotted if e.get("mode")]
+    colours = {name: f"C{(i + 5) % 10}" for i, name in enumerate(dict.fromkeys(e["series"] for e in mode_entries))}
+    for i, e in enumerate(mode_entries):
+        x, y = e["mean_thinking_tokens"], 100 * e["accuracy"]
+        all_ys.append(y)
+        marker = MODE_MARKERS[i % len(MODE_MARKERS)]
+        ax.scatter(
+            [x], [y], marker=marker, s=70, color=colours[e["series"]], edgecolors="black", linewidths=0.6,
+            label=short(e["point"]), zorder=4,
+        )  # fmt: skip
+        ax.annotate(
+            short(e["point"], 32), (x, y), fontsize=7, textcoords="offset points", xytext=(5, -10),
+            color=colours[e["series"]],
+        )  # fmt: skip
     if all_ys and max(all_ys) - min(all_ys) < 10:  # keep flat curves readable: at least 10 points of range
         middle = (max(all_ys) + min(all_ys)) / 2
         low = min(max(middle - 5, 0), 90)
@@ -466,9 +595,12 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if mode_entries:  # many labels: the legend goes beside the axes
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -105,12 +105,15 @@ def show_accuracy(summary: dict[str, Any], title: str) -> None:
         return "-" if value is None else f"{value:.1f}"
 
     table = Table(title=title)
-    for column in ("point", "n", "err", "acc %", "mean think", "median think", "waits", "forced %", "control %"):
+    extra = accuracy.mode_columns(summary)  # the modes' columns, only when some point has them
+    columns = ("point", "n", "err", "acc %", "mean think", "median think", "waits", "forced %", "control %")
+    for column in (*columns, *(header for _, header, _ in extra)):
         table.add_column(column, justify="left" if column == "point" else "right", overflow="fold")
     for e in summary["points"]:
         table.add_row(
             e["point"], f"{e['n']:.0f}", f"{e['errors']:.0f}", pct(e["accuracy"]), num(e["mean_thinking_tokens"]),
             num(e["median_thinking_tokens"]), num(e["mean_waits"]), pct(e["forced_end_rate"]), pct(e["control"]),
+            *((pct if share else num)(e.get(key)) for key, _, share in extra),
         )  # fmt: skip
     console.print(table)
     s1 = Table(title="s1 metrics")
@@ -156,6 +159,18 @@ def accuracy_command(
     strategy: Annotated[list[str] | None, typer.Option("--strategy", help="Repeatable: engine, rounds.")] = None,
     answer_prefix: Annotated[str | None, typer.Option(help="Text forced after the end of thinking.")] = None,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Add an unbudgeted point.")] = False,
+    point_json: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--point",
+            help="Repeatable: one more point as a JSON object of budget fields, s1's and the thinking modes' "
+            "(banned_thinking_strings, thinking_intervention, intervention_at, max_answer_tokens, "
+            "alpha_moment_tokens, alpha, wait_probability, wait_decay, paragraph_breaks, probe_every, "
+            "probe_agree, probe_lead, probe_max_tokens), e.g. "
+            '\'{"probe_every": 16, "probe_agree": 2, "max_thinking_tokens": 256}\'. Run after the other points, '
+            "as given (not crossed with --strategy, --wait-string or --answer-prefix).",
+        ),
+    ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Completion cap (thinking + answer).")] = 4096,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy, as in s1.")] = 0.0,
     top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
@@ -188,6 +203,7 @@ def accuracy_command(
             wait_strings=wait_string or [],
             strategies=check_strategies(strategy or []),
             answer_prefix=answer_prefix,
+            extra=[accuracy.parse_point(text) for text in point_json or []],
         )
         points = spec.points(max_tokens)
         for point in points:
