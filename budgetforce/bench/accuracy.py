@@ -538,6 +538,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 MODE_MARKERS = ("s", "^", "D", "v", "P", "X", "h", "<", ">", "p", "d", "H")
+MODE_COLOURS = ("C3", "C2", "C4", "C1", "C6", "C5", "C9", "C7")  # C0 is s1's first line; no pale yellow
 PLOT_LABEL_CHARS = 48
 
 
@@ -555,8 +556,10 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     annotated: set[tuple[float, float, str]] = set()
+    texts: list[Any] = []  # every annotation, so that a mode point's label avoids them
     all_ys: list[float] = []
     plotted = [e for e in summary["points"] if e["mean_thinking_tokens"] is not None and e["accuracy"] is not None]
+    mode_entries = [e for e in plotted if e.get("mode")]
     for name in dict.fromkeys(e["series"] for e in summary["points"] if not e.get("mode")):
         entries = sorted((e for e in plotted if e["series"] == name), key=lambda e: e["mean_thinking_tokens"])
         if not entries:
@@ -567,14 +570,21 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
         if name == "baseline":
             ax.scatter(xs, ys, marker="*", s=160, color="black", label="no budget", zorder=3)
             continue
-        ax.plot(xs, ys, marker="o", label=name)
+        ax.plot(xs, ys, marker="o", label=f"s1: {name}" if mode_entries else name)
         for x, y, e in zip(xs, ys, entries):
             text = ",".join(p for p in e["point"].split(",") if not p.startswith(("wait=", "strategy=")))
             if (x, y, text) not in annotated:  # series that share a budget share its label
                 annotated.add((x, y, text))
-                ax.annotate(text, (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
-    mode_entries = [e for e in plotted if e.get("mode")]
-    colours = {name: f"C{(i + 5) % 10}" for i, name in enumerate(dict.fromkeys(e["series"] for e in mode_entries))}
+                texts.append(ax.annotate(text, (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4)))
+    families = dict.fromkeys(e["series"] for e in mode_entries)
+    colours = {name: MODE_COLOURS[i % len(MODE_COLOURS)] for i, name in enumerate(families)}
+    x_mid = (
+        statistics.fmean(
+            [min(e["mean_thinking_tokens"] for e in plotted), max(e["mean_thinking_tokens"] for e in plotted)]
+        )
+        if plotted
+        else 0
+    )
     for i, e in enumerate(mode_entries):
         x, y = e["mean_thinking_tokens"], 100 * e["accuracy"]
         all_ys.append(y)
@@ -583,10 +593,15 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
             [x], [y], marker=marker, s=70, color=colours[e["series"]], edgecolors="black", linewidths=0.6,
             label=short(e["point"]), zorder=4,
         )  # fmt: skip
-        ax.annotate(
-            short(e["point"], 32), (x, y), fontsize=7, textcoords="offset points", xytext=(5, -10),
-            color=colours[e["series"]],
+    mode_labels = []
+    for e in mode_entries:
+        x, y = e["mean_thinking_tokens"], 100 * e["accuracy"]
+        right = x > x_mid  # labels of the right half go to the left of their marker, inside the axes
+        text = ax.annotate(
+            short(e["point"], 32), (x, y), fontsize=7, textcoords="offset points", xytext=(-6 if right else 6, -11),
+            ha="right" if right else "left", color="0.2",
         )  # fmt: skip
+        mode_labels.append((text, -6 if right else 6))
     if all_ys and max(all_ys) - min(all_ys) < 10:  # keep flat curves readable: at least 10 points of range
         middle = (max(all_ys) + min(all_ys)) / 2
         low = min(max(middle - 5, 0), 90)
@@ -600,6 +615,15 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     else:
         ax.legend(fontsize=8)
     fig.tight_layout()
+    if mode_labels:  # mode points often sit close together: move a label that would cover another
+        renderer = fig.canvas.get_renderer()
+        for text, dx in mode_labels:
+            for dy in (-11, 6, -21, 16, -31, 26, -41, 36):
+                text.xyann = (dx, dy)
+                box = text.get_window_extent(renderer)
+                if not any(box.overlaps(other.get_window_extent(renderer)) for other in texts):
+                    break
+            texts.append(text)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
