@@ -26,7 +26,16 @@ from budgetforce.bench import accuracy
 from budgetforce.bench.cli import app
 from budgetforce.bench.evals import load_eval
 from budgetforce.bench.sampler import ChatSampler, RequestRejected, budget_fields
-from budgetforce.bench.types import BenchError, BudgetSettings, Eval, Example, MessageList, SamplerResponse
+from budgetforce.bench.types import (
+    MODE_FIELD_NAMES,
+    MODE_REPORT_KEYS,
+    BenchError,
+    BudgetSettings,
+    Eval,
+    Example,
+    MessageList,
+    SamplerResponse,
+)
 
 runner = CliRunner()
 
@@ -87,6 +96,130 @@ def test_budget_fields_per_backend() -> None:
         budget_fields(budget, "vllm")
 
 
+# --- points of the thinking modes beyond s1 ----------------------------------------------
+
+PROBE_POINT = (
+    '{"probe_every": 16, "probe_agree": 2, "probe_lead": "\\n\\nThe answer is", '
+    '"min_thinking_tokens": 128, "max_thinking_tokens": 256}'
+)
+LONG_INTERVENTION = "I must answer in one sentence and check the arithmetic once, "
+
+
+def test_parse_point_takes_s1_and_mode_fields() -> None:
+    point = accuracy.parse_point(PROBE_POINT)
+    assert point == BudgetSettings(
+        min_thinking_tokens=128, max_thinking_tokens=256, probe_every=16, probe_agree=2, probe_lead="\n\nThe answer is"
+    )
+    assert point.label == "min=128,max=256,probe=16x2,lead='\\n\\nThe answer is'"
+    assert point.modes == ("early_exit",) and not point.is_baseline and point.has_s1_budget
+    nowait = accuracy.parse_point('{"banned_thinking_strings": ["Wait", "Hmm"], "budget_strategy": "rounds"}')
+    assert nowait == BudgetSettings(banned_thinking_strings=("Wait", "Hmm"), strategy="rounds")
+    assert accuracy.parse_point("{}").is_baseline
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("{oops", "`--point` is not JSON"),
+        ('{"max_thinking_tokens": 512,}', "`--point` is not JSON"),
+        ("[512]", "must be a JSON object"),
+        ('{"probe_evry": 16}', "unknown field `probe_evry` (did you mean `probe_every`?)"),
+        ('{"thinking_token_budget": 16}', "unknown field `thinking_token_budget`"),
+        ('{"strategy": "engine", "budget_strategy": "rounds"}', "both `budget_strategy` and `strategy`"),
+        ('{"wait_decay": "exponential"}', "`wait_decay`: Input should be 'linear' or 'constant'"),
+        ('{"banned_thinking_strings": "Wait"}', "a list (a JSON array)"),
+        ('{"max_answer_tokens": -1}', "`max_answer_tokens`"),
+        ('{"min_thinking_tokens": 9, "max_thinking_tokens": 3}', "exceeds"),
+    ],
+)
+def test_parse_point_errors_are_readable(spec: str, message: str) -> None:
+    with pytest.raises(BenchError) as excinfo:
+        accuracy.parse_point(spec)
+    assert message in str(excinfo.value)
+
+
+def test_mode_labels_are_short_stable_and_unique() -> None:
+    expected = {
+        BudgetSettings(banned_thinking_strings=("Wait",)): "nowait=Wait",
+        BudgetSettings(banned_thinking_strings=("Wait", " Hmm", "Let me")): "nowait=Wait|' Hmm'|'Let me'",
+        BudgetSettings(max_answer_tokens=32): "answer<=32",
+        BudgetSettings(max_thinking_tokens=990, max_answer_tokens=32): "max=990,answer<=32",
+        BudgetSettings(thinking_intervention="Be brief.", intervention_at=0): "intervene@0='Be brief.'",
+        BudgetSettings(thinking_intervention="Be brief."): "intervene='Be brief.'",
+        BudgetSettings(
+            alpha_moment_tokens=120, wait_probability=0.5, wait_decay="linear", paragraph_breaks=("\n",)
+        ): "alpha@120,p=0.5,linear,breaks='\\n'",
+        BudgetSettings(max_thinking_tokens=4000, alpha=1.4): "max=4000,alpha=1.4",
+        BudgetSettings(probe_every=16, probe_agree=2): "probe=16x2",
+        BudgetSettings(probe_every=16, probe_max_tokens=8): "probe=16,probe_max=8",
+        BudgetSettings(min_thinking_tokens=8, max_waits=1, banned_thinking_strings=("Hmm",), wait_strings=("Wait",),
+                       strategy="engine"): "min=8,waits=1,nowait=Hmm,wait=Wait,strategy=engine",
+    }  # fmt: skip
+    assert {point: point.label for point in expected} == expected
+    # the same point always gets the same label (it is the resume key), from any field order
+    assert accuracy.parse_point('{"probe_agree": 2, "probe_every": 16}').label == "probe=16x2"
+    # long free text is cut, with a digest of the whole: a shared start does not merge two points
+    a = BudgetSettings(thinking_intervention=LONG_INTERVENTION + "then answer.", intervention_at=0)
+    b = BudgetSettings(thinking_intervention=LONG_INTERVENTION + "then stop.", intervention_at=0)
+    assert a.label.startswith("intervene@0='I must answer in one sen…'~") and len(a.label) < 48
+    assert a.label != b.label and a.label == a.model_copy().label
+    many = [f"word{i}" for i in range(20)]
+    banned = [BudgetSettings(banned_thinking_strings=(*many, last)) for last in ("x", "y")]
+    assert banned[0].label != banned[1].label and len(banned[0].label) < 64
+    distinct = [
+        *expected, a, b, *banned, BudgetSettings(), BudgetSettings(alpha=1.0, max_thinking_tokens=10),
+        BudgetSettings(alpha_moment_tokens=1, max_thinking_tokens=10), BudgetSettings(max_thinking_tokens=10),
+        BudgetSettings(probe_lead=" The answer is", probe_every=16), BudgetSettings(answer_prefix="x"),
+    ]  # fmt: skip
+    assert len({p.label for p in distinct}) == len(distinct)
+    assert [p for p in distinct if p.is_baseline] == [BudgetSettings()]
+
+
+def test_points_with_a_shared_label_are_refused() -> None:
+    with pytest.raises(BenchError, match="share the label"):
+        accuracy.check_labels([BudgetSettings(wait_strings=("a|b",)), BudgetSettings(wait_strings=("a", "b"))])
+
+
+def test_bench_knows_every_mode_field_and_report_key_of_the_server() -> None:
+    from budgetforce.budget import NEW_FIELDS, REPORT_KEYS
+
+    assert set(MODE_FIELD_NAMES) == set(NEW_FIELDS)
+    assert set(MODE_REPORT_KEYS) == {key for keys in REPORT_KEYS.values() for key in keys}
+
+
+def test_point_option_adds_points_after_the_sweep() -> None:
+    extra = [accuracy.parse_point(PROBE_POINT), BudgetSettings(max_thinking_tokens=512)]
+    spec = accuracy.SweepSpec(max_only=[512, 1024], strategies=["engine"], extra=extra)
+    labels = [p.label for p in spec.points(max_tokens=4096)]
+    assert labels == [
+        "max=512,strategy=engine",
+        "max=1024,strategy=engine",
+        "min=128,max=256,probe=16x2,lead='\\n\\nThe answer is'",  # as given: not crossed with --strategy
+        "max=512",
+    ]
+    assert [p.label for p in accuracy.SweepSpec(extra=extra[:1]).points(max_tokens=4096)] == [labels[2]]
+
+
+def test_budget_fields_send_modes_and_vllm_refuses_them() -> None:
+    point = BudgetSettings(
+        max_thinking_tokens=4000, alpha=0.5, wait_probability=0.3, wait_decay="constant", paragraph_breaks=("\n\n",),
+        banned_thinking_strings=("Hmm",), thinking_intervention="Be brief.", intervention_at=5, max_answer_tokens=64,
+    )  # fmt: skip
+    assert budget_fields(point, "budgetforce") == {
+        "max_thinking_tokens": 4000, "alpha": 0.5, "wait_probability": 0.3, "wait_decay": "constant",
+        "paragraph_breaks": ["\n\n"], "banned_thinking_strings": ["Hmm"], "thinking_intervention": "Be brief.",
+        "intervention_at": 5, "max_answer_tokens": 64,
+    }  # fmt: skip
+    probe = accuracy.parse_point(PROBE_POINT)
+    assert budget_fields(probe, "budgetforce") == {
+        "min_thinking_tokens": 128, "max_thinking_tokens": 256, "probe_every": 16, "probe_agree": 2,
+        "probe_lead": "\n\nThe answer is",
+    }  # fmt: skip
+    for mode_point in (point, probe, BudgetSettings(max_thinking_tokens=64, max_answer_tokens=8)):
+        with pytest.raises(BenchError, match="backend `vllm` has none of budgetforce's thinking modes"):
+            budget_fields(mode_point, "vllm")
+
+
 # --- s1 metrics ----------------------------------------------------------------------------
 
 
@@ -145,6 +278,60 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert json.loads(paths["summary"].read_text())["s1"]["all"]["points"] == 2
 
 
+def mode_row(point: BudgetSettings, score: float, tokens: int, **report: Any) -> dict[str, Any]:
+    return {
+        **row(point, score, tokens),
+        "within_budget": point.within(tokens) if point.has_s1_budget else None,
+        **report,
+    }
+
+
+def test_summary_has_the_modes_columns_only_when_some_point_has_them(tmp_path: Path) -> None:
+    s1_point = BudgetSettings(max_thinking_tokens=1000)
+    s1_rows = [row(s1_point, 1, 800), row(s1_point, 0, 1000, forced=True)]
+    plain = accuracy.markdown_table(accuracy.summarize(s1_rows, [s1_point]))
+    assert plain.splitlines()[0] == (
+        "| point | n | errors | accuracy % | mean think | median think | mean waits | forced end % | control % |"
+    )
+    probe, alpha, elastic = (
+        accuracy.parse_point(PROBE_POINT),
+        BudgetSettings(alpha_moment_tokens=120, wait_probability=0.5),
+        BudgetSettings(max_answer_tokens=32),
+    )
+    rows = [
+        *s1_rows,
+        mode_row(probe, 1, 128, early_exit=True, probes=8, probe_tokens=40),
+        mode_row(probe, 1, 256, early_exit=False, probes=16, probe_tokens=80),
+        mode_row(alpha, 0, 400, scheduled_waits=3),
+        mode_row(alpha, 1, 600, scheduled_waits=1),
+        mode_row(elastic, 1, 900, answer_tokens=20, answer_truncated=False),
+        mode_row(elastic, 0, 950, answer_tokens=32, answer_truncated=True),
+        mode_row(elastic, 0, 960, answer_tokens=32, answer_truncated=True),
+        mode_row(elastic, 1, 970, answer_tokens=12, answer_truncated=False),
+    ]
+    points = [s1_point, probe, alpha, elastic]
+    summary = accuracy.summarize(rows, points)
+    by_point = {e["point"]: e for e in summary["points"]}
+    p, a, e = by_point[probe.label], by_point["alpha@120,p=0.5"], by_point["answer<=32"]
+    assert (p["accuracy"], p["mean_thinking_tokens"], p["early_exit_rate"], p["mean_probes"]) == (1.0, 192, 0.5, 12)
+    assert p["mean_probe_tokens"] == 60 and p["mean_scheduled_waits"] is None and p["series"] == "mode:early_exit"
+    assert (a["mean_scheduled_waits"], a["accuracy"], a["control"]) == (2, 0.5, None)
+    assert (e["mean_answer_tokens"], e["answer_truncated_rate"], e["mode"]) == (24, 0.5, ["answer_budget"])
+    assert by_point["max=1000"]["mean_probes"] is None and by_point["max=1000"]["mode"] == []
+    assert summary["s1"]["all"]["points"] == 1  # s1's metrics over s1's points; the modes' series apart
+    assert set(summary["s1"]) == {"all", "default", "mode:early_exit", "mode:scheduled_waits", "mode:answer_budget"}
+    table = accuracy.markdown_table(summary)
+    header = table.splitlines()[0]
+    assert header.endswith(
+        "| control % | sched waits | early exit % | probes | probe tok | answer tok | answer cut % |"
+    )  # intervened % is left out: no point reports it
+    assert "| answer<=32 | 4 | 0 | 50.0 | 945 | 955 | 0 | 0.0 | - | - | - | - | - | 24 | 50.0 |" in table
+    assert f"| {probe.label} | 2 | 0 | 100.0 | 192 | 192 | 0 | 0.0 | 100.0 | - | 50.0 | 12 | 60 | - | - |" in table
+    paths = accuracy.write_reports(summary, tmp_path, "modes")
+    assert paths["plot"].read_bytes().startswith(b"\x89PNG")
+    assert json.loads(paths["summary"].read_text())["points"][1]["early_exit_rate"] == 0.5
+
+
 # --- sampler ------------------------------------------------------------------------------
 
 
@@ -187,6 +374,32 @@ def test_sampler_sends_budget_and_reads_usage() -> None:
         "usage",
     )
     assert (result.waits_inserted, result.forced_end) == (1, False)
+
+
+def test_sampler_keeps_the_modes_report_keys_and_sample_rows_write_them() -> None:
+    sent: list[dict] = []
+    report = {
+        "thinking_tokens": 48, "waits_inserted": 0, "forced_end": False, "strategy": "engine", "early_exit": True,
+        "probes": 3, "probe_tokens": 27, "answer_tokens": 7, "answer_truncated": False, "intervened": True,
+        "scheduled_waits": 2,
+    }  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=completion("4", "think", usage_tokens=48, budget=report))
+
+    point = accuracy.parse_point(PROBE_POINT)
+    result = asyncio.run(mock_sampler(handler)([{"role": "user", "content": "2+2"}], point))
+    assert sent[0]["probe_every"] == 16 and sent[0]["probe_lead"] == "\n\nThe answer is"
+    assert {key: getattr(result, key) for key in MODE_REPORT_KEYS} == {key: report[key] for key in MODE_REPORT_KEYS}
+    eval_ = ArithmeticEval(3)
+    sample = accuracy.sample_row("k", eval_, point, Example("1", "2+2", "4"), 0, result)
+    assert {key: sample[key] for key in MODE_REPORT_KEYS} == {key: report[key] for key in MODE_REPORT_KEYS}
+    assert sample["point"] == point.label and sample["budget"]["probe_agree"] == 2 and sample["score"] == 1.0
+    # a response without the keys (an s1 point) leaves them None
+    plain = SamplerResponse(request={}, response={}, content="4", thinking_tokens=10)
+    assert all(v is None for k, v in accuracy.sample_row("k", eval_, point, Example("1", "2+2", "4"), 0, plain).items()
+               if k in MODE_REPORT_KEYS)  # fmt: skip
 
 
 def test_sampler_vllm_backend_splits_think_tags_and_counts_with_tokenizer() -> None:
@@ -288,6 +501,31 @@ def test_sweep_resumes_after_a_crash_and_retries_errors(tmp_path: Path) -> None:
     assert third.calls == []
 
 
+def test_sweep_of_mode_points_resumes_by_their_labels(tmp_path: Path) -> None:
+    eval_ = ArithmeticEval(2)
+    start = "I must answer in one sentence and check the arithmetic once, "
+    points = [
+        BudgetSettings(max_thinking_tokens=200, banned_thinking_strings=("Wait",)),
+        BudgetSettings(thinking_intervention=start + "then answer.", intervention_at=0),
+        accuracy.parse_point(PROBE_POINT),
+    ]
+    first = CountingSampler(fail={"1+1"})
+    asyncio.run(accuracy.run_sweep(eval_, first, points, tmp_path, progress=False))
+    assert len(first.calls) == 6
+    rows = accuracy.read_samples(tmp_path / accuracy.SAMPLES_FILE)
+    assert {r["point"] for r in rows} == {p.label for p in points}
+    assert rows[0]["key"].startswith(rows[0]["point"] + "|")
+    # rerun: only the failed samples; then an intervention sharing the cut label's start runs anew
+    second = CountingSampler()
+    asyncio.run(accuracy.run_sweep(eval_, second, points, tmp_path, progress=False))
+    assert sorted(second.calls) == sorted((p.label, "1+1") for p in points)
+    other = BudgetSettings(thinking_intervention=start + "then stop.", intervention_at=0)
+    third = CountingSampler()
+    rows = asyncio.run(accuracy.run_sweep(eval_, third, [*points, other], tmp_path, progress=False))
+    assert sorted(third.calls) == [(other.label, "0+1"), (other.label, "1+1")]
+    assert len(rows) == 8 and all(r["error"] is None for r in rows)
+
+
 def test_rejected_request_stops_the_sweep_and_keeps_finished_samples(tmp_path: Path) -> None:
     eval_ = ArithmeticEval(4)
     sampler = CountingSampler(reject={"3+1"})
@@ -319,6 +557,9 @@ def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
         (["accuracy", "--min-max", "512-1024"], "MIN:MAX"),
         (["accuracy"], "empty sweep"),
         (["accuracy", "--backend", "vllm", "--min", "100"], "only a maximum"),
+        (["accuracy", "--backend", "vllm", "--point", '{"max_answer_tokens": 8}'], "thinking modes"),
+        (["accuracy", "--point", "{oops"], "`--point` is not JSON"),
+        (["accuracy", "--max", "64", "--point", '{"probe_evry": 16}'], "unknown field `probe_evry`"),
         (["accuracy", "--backend", "sglang", "--max", "1"], "`--backend` must be"),
         (["accuracy", "--strategy", "gpu", "--max", "1"], "`--strategy` must be"),
         (["accuracy", "--eval", "nope", "--max", "1"], "unknown eval"),
@@ -338,6 +579,20 @@ def test_cli_errors_are_one_readable_line(args: list[str], message: str) -> None
 # --- end to end against an imitation server ------------------------------------------------
 
 NATURAL_THINKING = 40  # the imitation model's own thinking length
+
+
+def imitation_mode_report(body: dict[str, Any]) -> dict[str, Any]:
+    """The keys the modes a request uses add to its `budget` report (made-up numbers, per mode)."""
+    report: dict[str, Any] = {}
+    if body.get("probe_every") is not None:
+        report.update(early_exit=True, probes=2, probe_tokens=2 * body.get("probe_max_tokens", 16))
+    if body.get("max_answer_tokens") is not None:
+        report.update(answer_tokens=min(5, body["max_answer_tokens"]), answer_truncated=body["max_answer_tokens"] < 5)
+    if body.get("alpha") is not None or body.get("alpha_moment_tokens") is not None:
+        report["scheduled_waits"] = 3
+    if body.get("thinking_intervention") is not None:
+        report["intervened"] = True
+    return report
 
 
 def imitation_app() -> FastAPI:
@@ -376,6 +631,7 @@ def imitation_app() -> FastAPI:
             "forced_end": thinking < NATURAL_THINKING,
             "strategy": "engine",
         }
+        budget.update(imitation_mode_report(body))
         if not body.get("stream"):
             message = {"role": "assistant", "content": answer, "reasoning_content": reasoning, "reasoning": reasoning}
             choice = {"index": 0, "message": message, "finish_reason": "stop", "budget": budget}
@@ -432,6 +688,39 @@ def test_cli_accuracy_end_to_end_and_resume(imitation_url: str, tmp_path: Path) 
     assert rerun.exit_code == 0 and len((out / accuracy.SAMPLES_FILE).read_text().splitlines()) == 16
     other = runner.invoke(app, [*args, "--temperature", "0.5"])
     assert other.exit_code == 2 and "different run" in other.output
+
+
+def test_cli_accuracy_with_points_alone(imitation_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"q": f"What is {i}+1?", "a": str(i + 1)}) + "\n" for i in range(3)))
+    out = tmp_path / "run"
+    args = [
+        "accuracy", "--base-url", imitation_url, "--eval", "jsonl", "--data-path", str(data), "--question-field", "q",
+        "--answer-field", "a", "--grader", "integer", "--out", str(out), "--no-progress",
+        "--point", '{"probe_every": 16, "probe_agree": 2, "probe_max_tokens": 4, "max_thinking_tokens": 20}',
+        "--point", '{"max_answer_tokens": 3}', "--point", '{"alpha_moment_tokens": 30, "wait_probability": 0.5}',
+    ]  # fmt: skip
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / accuracy.SUMMARY_FILE).read_text())
+    assert [e["point"] for e in summary["points"]] == ["max=20,probe=16x2,probe_max=4", "answer<=3", "alpha@30,p=0.5"]
+    probe, elastic, alpha = summary["points"]
+    assert (probe["accuracy"], probe["early_exit_rate"], probe["mean_probes"], probe["mean_probe_tokens"]) == (
+        0.0, 1.0, 2, 8
+    )  # fmt: skip
+    assert (elastic["accuracy"], elastic["mean_answer_tokens"], elastic["answer_truncated_rate"]) == (1.0, 3, 1.0)
+    assert (alpha["mean_scheduled_waits"], alpha["mean_probes"]) == (3, None)
+    samples = accuracy.read_samples(out / accuracy.SAMPLES_FILE)
+    assert len(samples) == 9 and all(s["request"]["probe_every"] == 16 for s in samples if "probe" in s["point"])
+    assert {s["request"].get("max_answer_tokens") for s in samples if s["point"] == "answer<=3"} == {3}
+    table = (out / accuracy.TABLE_FILE).read_text()
+    assert "early exit %" in table and "answer cut %" in table and "intervened %" not in table
+    assert "early exit %" in result.output and (out / accuracy.PLOT_FILE).exists()
+    rerun = runner.invoke(app, [*args, "--point", '{"thinking_intervention": "Be brief."}'])
+    assert rerun.exit_code == 0, rerun.output
+    assert len(accuracy.read_samples(out / accuracy.SAMPLES_FILE)) == 12  # only the new point ran
+    summary = json.loads((out / accuracy.SUMMARY_FILE).read_text())
+    assert summary["points"][-1]["point"] == "intervene='Be brief.'" and summary["points"][-1]["intervened_rate"] == 1
 
 
 def test_cli_load_end_to_end(imitation_url: str, tmp_path: Path) -> None:
