@@ -720,6 +720,7 @@ def test_cli_accuracy_with_points_alone(imitation_url: str, tmp_path: Path) -> N
     assert rerun.exit_code == 0, rerun.output
     assert len(accuracy.read_samples(out / accuracy.SAMPLES_FILE)) == 12  # only the new point ran
     summary = json.loads((out / accuracy.SUMMARY_FILE).read_text())
+    assert summary["s1"]["all"]["points"] == 0 and summary["s1"]["mode:intervention"]["points"] == 1
     assert summary["points"][-1]["point"] == "intervene='Be brief.'" and summary["points"][-1]["intervened_rate"] == 1
 
 

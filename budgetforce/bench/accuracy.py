@@ -423,7 +423,7 @@ def scaling(points: Sequence[tuple[float, float]]) -> float | None:
     slope and are skipped. Returns accuracy points (%) per 1000 thinking tokens, or None when
     fewer than two distinct token counts exist.
 
-    >>> scaling([(1000, 0.5), (2000, 0.6)])  # +10 points for 1000 more tokens
+    >>> round(scaling([(1000, 0.5), (2000, 0.6)]), 9)  # +10 points for 1000 more tokens
     10.0
     """
     ordered = sorted(points)
@@ -489,7 +489,8 @@ def summarize(rows: Sequence[dict[str, Any]], points: Sequence[BudgetSettings]) 
         for name in dict.fromkeys(e["series"] for e in budgeted)
     }
     s1_points = [e for e in budgeted if not e["mode"]]
-    return {"points": table, "s1": {"all": s1_metrics(s1_points), **({} if len(series) < 2 else series)}}
+    shown = series if len(series) > 1 or len(s1_points) < len(budgeted) else {}  # a mode series always shows
+    return {"points": table, "s1": {"all": s1_metrics(s1_points), **shown}}
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
