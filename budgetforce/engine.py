@@ -426,9 +426,10 @@ class BudgetForcingEngine:
 
 
 class _Prober:
-    """Early exit by answer probes (Dynasor-CoT, DEER): every `probe_every` thinking tokens, ask the
-    engine what the answer would be if the thinking closed now; `probe_agree` equal answers in a row
-    close the thinking through the stats board (the processor forces the close at its next step).
+    """Early exit by answer probes (Dynasor-CoT, DEER): every `probe_every` thinking tokens (from the
+    request's minimum on, if it has one), ask the engine what the answer would be if the thinking
+    closed now; `probe_agree` equal answers in a row close the thinking through the stats board
+    (the processor forces the close and answer prefix at its next step).
 
     A probe is a side request (the prompt, the thinking so far, the close and a lead-in such as
     "The answer is"), greedy and short; the engine's prefix cache holds everything before its tail.
@@ -447,7 +448,8 @@ class _Prober:
         self.prompt_ids, self.request_id = prompt_ids, request_id
         self.ctl = ThinkingController(engine._observer_plan, prompt_ids)
         self.ids: list[int] = []
-        self.next_at = self.every
+        # a minimum is a minimum: probing starts once the thinking may close on its own
+        self.next_at = max(self.every, plan.min_thinking)
         self.count = self.tokens = self.streak = 0
         self.last: str | None = None
         self.exit_asked = False
