@@ -85,9 +85,10 @@ class F(IntEnum):
     EXITED = 35  # the frontend's early exit closed the thinking
     NBAN = 36  # banned tokens in the ban table
     NBRK = 37  # paragraph-break tokens in the break table
+    EXITOK = 38  # the frontend may close the thinking early (the plan's early exit)
 
 
-NF = 38
+NF = 39
 
 
 class S(IntEnum):
@@ -173,6 +174,8 @@ class ForcingSlots:
         self.temp = torch.ones(capacity, dtype=torch.float32, device=device)
         self.stats = stats
         self._staged: dict[int, tuple] = {}
+        # which modes any request has used: the torch path skips the others' work (a host flag, no sync)
+        self.uses: set[str] = set()
 
     # -- host side: requests come and go ---------------------------------------------------
     def load(
@@ -215,6 +218,7 @@ class ForcingSlots:
         row[F.P24] = schedule_p24(plan.wait_probability)
         row[F.DECAY] = int(plan.wait_decay)
         row[F.NBAN], row[F.NBRK] = len(plan.banned), len(plan.breaks)
+        row[F.EXITOK] = int(plan.early_exit)
         if inside and plan.max_thinking == 0:  # a zero budget closes before the first token
             row[F.QSRC], row[F.FORCED], row[F.PHASE] = self.src_end, 1, int(Phase.CLOSING)
         elif inside and plan.intervention and plan.intervention_at == 0:  # the thinking opens with it
@@ -237,6 +241,10 @@ class ForcingSlots:
         ban = sorted(plan.banned) + [-1] * (lim.max_banned - len(plan.banned))
         brk = sorted(plan.breaks) + [-1] * (lim.max_breaks - len(plan.breaks))
         self._staged[key] = (row, seq, seq_len, start, close, ban, brk, max(temperature, GREEDY_EPS))
+        self.uses |= {
+            m for m, on in (("ban", plan.banned), ("intervention", plan.intervention), ("exit", plan.early_exit),
+                            ("answer", plan.max_answer is not None), ("schedule", plan.alpha_moment > 0)) if on
+        }  # fmt: skip
         return True
 
     def disable(self, key: int) -> None:
@@ -424,7 +432,9 @@ def _step_torch(
         col = j if window is not None else (base + st[:, F.SEEN]).clamp(max=history.shape[1] - 1)
         tok = history[hist_rows, col].int()
         _consume(slots, st, live, tok, t)
-    exit_flag = slots.stats[keys.to(slots.stats.device), S.EXIT].to(st.device) if slots.stats is not None else None
+    exit_flag = None
+    if slots.stats is not None and "exit" in slots.uses:
+        exit_flag = slots.stats[keys.to(slots.stats.device), S.EXIT].to(st.device)
     _decide(slots, st, logits, rows, t, slots.temp[keys], exit_flag)
     slots.state[keys] = st
     if slots.stats is not None:
@@ -511,25 +521,10 @@ def _consume(slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, tok: tor
     st[:, F.FORCED] = torch.where(at_max, 1, st[:, F.FORCED])
     st[:, F.JUST] = torch.where(at_max, 0, st[:, F.JUST])
     st[:, F.PHASE] = torch.where(at_max, int(Phase.CLOSING), st[:, F.PHASE])
-    # scheduled waits: a paragraph break before the alpha moment, with the schedule's probability
-    free_now = (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.QSRC] < 0)
-    alpha, think = st[:, F.ALPHA].long(), st[:, F.THINK].long()
-    is_break = ((t.brk == tok[:, None]) & (t.brk >= 0)).any(1)
-    u24 = draw24(st[:, F.KLO].long() ^ SCHEDULE_SALT, st[:, F.KHI].long(), st[:, F.SEEN].long())
-    p24 = st[:, F.P24].long()
-    hit = torch.where(st[:, F.DECAY] == 1, u24 * alpha < p24 * (alpha - think), u24 < p24)
-    sched = plain & ~bad & free_now & (alpha > 0) & is_break & (think < alpha) & hit
-    st[:, F.QSRC] = torch.where(sched, (st[:, F.SCHED] % st[:, F.NWAIT]), st[:, F.QSRC])
-    st[:, F.QPOS] = torch.where(sched, 0, st[:, F.QPOS])
-    st[:, F.SCHED] += sched.int()
-    # the intervention, once the thinking holds its number of tokens and nothing else is forced
-    ivn = (
-        live & ~bad & (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.QSRC] < 0) & (st[:, F.IVDONE] == 0)
-        & (seq_len[:, slots.src_ivn] > 0) & (st[:, F.THINK] >= st[:, F.IVAT])
-    )
-    st[:, F.QSRC] = torch.where(ivn, slots.src_ivn, st[:, F.QSRC])
-    st[:, F.QPOS] = torch.where(ivn, 0, st[:, F.QPOS])
-    st[:, F.IVDONE] = torch.where(ivn, 1, st[:, F.IVDONE])
+    if "schedule" in slots.uses:
+        _schedule(st, tok, t, plain & ~bad)
+    if "intervention" in slots.uses:
+        _intervene(slots, st, live & ~bad, seq_len)
     # the answer: free tokens after the close, end-of-sequence excluded
     answering = live & ~forcing & (phase == Phase.ANSWERING) & ~is_eos
     st[:, F.ANS] += answering.int()
@@ -537,6 +532,31 @@ def _consume(slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, tok: tor
     st[:, F.ON] = torch.where(bad, 0, st[:, F.ON])
     st[:, F.FAIL] = torch.where(bad, 1, st[:, F.FAIL])
     st[:, F.SEEN] += live.int()
+
+
+def _schedule(st: torch.Tensor, tok: torch.Tensor, t: _Tables, plain: torch.Tensor) -> None:
+    """Scheduled waits: a paragraph break before the alpha moment, with the schedule's probability."""
+    free_now = (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.QSRC] < 0)
+    alpha, think = st[:, F.ALPHA].long(), st[:, F.THINK].long()
+    is_break = ((t.brk == tok[:, None]) & (t.brk >= 0)).any(1)
+    u24 = draw24(st[:, F.KLO].long() ^ SCHEDULE_SALT, st[:, F.KHI].long(), st[:, F.SEEN].long())
+    p24 = st[:, F.P24].long()
+    hit = torch.where(st[:, F.DECAY] == 1, u24 * alpha < p24 * (alpha - think), u24 < p24)
+    sched = plain & free_now & (alpha > 0) & is_break & (think < alpha) & hit
+    st[:, F.QSRC] = torch.where(sched, (st[:, F.SCHED] % st[:, F.NWAIT]), st[:, F.QSRC])
+    st[:, F.QPOS] = torch.where(sched, 0, st[:, F.QPOS])
+    st[:, F.SCHED] += sched.int()
+
+
+def _intervene(slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, seq_len: torch.Tensor) -> None:
+    """The intervention, once the thinking holds its number of tokens and nothing else is forced."""
+    ivn = (
+        live & (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.QSRC] < 0) & (st[:, F.IVDONE] == 0)
+        & (seq_len[:, slots.src_ivn] > 0) & (st[:, F.THINK] >= st[:, F.IVAT])
+    )
+    st[:, F.QSRC] = torch.where(ivn, slots.src_ivn, st[:, F.QSRC])
+    st[:, F.QPOS] = torch.where(ivn, 0, st[:, F.QPOS])
+    st[:, F.IVDONE] = torch.where(ivn, 1, st[:, F.IVDONE])
 
 
 def _decide(
@@ -547,7 +567,7 @@ def _decide(
     seq, close, ar = t.seq, t.close, t.ar
     on = st[:, F.ON] == 1
     if exit_flag is not None:  # the frontend's early exit: the close and answer prefix are forced now
-        leave = on & (exit_flag == 1) & (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.EXITED] == 0)
+        leave = on & (exit_flag == 1) & (st[:, F.EXITOK] == 1) & (st[:, F.PHASE] == Phase.THINKING) & (st[:, F.EXITED] == 0)
         st[:, F.QSRC] = torch.where(leave, slots.src_end, st[:, F.QSRC])
         st[:, F.QPOS] = torch.where(leave, 0, st[:, F.QPOS])
         st[:, F.FORCED] = torch.where(leave, 1, st[:, F.FORCED])
@@ -562,7 +582,9 @@ def _decide(
     ban = thinking & (st[:, F.JUST] == 1)
     guard = thinking & ~ban & (st[:, F.THINK] < st[:, F.MIN]) & (st[:, F.WAITS] < st[:, F.MAXW])
     redirect = thinking & ~ban & ~guard & (budg | quench)
-    stop = on & ~force & (st[:, F.PHASE] == Phase.ANSWERING) & (st[:, F.ANS] >= st[:, F.MAXA])
+    stop = torch.zeros_like(force)
+    if "answer" in slots.uses:
+        stop = on & ~force & (st[:, F.PHASE] == Phase.ANSWERING) & (st[:, F.ANS] >= st[:, F.MAXA])
     force = force | stop
     forced_tok = seq[ar, qsrc.clamp(min=0).long(), st[:, F.QPOS].long().clamp(max=seq.shape[2] - 1)]
     forced_tok = torch.where(stop, st[:, F.AEND], forced_tok)
@@ -577,23 +599,25 @@ def _decide(
     st[:, F.ATOK] = torch.where(force | guard | redirect, target, -1)
     st[:, F.DEC] = 0
     # NoWait: banned tokens inside a free thinking (before any mass is moved, so none moves onto them)
-    banning = thinking[:, None] & (t.ban >= 0)
-    if bool(banning.any()):
+    if "ban" in slots.uses:
+        banning = thinking[:, None] & (t.ban >= 0)
         logits[rows[:, None].expand_as(t.ban)[banning], t.ban.long()[banning]] = float("-inf")
     # sources: all close attempts (GUARD, BAN), or for REDIRECT end-of-sequence (a budget) and the
     # wait strings' first tokens (past the alpha moment)
-    nw = seq.shape[1] - 3
-    wait_first = seq[:, :nw, 0]
-    wait_ok = torch.arange(nw)[None, :] < st[:, F.NWAIT][:, None]
-    cols = torch.cat([close, torch.where(wait_ok, wait_first, -1)], 1).long()
-    valid = cols >= 0
+    cols = close.long()
     nca = close.shape[1]
+    if "schedule" in slots.uses:  # past the alpha moment the wait strings' first tokens are sources too
+        nw = seq.shape[1] - 3
+        wait_ok = torch.arange(nw)[None, :] < st[:, F.NWAIT][:, None]
+        cols = torch.cat([cols, torch.where(wait_ok, seq[:, :nw, 0], -1).long()], 1)
+    valid = cols >= 0
     valid[:, 0] &= ~redirect
     valid[:, 1:nca] &= ~(redirect & ~budg)[:, None]
-    valid[:, nca:] &= (redirect & quench)[:, None]
-    # a token listed twice (a wait string repeated in the rotation) is one source
-    earlier = torch.ones(cols.shape[1], cols.shape[1], dtype=torch.bool).tril(-1)
-    valid &= ~((cols[:, :, None] == cols[:, None, :]) & earlier & valid[:, None, :]).any(2)
+    if "schedule" in slots.uses:
+        valid[:, nca:] &= (redirect & quench)[:, None]
+        # a token listed twice (a wait string repeated in the rotation) is one source
+        earlier = torch.ones(cols.shape[1], cols.shape[1], dtype=torch.bool).tril(-1)
+        valid &= ~((cols[:, :, None] == cols[:, None, :]) & earlier & valid[:, None, :]).any(2)
     moving = guard | redirect | ban
     sel = moving[:, None] & valid
     if bool(sel.any()):

@@ -85,6 +85,7 @@ def _step_kernel(
         decay = tl.load(sp + 33)
         sched = tl.load(sp + 34)
         exited = tl.load(sp + 35)
+        exit_ok = tl.load(sp + 38)
         seqp = seq_ptr + key * NSRC * LS
         lenp = seq_len_ptr + key * NSRC
         cap = close_ptr + key * LCA
@@ -206,7 +207,9 @@ def _step_kernel(
         dec = 0
         if on == 1:
             if HAS_STATS:
-                if (tl.load(stats_ptr + key * NS_ + 10) == 1) & (phase == THINKING) & (exited == 0):
+                if (exit_ok == 1) & (phase == THINKING) & (exited == 0):
+                    exit_ok = tl.load(stats_ptr + key * NS_ + 10)  # the frontend's flag, read only when it may act
+                if (exit_ok == 1) & (phase == THINKING) & (exited == 0):
                     qsrc = SRC_END  # the frontend's early exit
                     qpos = 0
                     forced = 1

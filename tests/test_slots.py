@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budgetforce.controller import Action, ForcingPlan, ThinkingController
+from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController
 from budgetforce.slots import FORCE_LOGIT, NS, F, ForcingSlots, S, uniform
 
 V = 40
@@ -81,7 +81,7 @@ def test_slots_follow_the_controller_with_every_mode(seed: int, specs: list, exi
             **(R1 if family != "s1" else S1), min_thinking=lo if family != "none" else 0,
             max_thinking=hi if family != "none" else None, banned=banned, intervention=ivn, intervention_at=iv_at,
             max_answer=max_answer, alpha_moment=alpha, wait_probability=p, wait_decay=decay,
-            breaks=frozenset({BREAK}), answer_end=EOS,
+            breaks=frozenset({BREAK}), answer_end=EOS, early_exit=i % 2 == 0,
         )
         prompt = PROMPT["s1" if family == "s1" else ("closed" if i % 3 == 2 else "r1")]
         if not plan.is_active:
@@ -102,10 +102,10 @@ def test_slots_follow_the_controller_with_every_mode(seed: int, specs: list, exi
         raw[:, WAIT] += 1.0
         logits = raw.clone()
         if step == exit_at:
-            for r, ctl in enumerate(ctls):
-                if ctl is not None and r % 2 == 0:
+            for r, ctl in enumerate(ctls):  # the frontend asks while the request thinks (the flag persists)
+                if ctl is not None and r % 2 == 0 and ctl.phase is Phase.THINKING:
                     slots.stats[keys[r], S.EXIT] = 1
-                    ctl.exit_now()
+                    assert ctl.exit_now()
         hist = torch.tensor([[o[-1] if o else -1] for o in outs])
         seen = torch.tensor([len(o) - 1 if o else 0 for o in outs])
         slots.step(logits, row_keys, hist, torch.arange(b), -seen, torch.tensor([len(o) for o in outs]))

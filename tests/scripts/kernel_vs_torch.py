@@ -36,6 +36,7 @@ def modes(rng: random.Random) -> dict:
     if rng.random() < 0.5:
         out["max_answer"] = rng.randrange(0, 12)
         out["answer_end"] = EOS
+    out["early_exit"] = rng.random() < 0.7
     if rng.random() < 0.5:
         out["alpha_moment"] = rng.randrange(1, 40)
         out["wait_probability"] = rng.choice([0.2, 0.7, 1.0])
