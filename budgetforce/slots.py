@@ -86,9 +86,18 @@ class F(IntEnum):
     NBAN = 36  # banned tokens in the ban table
     NBRK = 37  # paragraph-break tokens in the break table
     EXITOK = 38  # the frontend may close the thinking early (the plan's early exit)
+    MODES = 39  # the modes the row uses (`Mode` bits): the kernel loads and stores nothing for the others
 
 
-NF = 39
+NF = 40
+
+
+class Mode(IntEnum):
+    BAN = 1
+    INTERVENTION = 2
+    ANSWER = 4
+    SCHEDULE = 8
+    EXIT = 16
 
 
 class S(IntEnum):
@@ -219,6 +228,11 @@ class ForcingSlots:
         row[F.DECAY] = int(plan.wait_decay)
         row[F.NBAN], row[F.NBRK] = len(plan.banned), len(plan.breaks)
         row[F.EXITOK] = int(plan.early_exit)
+        row[F.MODES] = (
+            Mode.BAN * bool(plan.banned) | Mode.INTERVENTION * bool(plan.intervention)
+            | Mode.ANSWER * (plan.max_answer is not None) | Mode.SCHEDULE * (plan.alpha_moment > 0)
+            | Mode.EXIT * plan.early_exit
+        )  # fmt: skip
         if inside and plan.max_thinking == 0:  # a zero budget closes before the first token
             row[F.QSRC], row[F.FORCED], row[F.PHASE] = self.src_end, 1, int(Phase.CLOSING)
         elif inside and plan.intervention and plan.intervention_at == 0:  # the thinking opens with it
@@ -473,7 +487,8 @@ def _consume(slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, tok: tor
     # inside a wait string or an intervention (thinking), or the close and answer prefix (closing)
     think_add = ok_force & in_think
     telen = seq_len[:, slots.src_close] + 1
-    prefix_tok = ok_force & ~in_think & (q == slots.src_end) & (st[:, F.QPOS] >= telen)
+    answer_mode = (st[:, F.MODES] & Mode.ANSWER) != 0  # answer tokens are counted for answer budgets only
+    prefix_tok = answer_mode & ok_force & ~in_think & (q == slots.src_end) & (st[:, F.QPOS] >= telen)
     st[:, F.ANS] += prefix_tok.int()
     st[:, F.THINK] += think_add.int()
     st[:, F.QPOS] = torch.where(ok_force, new_qpos, st[:, F.QPOS])
@@ -526,7 +541,7 @@ def _consume(slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, tok: tor
     if "intervention" in slots.uses:
         _intervene(slots, st, live & ~bad, seq_len)
     # the answer: free tokens after the close, end-of-sequence excluded
-    answering = live & ~forcing & (phase == Phase.ANSWERING) & ~is_eos
+    answering = answer_mode & live & ~forcing & (phase == Phase.ANSWERING) & ~is_eos
     st[:, F.ANS] += answering.int()
     # a row whose forced token did not come out runs on unforced
     st[:, F.ON] = torch.where(bad, 0, st[:, F.ON])

@@ -75,23 +75,42 @@ def _step_kernel(
         tslen = tl.load(sp + 20)
         greedy = tl.load(sp + 22)
         budg = tl.load(sp + 25)
-        ivat = tl.load(sp + 26)
-        ivdone = tl.load(sp + 27)
-        maxa = tl.load(sp + 28)
-        ans = tl.load(sp + 29)
-        aend = tl.load(sp + 30)
-        alpha = tl.load(sp + 31)
-        p24 = tl.load(sp + 32)
-        decay = tl.load(sp + 33)
-        sched = tl.load(sp + 34)
-        exited = tl.load(sp + 35)
-        exit_ok = tl.load(sp + 38)
+        modes = tl.load(sp + 39)
+        # the modes' state, loaded only for rows that use them (an s1 row pays one load for all)
+        ivat = 0
+        ivdone = 1
+        if (modes & 2) != 0:
+            ivat = tl.load(sp + 26)
+            ivdone = tl.load(sp + 27)
+        maxa = 2147483647
+        ans = 0
+        aend = 0
+        if (modes & 4) != 0:
+            maxa = tl.load(sp + 28)
+            ans = tl.load(sp + 29)
+            aend = tl.load(sp + 30)
+        alpha = 0
+        p24 = 0
+        decay = 0
+        sched = 0
+        if (modes & 8) != 0:
+            alpha = tl.load(sp + 31)
+            p24 = tl.load(sp + 32)
+            decay = tl.load(sp + 33)
+            sched = tl.load(sp + 34)
+        exited = 1
+        exit_ok = 0
+        if (modes & 16) != 0:
+            exited = tl.load(sp + 35)
+            exit_ok = tl.load(sp + 38)
         seqp = seq_ptr + key * NSRC * LS
         lenp = seq_len_ptr + key * NSRC
         cap = close_ptr + key * LCA
         te0 = tl.load(cap)
         close_rest = tl.load(lenp + SRC_CLOSE)
-        ivn_len = tl.load(lenp + SRC_IVN)
+        ivn_len = 0
+        if (modes & 2) != 0:
+            ivn_len = tl.load(lenp + SRC_IVN)
 
         # 1. consume the committed tokens this row has not seen
         hrow = tl.load(row_hist_ptr + r).to(tl.int64)
@@ -105,9 +124,10 @@ def _step_kernel(
             if on == 1:
                 tok = tl.load(hist_ptr + hrow * hist_stride + base + seen).to(tl.int32)
                 is_eos = 0
-                for c in tl.static_range(1, LCA):
-                    v = tl.load(cap + c)
-                    is_eos = is_eos | ((v == tok) & (v >= 0)).to(tl.int32)
+                if (phase == THINKING) | ((modes & 4) != 0):
+                    for c in tl.static_range(1, LCA):
+                        v = tl.load(cap + c)
+                        is_eos = is_eos | ((v == tok) & (v >= 0)).to(tl.int32)
                 bad = 0
                 counted = 0
                 plain = 0
@@ -116,7 +136,7 @@ def _step_kernel(
                     if tok != expected:
                         bad = 1
                     else:
-                        if (phase != THINKING) & (qsrc == SRC_END) & (qpos >= close_rest + 1):
+                        if ((modes & 4) != 0) & (phase != THINKING) & (qsrc == SRC_END) & (qpos >= close_rest + 1):
                             ans += 1  # a token of the forced answer prefix
                         qpos += 1
                         done = qpos >= tl.load(lenp + qsrc)
@@ -167,7 +187,7 @@ def _step_kernel(
                             think += 1
                             counted = 1
                             plain = 1
-                elif phase == ANSWERING:
+                elif (phase == ANSWERING) & ((modes & 4) != 0):
                     if is_eos == 0:
                         ans += 1
                 if (counted == 1) & (bad == 0) & (phase == THINKING) & (think >= max_t):
@@ -225,10 +245,11 @@ def _step_kernel(
                 atok = aend
                 tl.store(lrow + atok, FORCE_VALUE)
             elif phase == THINKING:
-                for c in tl.static_range(LB):  # NoWait: banned tokens inside a free thinking
-                    v = tl.load(ban_ptr + key * LB + c)
-                    if v >= 0:
-                        tl.store(lrow + v, -float("inf"))
+                if (modes & 1) != 0:
+                    for c in tl.static_range(LB):  # NoWait: banned tokens inside a free thinking
+                        v = tl.load(ban_ptr + key * LB + c)
+                        if v >= 0:
+                            tl.store(lrow + v, -float("inf"))
                 quench = (alpha > 0) & (think >= alpha)
                 moving = 1
                 if just == 1:
@@ -253,12 +274,12 @@ def _step_kernel(
                             lv = tl.load(lrow + v)
                             smax = tl.maximum(smax, lv)
                             m = tl.maximum(m, lv / t)
-                    for c in tl.static_range(NW):
-                        v = tl.load(seqp + c * LS)
-                        if (c < nwait) & (act == REDIRECT) & quench:
-                            lv = tl.load(lrow + v)
-                            smax = tl.maximum(smax, lv)
-                            m = tl.maximum(m, lv / t)
+                    if (act == REDIRECT) & quench:
+                        for c in tl.static_range(NW):
+                            if c < nwait:
+                                lv = tl.load(lrow + tl.load(seqp + c * LS))
+                                smax = tl.maximum(smax, lv)
+                                m = tl.maximum(m, lv / t)
                     total = tl.exp(tgt / t - m)
                     for c in tl.static_range(LCA):
                         v = tl.load(cap + c)
@@ -266,13 +287,14 @@ def _step_kernel(
                         if use:
                             total += tl.exp(tl.load(lrow + v) / t - m)
                             tl.store(lrow + v, -float("inf"))
-                    for c in tl.static_range(NW):
-                        v = tl.load(seqp + c * LS)
-                        if (c < nwait) & (act == REDIRECT) & quench:
-                            lv = tl.load(lrow + v)
-                            if lv > -float("inf"):  # a wait string repeated in the rotation counts once
-                                total += tl.exp(lv / t - m)
-                            tl.store(lrow + v, -float("inf"))
+                    if (act == REDIRECT) & quench:
+                        for c in tl.static_range(NW):
+                            if c < nwait:
+                                v = tl.load(seqp + c * LS)
+                                lv = tl.load(lrow + v)
+                                if lv > -float("inf"):  # a wait string repeated in the rotation counts once
+                                    total += tl.exp(lv / t - m)
+                                tl.store(lrow + v, -float("inf"))
                     both = m + tl.log(total)
                     if act != BAN:
                         if greedy == 1:
@@ -299,10 +321,14 @@ def _step_kernel(
         tl.store(sp + 14, seen)
         tl.store(sp + 15, forced)
         tl.store(sp + 19, fail)
-        tl.store(sp + 27, ivdone)
-        tl.store(sp + 29, ans)
-        tl.store(sp + 34, sched)
-        tl.store(sp + 35, exited)
+        if (modes & 2) != 0:
+            tl.store(sp + 27, ivdone)
+        if (modes & 4) != 0:
+            tl.store(sp + 29, ans)
+        if (modes & 8) != 0:
+            tl.store(sp + 34, sched)
+        if (modes & 16) != 0:
+            tl.store(sp + 35, exited)
         if HAS_STATS:
             stp = stats_ptr + key * NS_
             tl.store(stp + 0, tl.load(sp + 23))
@@ -313,8 +339,10 @@ def _step_kernel(
             tl.store(stp + 5, atok)
             tl.store(stp + 6, dec)
             tl.store(stp + 7, fail)
-            tl.store(stp + 8, sched)
-            tl.store(stp + 9, exited)
+            if (modes & 8) != 0:
+                tl.store(stp + 8, sched)
+            if (modes & 16) != 0:
+                tl.store(stp + 9, exited)
 
 
 def step_cuda(
