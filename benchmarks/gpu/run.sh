@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One measurement call on the lent GPU, after the vLLM bundle's parts were carried (../shared/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: step | tp256 | tp-rest | tp-conc | tp7b)
+# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy)
 # Logs and JSON go to $OUT.
 set -uo pipefail
 BUNDLE="$1"; STAGE="$2"
@@ -34,6 +34,8 @@ case "$STAGE" in
     mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
     export PYTHONPATH=/tmp/vllmfix:$PYTHONPATH
     python3 benchmarks/gpu/v1_v2_greedy.py --shape $SHAPE --tokenizer .gpu-tok 2>&1 | tee "$OUT/v1_v2_greedy.log" | grep -v -i "warn\|info" | tail -22 ;;
+  modes)
+    python3 benchmarks/gpu/modes_check.py --n 24 2>&1 | tee "$OUT/modes_check.log" | grep -v -i "warn\|info" | tail -14 ;;
   step)
     python3 -m benchmarks.processor_step --device cuda --batch 1 32 256 --v1 --json "$OUT/processor_step.json" 2>&1 | grep -v -i warn | tee "$OUT/processor_step.log" | tail -32 ;;
   tp256)
