@@ -3,8 +3,11 @@
     vllm serve MODEL --logits-processors budgetforce.vllm:BudgetForcing
 
 Clients then pass budgets per request as `vllm_xargs` (`min_thinking_tokens`,
-`max_thinking_tokens`, `max_waits`, `wait_strings`, `answer_prefix`); bad values are refused
-with HTTP 400 by `validate_params`, requests without them are left untouched. The delimiters
+`max_thinking_tokens`, `max_waits`, `wait_strings`, `answer_prefix`, and the modes beyond s1:
+`banned_thinking_strings`, `thinking_intervention`, `intervention_at`, `max_answer_tokens`,
+`alpha_moment_tokens`/`alpha`, `wait_probability`, `wait_decay`, `paragraph_breaks`); bad values
+are refused with HTTP 400 by `validate_params`, requests without them are left untouched. Early
+exit (`probe_*`) needs a frontend that probes, so it is a 400 here. The delimiters
 and wait strings come from the served model's profile, detected from its tokenizer.
 
 Both classes serve both of vLLM's runners: constructed by runner V1 (`vllm_config, device,
