@@ -48,6 +48,37 @@ def reference_token(ctl: ThinkingController, raw: torch.Tensor) -> tuple[int, bo
     return choice, False
 
 
+def drive(slots: ForcingSlots, ctls: list, keys: list[int], raws: list[torch.Tensor], before=None) -> None:
+    """Step the slots and the controllers side by side, greedy, on ``raws`` (one [B, V] per step),
+    checking every row's token; rows without a controller must come out untouched. A last step
+    consumes the final tokens. ``before(step)`` runs ahead of each step (the frontend's moves)."""
+    b = len(ctls)
+    row_keys = torch.tensor(keys)
+    outs: list[list[int]] = [[] for _ in range(b)]
+
+    def step(logits: torch.Tensor) -> None:
+        hist = torch.tensor([[o[-1] if o else -1] for o in outs])
+        seen = torch.tensor([len(o) - 1 if o else 0 for o in outs])
+        slots.step(logits, row_keys, hist, torch.arange(b), -seen, torch.tensor([len(o) for o in outs]))
+
+    for n, raw in enumerate(raws):
+        if before is not None:
+            before(n)
+        logits = raw.clone()
+        step(logits)
+        chosen = logits.argmax(1).tolist()
+        for r, ctl in enumerate(ctls):
+            if ctl is None:
+                assert torch.equal(logits[r], raw[r]), "a row without a plan was touched"
+                outs[r].append(chosen[r])
+                continue
+            want, replaced = reference_token(ctl, raw[r])
+            assert chosen[r] == want, f"row {r} step {n}: slots chose {chosen[r]}, controller {want} ({ctl.action()})"
+            ctl.accept(want, replaced)
+            outs[r].append(want)
+    step(torch.zeros(b, V))
+
+
 BREAK, IV1, IV2 = 14, 16, 17
 
 
@@ -92,36 +123,20 @@ def test_slots_follow_the_controller_with_every_mode(seed: int, specs: list, exi
         ctls.append(ThinkingController(plan, prompt, rng_key=(i, 7)))
         keys.append(i)
     slots.flush()
-    b = len(specs)
-    row_keys = torch.tensor(keys)
-    outs: list[list[int]] = [[] for _ in range(b)]
-    for step in range(60):
-        raw = torch.randn(b, V, generator=gen)
+    raws = [torch.randn(len(specs), V, generator=gen) for _ in range(60)]
+    for raw in raws:
         raw[:, END] += 0.5
         raw[:, BREAK] += 1.5
         raw[:, WAIT] += 1.0
-        logits = raw.clone()
-        if step == exit_at:
-            for r, ctl in enumerate(ctls):  # the frontend asks while the request thinks (the flag persists)
+
+    def frontend(step: int) -> None:
+        if step == exit_at:  # the frontend asks while the request thinks (the flag persists)
+            for r, ctl in enumerate(ctls):
                 if ctl is not None and r % 2 == 0 and ctl.phase is Phase.THINKING:
                     slots.stats[keys[r], S.EXIT] = 1
                     assert ctl.exit_now()
-        hist = torch.tensor([[o[-1] if o else -1] for o in outs])
-        seen = torch.tensor([len(o) - 1 if o else 0 for o in outs])
-        slots.step(logits, row_keys, hist, torch.arange(b), -seen, torch.tensor([len(o) for o in outs]))
-        chosen = logits.argmax(1).tolist()
-        for r, ctl in enumerate(ctls):
-            if ctl is None:
-                assert torch.equal(logits[r], raw[r]), "a row without a plan was touched"
-                outs[r].append(chosen[r])
-                continue
-            want, replaced = reference_token(ctl, raw[r])
-            assert chosen[r] == want, f"row {r} step {step}: slots chose {chosen[r]}, controller {want} ({ctl.action()})"
-            ctl.accept(want, replaced)
-            outs[r].append(want)
-    hist = torch.tensor([[o[-1]] for o in outs])
-    seen = torch.tensor([len(o) - 1 for o in outs])
-    slots.step(torch.zeros(b, V), row_keys, hist, torch.arange(b), -seen, torch.tensor([len(o) for o in outs]))
+
+    drive(slots, ctls, keys, raws, frontend)
     for r, ctl in enumerate(ctls):
         if ctl is None:
             continue
@@ -162,33 +177,13 @@ def test_slots_follow_the_controller_under_greedy(seed: int, specs: list) -> Non
         ctls.append(ThinkingController(plan, prompt) if plan.is_active else None)
         keys.append(i if plan.is_active else -1)
     slots.flush()
-    b = len(specs)
-    row_keys = torch.tensor(keys)
-    outs: list[list[int]] = [[] for _ in range(b)]
-    for step in range(60):
-        raw = torch.randn(b, V, generator=gen)
+    raws = [torch.randn(len(specs), V, generator=gen) for _ in range(60)]
+    for raw in raws:
         for r, spec in enumerate(specs):
             raw[r, END] += spec[4]
             raw[r, IM] += spec[4]
             raw[r, START] += 1.0
-        logits = raw.clone()
-        hist = torch.tensor([[o[-1] if o else -1] for o in outs])
-        seen = torch.tensor([len(o) - 1 if o else 0 for o in outs])
-        slots.step(logits, row_keys, hist, torch.arange(b), -seen, torch.tensor([len(o) for o in outs]))
-        chosen = logits.argmax(1).tolist()
-        for r, ctl in enumerate(ctls):
-            if ctl is None:
-                assert torch.equal(logits[r], raw[r]), "a row without a budget was touched"
-                outs[r].append(chosen[r])
-                continue
-            want, replaced = reference_token(ctl, raw[r])
-            assert chosen[r] == want, f"row {r} step {step}: slots chose {chosen[r]}, controller {want}"
-            ctl.accept(want, replaced)
-            outs[r].append(want)
-    # one more step consumes the last tokens; then the counts must agree
-    hist = torch.tensor([[o[-1]] for o in outs])
-    seen = torch.tensor([len(o) - 1 for o in outs])
-    slots.step(torch.zeros(b, V), row_keys, hist, torch.arange(b), -seen, torch.tensor([len(o) for o in outs]))
+    drive(slots, ctls, keys, raws)
     for r, ctl in enumerate(ctls):
         if ctl is None:
             continue
