@@ -6,7 +6,8 @@ before the modes (a package `budgetforce_base` under ``--baseline-dir``, made by
 ``benchmarks/gpu/modes_baseline.sh``), interleaved A B A B over ``--reps`` repetitions, medians.
 Row kinds: none (no budget), guard, max, mixed (s1 budgets only: the question is whether they got
 slower), and, for the current code only, modes (every mode on: banned tokens, an intervention,
-an answer budget, scheduled waits).
+an answer budget, scheduled waits) and mixed+modes (mixed, with every eighth row using every mode:
+the kernel variant with the modes compiled in, as an engine runs once any request used a mode).
 
     python -m benchmarks.modes_step_cost --baseline-dir /tmp/base --batch 256 --json out.json
 """
@@ -28,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 151_936
 START, END, EOS, WAIT, BREAK = 151648, 151649, 151643, 14190, 271
-KINDS = ["none", "guard", "max", "mixed", "modes"]
+KINDS = ["none", "guard", "max", "mixed", "modes", "mixed+modes"]
+NEW_ONLY = ("modes", "mixed+modes")  # kinds the baseline cannot run
 
 
 def _bare_package() -> None:
@@ -43,6 +45,8 @@ def _plan(kind: str, i: int) -> Any:
     from budgetforce.controller import ForcingPlan
 
     base = dict(think_start=(START,), think_end=(END,), eos=frozenset({EOS}), waits=((WAIT,),))
+    if kind == "mixed+modes":  # s1 rows in an engine where an eighth of the rows use every mode
+        kind = "modes" if i % 8 == 7 else "mixed"
     if kind == "mixed":
         kind = ["none", "guard", "max", "guard"][i % 4]
     if kind == "none":
@@ -110,7 +114,7 @@ def main() -> None:
     for rep in range(args.reps):
         for kind in KINDS:
             for name, mod in (("baseline", old), ("modes", new)) if rep % 2 == 0 else (("modes", new), ("baseline", old)):
-                if kind == "modes" and name == "baseline":
+                if kind in NEW_ONLY and name == "baseline":
                     continue
                 runs.setdefault((kind, name), []).append(bench(mod, kind, args.batch, args.steps, args.warmup, dev))
     rows = []

@@ -45,6 +45,7 @@ def _step_kernel(
     LB: tl.constexpr, LBR: tl.constexpr, NW: tl.constexpr,
     SRC_END: tl.constexpr, SRC_CLOSE: tl.constexpr, SRC_IVN: tl.constexpr, NS_: tl.constexpr,
     HAS_STATS: tl.constexpr, WINDOW: tl.constexpr, FORCE_VALUE: tl.constexpr, SALT: tl.constexpr,
+    HAS_MODES: tl.constexpr,
     FREE: tl.constexpr, FORCE: tl.constexpr, GUARD: tl.constexpr, REDIRECT: tl.constexpr, BAN: tl.constexpr,
     BEFORE: tl.constexpr, THINKING: tl.constexpr, CLOSING: tl.constexpr, ANSWERING: tl.constexpr,
 ):
@@ -74,8 +75,11 @@ def _step_kernel(
         fail = tl.load(sp + 19)
         tslen = tl.load(sp + 20)
         greedy = tl.load(sp + 22)
-        budg = tl.load(sp + 25)
-        modes = tl.load(sp + 39)
+        budg = 1  # without modes every row is budgeted and nothing below them is compiled in
+        modes = 0
+        if HAS_MODES:
+            budg = tl.load(sp + 25)
+            modes = tl.load(sp + 39)
         # the modes' state, loaded only for rows that use them (an s1 row pays one load for all)
         ivat = 0
         ivdone = 1
@@ -368,6 +372,7 @@ def step_cuda(
         LB=slots.ban.shape[1], LBR=slots.brk.shape[1], NW=slots.seq.shape[1] - 3,
         SRC_END=slots.src_end, SRC_CLOSE=slots.src_close, SRC_IVN=slots.src_ivn, NS_=NS,
         HAS_STATS=slots.stats is not None, WINDOW=window, FORCE_VALUE=FORCE_LOGIT, SALT=SCHEDULE_SALT,
+        HAS_MODES=bool(slots.uses),  # a second compiled variant once any request has used a mode
         FREE=_FREE, FORCE=_FORCE, GUARD=_GUARD, REDIRECT=_REDIRECT, BAN=_BAN,
         BEFORE=_BEFORE, THINKING=_THINKING, CLOSING=_CLOSING, ANSWERING=_ANSWERING,
         num_warps=1,

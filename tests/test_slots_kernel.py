@@ -18,11 +18,15 @@ pytest.importorskip("triton")
 SCRIPT = Path(__file__).parent / "scripts" / "kernel_vs_torch.py"
 
 
-@pytest.mark.parametrize(("seed", "layout"), [(0, "history"), (1, "history"), (2, "window"), (3, "window")])
-def test_kernel_equals_torch_path(seed: int, layout: str) -> None:
-    """History: runner V2's device token table. Window: runner V1's new tokens per row."""
+@pytest.mark.parametrize(
+    ("seed", "layout", "variant"),
+    [(0, "history", "modes"), (1, "history", "s1-only"), (2, "window", "modes"), (3, "window", "s1-only")],
+)
+def test_kernel_equals_torch_path(seed: int, layout: str, variant: str) -> None:
+    """History: runner V2's device token table. Window: runner V1's new tokens per row. The kernel
+    is compiled without the modes' code until a request uses one (`s1-only`)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, str(SCRIPT), str(seed), layout]
+    cmd = [sys.executable, str(SCRIPT), str(seed), layout, variant]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("OK 80")
