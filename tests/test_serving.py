@@ -130,6 +130,41 @@ def test_budgets_are_honoured_and_reported(client: Any, budget: dict[str, Any], 
     assert choice.message.content and choice.finish_reason == "stop"
 
 
+def test_thinking_modes_through_vllms_server(client: Any) -> None:
+    """The modes beyond s1 as top-level fields on vLLM's own server: forwarded in `vllm_xargs`,
+    forced by the processor, reported per choice (scheduled waits through the stats board)."""
+    from transformers import AutoTokenizer
+
+    from budgetforce.student import STUDENT_PATH
+
+    tok = AutoTokenizer.from_pretrained(STUDENT_PATH)
+    eos = tok.eos_token_id
+
+    def run(budget: dict[str, Any], seed: int = 0) -> tuple[dict[str, Any], list[int], str]:
+        out = chat(client, budget, seed=seed, extra_body={"return_token_ids": True})
+        choice = out.choices[0]
+        assert choice.finish_reason == "stop"
+        return choice.model_extra["budget"], choice.model_extra["token_ids"], choice.message.model_extra["reasoning"] or ""
+
+    report, ids, _ = run({"max_answer_tokens": 3})  # Elastic Reasoning: the answer is cut after 3 tokens
+    answer = [t for t in ids[ids.index(THINK_END) + 1 :] if t != eos]
+    assert report["answer_tokens"] == len(answer) == 3 and report["answer_truncated"] is True and ids[-1] == eos
+
+    text = "Wait, let me check each step again.\n"
+    report, ids, _ = run({"thinking_intervention": text, "intervention_at": 5})
+    forced = tok.encode(text, add_special_tokens=False)
+    assert ids[5 : 5 + len(forced)] == forced and report["intervened"] is True
+
+    schedule = {"alpha_moment_tokens": 400, "wait_probability": 1.0, "wait_decay": "constant",
+                "paragraph_breaks": [".\n"], "max_thinking_tokens": 200}  # fmt: skip
+    report, ids, reasoning = run(schedule)
+    assert report["scheduled_waits"] >= 1 and reasoning.count("Wait") >= report["scheduled_waits"], report
+
+    for seed in range(4):  # NoWait: the student's own re-checks start with "Wait"; banned, none is written
+        _, _, reasoning = run({"banned_thinking_strings": ["Wait"], "max_thinking_tokens": 200}, seed=seed)
+        assert "wait" not in reasoning.lower()
+
+
 def test_stream_equals_non_stream(client: Any) -> None:
     budget = {"min_thinking_tokens": 120, "max_thinking_tokens": 160}
     full = chat(client, budget)
