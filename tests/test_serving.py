@@ -396,13 +396,15 @@ def test_stream_disconnect_aborts_the_engine_request(served: str) -> None:
     with httpx.Client(timeout=60) as http, http.stream(
         "POST", f"{served}/v1/chat/completions", json=full, headers=AUTH
     ) as r:
-        lines = r.iter_lines()
-        for _ in range(6):
-            next(lines)
-        seen = time.monotonic() + 10  # vLLM's gauge follows the engine's stats, a step or a few behind
-        while running() != 1 and time.monotonic() < seen:
-            time.sleep(0.05)
-        assert running() == 1
+        # read the stream until vLLM's gauge shows the request running (the gauge follows the
+        # engine's stats, a step or a few behind); the request is in flight until [DONE] comes
+        seen = False
+        for n, line in enumerate(r.iter_lines()):
+            assert "[DONE]" not in line, "the request finished before it was seen running"
+            if n >= 3 and running() == 1:
+                seen = True
+                break
+        assert seen
     deadline = time.monotonic() + 5
     while running() and time.monotonic() < deadline:
         time.sleep(0.05)
