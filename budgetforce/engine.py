@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from budgetforce.budget import Budget, BudgetError
-from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController
+from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController, rfind
 from budgetforce.decoding import IncrementalDecoder
 from budgetforce.profile import Profile, ResolvedProfile, detect_profile, get_profile
 from budgetforce.slots import seed_key
@@ -267,7 +267,7 @@ class BudgetForcingEngine:
         return BudgetStats(
             thinking, tally.waits, forced, strategy, tally.scheduled, answer,
             plan.max_answer is not None and answer >= plan.max_answer,
-            bool(plan.intervention) and _contains(reasoning_ids, plan.intervention),
+            bool(plan.intervention) and rfind(reasoning_ids, plan.intervention) >= 0,
             tally.early_exit, tally.probes, tally.probe_tokens,
         )
 
@@ -507,11 +507,6 @@ def probe_answer(text: str) -> str:
     """
     text = text.split("}", 1)[0].strip().split("\n", 1)[0].strip()
     return text.rstrip(".").strip()
-
-
-def _contains(ids: list[int], pattern: tuple[int, ...]) -> bool:
-    n = len(pattern)
-    return any(tuple(ids[i : i + n]) == pattern for i in range(len(ids) - n + 1))
 
 
 def _finish(reason: str | None) -> FinishReason:
