@@ -10,13 +10,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from budgetforce.limits import LIMITS
+
 Strategy = Literal["engine", "rounds"]
 WaitDecay = Literal["linear", "constant"]
 Mode = Literal["nowait", "intervention", "answer_budget", "scheduled_waits", "early_exit"]
 
-# Limits of the modes beyond s1. The token-level ones (banned tokens, intervention tokens, break
-# tokens) are the processor's table sizes (`budgetforce.slots.Limits`) and are checked where the
-# strings become tokens (`budgetforce.profile.ResolvedProfile.plan`).
+# Limits in strings and characters. The token-level ones are the processor's table sizes
+# (`budgetforce.limits.LIMITS`), checked where the strings become tokens (`ResolvedProfile.plan`).
 MAX_BANNED_STRINGS = 32
 MAX_INTERVENTION_CHARS = 4096
 MAX_BREAK_STRINGS = 8
@@ -99,7 +100,8 @@ class Budget(BaseModel):
         None, ge=0, description="How many closes below the minimum may be replaced (s1's NUM_IGNORE); None = no limit."
     )
     wait_strings: tuple[str, ...] | None = Field(
-        None, min_length=1, description="Continuations that replace an early close, used in rotation."
+        None, min_length=1, max_length=LIMITS.wait_strings,
+        description="Continuations that replace an early close, used in rotation.",
     )
     answer_prefix: str | None = Field(None, description="Text forced after a forced end of thinking.")
     strategy: Strategy = Field("engine", description="`engine` (logits processor) or `rounds` (s1's loop).")
@@ -499,12 +501,15 @@ class BudgetRequest(BaseModel):
     wait_strings: list[Annotated[str, Field(min_length=1)]] | None = Field(
         None,
         min_length=1,
-        max_length=32,
+        max_length=LIMITS.wait_strings,
         description="Continuations that replace an early close, in rotation "
-        '(default: the model profile\'s, e.g. "Wait").',
+        f'(default: the model profile\'s, e.g. "Wait"; at most {LIMITS.wait_strings}, each at most '
+        f"{LIMITS.forced_tokens} tokens).",
     )
     answer_prefix: str | None = Field(
-        None, max_length=4096, description="Text forced after a forced end of thinking (default: the profile's)."
+        None, max_length=4096,
+        description=f"Text forced after a forced end of thinking (default: the profile's; with the close at most "
+        f"{LIMITS.forced_tokens} tokens).",
     )
     budget_strategy: Strategy | None = Field(
         None, description="`engine`: a logits processor inside vLLM's batch; `rounds`: s1's stop-and-resubmit loop."

@@ -95,6 +95,14 @@ class ForcingPlan:
             | (self.breaks if self.alpha_moment > 0 else frozenset())
         )
 
+    def token_ids(self) -> set[int]:
+        """Every id the plan forces, bans or watches for: all must lie inside the logits."""
+        ids = set(self.think_start) | set(self.think_end) | set(self.eos) | set(self.answer_prefix)
+        ids |= {t for w in self.waits for t in w} | set(self.banned) | set(self.intervention) | set(self.breaks)
+        if self.max_answer is not None:
+            ids.add(self.end_of_answer)
+        return ids
+
     @property
     def forced_end_length(self) -> int:
         return len(self.think_end) + len(self.answer_prefix)

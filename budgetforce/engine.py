@@ -21,7 +21,7 @@ from budgetforce.budget import Budget, BudgetError
 from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController, rfind
 from budgetforce.decoding import IncrementalDecoder
 from budgetforce.profile import Profile, ResolvedProfile, detect_profile, get_profile
-from budgetforce.slots import seed_key
+from budgetforce.slots import FAIL_REASONS, seed_key
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class BudgetStats:
     early_exit: bool = False  # agreeing answer probes closed the thinking
     probes: int = 0  # answer probes run (side requests, not counted in the usage)
     probe_tokens: int = 0  # tokens the probes generated
+    enforced: bool | None = True  # False: the budget was not (fully) forced; None: unknown (no stats board)
+    unenforced_reason: str | None = None  # why not: `max_exceeded`, or a `budgetforce.slots.FAIL_REASONS` code
 
 
 @dataclass(slots=True)
@@ -54,6 +56,7 @@ class _Tally:
     early_exit: bool = False
     probes: int = 0
     probe_tokens: int = 0
+    failure: int | None = 0  # the stats board's `FAIL` code (0: forced; None: the board lacks the row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,13 +265,19 @@ class BudgetForcingEngine:
         if plan is None:
             return BudgetStats(thinking, tally.waits, False, None, answer_tokens=answer)
         # the engine forces the close exactly when the span reaches the maximum
-        forced = (plan.max_thinking is not None and thinking >= plan.max_thinking) or tally.early_exit
+        closed = obs.phase is not Phase.THINKING
+        forced = (plan.max_thinking is not None and thinking == plan.max_thinking and closed) or tally.early_exit
         reasoning_ids = obs.split(splitter.ids)[0]
+        enforced, reason = (True, None) if tally.failure == 0 else (None, None)
+        if tally.failure:
+            enforced, reason = False, FAIL_REASONS.get(tally.failure, "unknown")
+        if plan.max_thinking is not None and thinking > plan.max_thinking and not tally.failure:  # seen on the ids
+            enforced, reason = False, "max_exceeded"
         return BudgetStats(
             thinking, tally.waits, forced, strategy, tally.scheduled, answer,
             plan.max_answer is not None and answer >= plan.max_answer,
             bool(plan.intervention) and rfind(reasoning_ids, plan.intervention) >= 0,
-            tally.early_exit, tally.probes, tally.probe_tokens,
+            tally.early_exit, tally.probes, tally.probe_tokens, enforced, reason,
         )
 
     def _params(self, sampling: dict[str, Any], **overrides: Any) -> Any:
@@ -302,6 +311,7 @@ class BudgetForcingEngine:
                         tally.waits = self._board.waits(key, nonce, ids)
                         tally.scheduled = self._board.scheduled_waits(key, nonce, ids)
                         tally.early_exit = self._board.exited(key, nonce)
+                        tally.failure = self._board.failure(key, nonce)
                     if probe is not None:
                         await probe.close()
                         tally.probes, tally.probe_tokens = probe.count, probe.tokens

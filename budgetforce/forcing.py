@@ -41,7 +41,7 @@ from budgetforce.budget import (  # XARG_FIELDS: a budget's `vllm_xargs` keys, s
 )
 from budgetforce.controller import Action, ForcingPlan
 from budgetforce.profile import ProfileError
-from budgetforce.slots import NS, ForcingSlots, S, seed_key
+from budgetforce.slots import FAIL_ADMISSION, FAIL_STEP, NS, ForcingSlots, S, prepare_step, seed_key
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -154,8 +154,14 @@ class Admission:
     """
 
     def _admission_init(self, vllm_config: Any, device: torch.device) -> None:
+        prepare_step(device)  # a broken install stops the engine here, not under load
         self.device = device
-        self._model = vllm_config.model_config.tokenizer if getattr(vllm_config, "model_config", None) else None
+        model_config = getattr(vllm_config, "model_config", None)
+        self._model = model_config.tokenizer if model_config is not None else None
+        try:
+            self._vocab = int(model_config.get_vocab_size()) if model_config is not None else None
+        except Exception:  # noqa: BLE001 - a config without a vocabulary size: ids are not range-checked
+            self._vocab = None
         self.slots: ForcingSlots | None = None
         self._board: StatsBoard | None = None
         self._board_name: str | None = None
@@ -237,9 +243,13 @@ class Admission:
                     # open (and write into) shared memory of its choosing
                     board = None
         except Exception as e:  # noqa: BLE001 - never take the engine down over one request
-            self._unforced(f"budget ignored: {e!r}")
+            self._unforced(f"budget ignored: {e!r}", args)
             return None
         if not plan.is_active:
+            return None
+        if self._vocab is not None and max(plan.token_ids(), default=-1) >= self._vocab:
+            # an id past the logits' width would write outside them (on CUDA: a fault for everyone)
+            self._unforced(f"a forced or banned token id is not below the vocabulary size {self._vocab}", args)
             return None
         identity = (nonce, params.seed)
         if board is not None and self._board_name not in (None, board):
@@ -286,14 +296,43 @@ class Admission:
         seed_words = seed_key(adm.seed, prompt_ids) if prompt_ids is not None else _split(adm.seed)
         if not slots.load(adm.key, adm.plan, adm.temperature, seed_words, prompt_ids, _split(adm.nonce)):
             self._unforced("budget does not fit the processor's tables")
+            if adm.board is not None:
+                self._mark_board(adm.key, adm.nonce)
             return False
         self._holder[adm.key] = adm.identity
         return True
 
-    def _unforced(self, why: str) -> None:
+    def _unforced(self, why: str, args: dict[str, Any] | None = None) -> None:
+        """One request runs unforced: logged, counted, and said on its stats row where it has one."""
         self.unforced += 1
         log.warning("budgetforce: a request runs unforced: %s", why)
         _count_unforced()
+        if args and args.get(BOARD_NAME_KEY) == os.environ.get(BOARD_ENV) and BOARD_KEY_KEY in args:
+            try:
+                self._slots_for(args[BOARD_NAME_KEY])
+                self._mark_board(int(args[BOARD_KEY_KEY]), int(args[NONCE_KEY]))
+            except Exception:  # noqa: BLE001 - the response then says nothing of the budget's fate
+                pass
+
+    def _mark_board(self, key: int, nonce: int) -> None:
+        """Write `FAIL_ADMISSION` on a request's stats row (from the host: the row is shared memory)."""
+        if self._board is not None and 0 <= key < BOARD_KEYS:
+            row = torch.zeros(NS, dtype=torch.int32)
+            row[S.NONCE_LO], row[S.NONCE_HI] = _split(nonce)
+            row[S.FAIL] = FAIL_ADMISSION
+            self._board.table[key] = row
+
+    def _step_failed(self, error: Exception, keys: list[int]) -> None:
+        """A failure outside `ForcingSlots.step` (the adapter's own indexing): its rows turn inert."""
+        if self.slots is None:
+            return
+        self.slots.failures.record(error)
+        for key in keys:
+            if key >= 0:
+                try:
+                    self.slots.fail(int(key), FAIL_STEP)
+                except Exception:  # noqa: BLE001
+                    pass
 
     @cached_property
     def _profile(self) -> Any:
@@ -424,8 +463,7 @@ class BudgetForcingLogitsProcessor(Admission, _V1Base):  # type: ignore[misc]
         try:
             self._step(logits)
         except Exception as e:  # noqa: BLE001 - the engine keeps serving everyone else
-            log.exception("budgetforce: the forcing step failed; budgeted rows run unforced this step: %r", e)
-            _count_unforced()
+            self._step_failed(e, [key for key, _ in self._rows.values()])
         return logits
 
     def _step(self, logits: torch.Tensor) -> None:
@@ -581,6 +619,13 @@ class StatsBoard:
         """
         row = self._row(key, nonce, token_ids)
         return None if row is None else row[S.SCHED]
+
+    def failure(self, key: int, nonce: int) -> int | None:
+        """Why this request's budget stopped being forced (`slots.FAIL_*`), 0 if it is forced, None if unknown."""
+        row = self.table[key].tolist()
+        if (row[S.NONCE_LO], row[S.NONCE_HI]) != _split(nonce):
+            return None  # the engine never wrote this request's row
+        return row[S.FAIL]
 
     def exited(self, key: int, nonce: int) -> bool:
         """Whether the engine carried out `request_exit` for this request (it closed the thinking)."""

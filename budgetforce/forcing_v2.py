@@ -68,6 +68,7 @@ class BudgetForcingV2(Admission, _V2Base):  # type: ignore[misc]
     def apply_staged_writes(self) -> None:
         if self.slots is None:
             return
+        staged = list(self.slots._staged) + [key for _, key in self._fresh]  # noqa: SLF001 - the rows this call loads
         try:
             self.slots.flush()
             if self._dirty:
@@ -80,7 +81,8 @@ class BudgetForcingV2(Admission, _V2Base):  # type: ignore[misc]
                 rs = self.req_states
                 self.slots.open_from_history(keys, rs.all_token_ids.gpu, slots_idx, rs.prompt_len.gpu[slots_idx])
         except Exception as e:  # noqa: BLE001 - never take the engine down
-            log.exception("budgetforce: staging failed; budgeted requests may run unforced: %r", e)
+            self._step_failed(e, staged)
+            self._fresh.clear()
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         """A host array on the device; pinned, so the copy neither blocks nor waits for the stream."""
@@ -104,6 +106,6 @@ class BudgetForcingV2(Admission, _V2Base):  # type: ignore[misc]
                 prompt_len,
                 rs.total_len.gpu[rows_slot].long() - prompt_len,
             )
-        except Exception as e:  # noqa: BLE001
-            log.exception("budgetforce: the forcing step failed; budgeted rows run unforced this step: %r", e)
+        except Exception as e:  # noqa: BLE001 - the engine keeps serving everyone else
+            self._step_failed(e, self._slot_key[ctx.idx_mapping_np].tolist())
         return logits

@@ -12,12 +12,13 @@ from typing import Any, Protocol
 
 from budgetforce.budget import DEFAULT_PARAGRAPH_BREAKS, Budget, BudgetError
 from budgetforce.controller import ForcingPlan, ends_inside
+from budgetforce.limits import LIMITS
 
-# Token-level limits of the modes beyond s1: the processor's table sizes (`budgetforce.slots.Limits`,
-# where a plan beyond them would run unforced), checked here so the client gets a 400 instead.
-MAX_BANNED_TOKENS = 16
-MAX_INTERVENTION_TOKENS = 64
-MAX_BREAK_TOKENS = 32
+# Token-level limits: the processor's table sizes (`budgetforce.limits`), checked here, where the
+# strings become ids, so a budget beyond them is a 400 naming its field rather than a request run unforced.
+MAX_BANNED_TOKENS = LIMITS.banned_tokens
+MAX_INTERVENTION_TOKENS = LIMITS.forced_tokens
+MAX_BREAK_TOKENS = LIMITS.break_tokens
 _BREAK_CACHE = 64  # break-string tuples whose tokens a profile remembers (clients choose them)
 
 
@@ -117,7 +118,7 @@ class ResolvedProfile:
 
         Raises:
             ProfileError: a wait string without tokens; `PlanError` (naming the request field)
-                for the modes' strings that do not fit the processor's tables.
+                for a budget whose strings do not fit the processor's tables (`budgetforce.limits`).
         """
         waits = budget.wait_strings or self.profile.wait_strings
         wait_ids = tuple(self.encode(w) for w in waits)
@@ -133,7 +134,7 @@ class ResolvedProfile:
                 "wait_decay": budget.wait_decay == "linear",
                 "breaks": self.break_tokens(budget.paragraph_breaks or DEFAULT_PARAGRAPH_BREAKS),
             }
-        return ForcingPlan(
+        plan = ForcingPlan(
             think_start=self.think_start,
             think_end=self.think_end,
             eos=self.eos,
@@ -150,6 +151,13 @@ class ResolvedProfile:
             early_exit=budget.probe_every is not None,
             **scheduled,
         )
+        overrun = LIMITS.check(plan)
+        if overrun is not None:
+            param, why = overrun
+            if param == "model":
+                raise ProfileError(f"this model's delimiters do not fit budgetforce's tables: {why}")
+            raise PlanError(f"`{param}` does not fit budgetforce's forcing tables for this model: {why}", param=param)
+        return plan
 
     @property
     def _delimiters(self) -> frozenset[int]:

@@ -18,7 +18,9 @@ preempted and resumed finds its state where it left it). Each decoding step, `st
 On CUDA one Triton kernel does all of this (`budgetforce.slots_kernel`); elsewhere the same rules
 run as plain torch ops. Nothing here imports vLLM, and nothing raises inside `step()`: a row
 whose forced token did not come out (a user's logit bias, a stop string) turns inert (`FAIL`,
-counted by `count_failures`), and the request continues unforced.
+counted by `count_failures`), and the request continues unforced; a step that fails is retried
+row by row, and only the rows that fail alone turn inert (`FAIL_STEP`). The stats row carries the
+reason to the frontend, which reports `enforced: false`.
 
 Example (R1 ids: `</think>`=6, "Wait"=9; min 3, greedy):
     slots.load(key=0, plan, temperature=0.0, seed_key=(1, 2), prompt_ids=[..., 5])
@@ -35,6 +37,7 @@ from enum import IntEnum
 import torch
 
 from budgetforce.controller import Action, ForcingPlan, Phase, ends_inside, schedule_p24
+from budgetforce.limits import LIMITS, TableLimits
 from budgetforce.draws import M32, SCHEDULE_SALT, draw24, mix32
 
 log = logging.getLogger(__name__)
@@ -117,40 +120,15 @@ class S(IntEnum):
 
 
 NS = 11
+# Why a row stopped being forced (its `F.FAIL` and `S.FAIL`; 0: it is forced)
+FAIL_BLOCKED = 1  # a forced token did not come out (the user's logit bias, a stop rule)
+FAIL_STEP = 2  # the forcing step failed for this row (logged once per kind, counted)
+FAIL_ADMISSION = 3  # admitted but not forceable (set by the adapter on the request's stats row)
+FAIL_REASONS = {FAIL_BLOCKED: "forced_token_blocked", FAIL_STEP: "step_failed", FAIL_ADMISSION: "not_loaded"}
 NS_ENGINE = 10  # the columns the step writes (EXIT belongs to the frontend)
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Fixed table shapes; plans beyond them run unforced (`fits` says so up front)."""
-
-    max_waits_strings: int = 8
-    max_seq: int = 64  # tokens in one forced sequence (a wait string, close + answer prefix, an intervention)
-    max_start: int = 8  # think_start tokens
-    max_close_attempts: int = 6  # think_end[0] plus EOS ids
-    max_banned: int = 16
-    max_breaks: int = 32
-
-    def fits(self, plan: ForcingPlan) -> str | None:
-        """Why ``plan`` does not fit these tables, or None."""
-        if len(plan.waits) > self.max_waits_strings:
-            return f"more than {self.max_waits_strings} wait strings"
-        longest = max([len(w) for w in plan.waits] + [len(plan.think_end) + len(plan.answer_prefix), len(plan.intervention)])
-        if longest > self.max_seq:
-            return f"a forced sequence of {longest} tokens (at most {self.max_seq})"
-        if len(plan.banned) > self.max_banned:
-            return f"{len(plan.banned)} banned tokens (at most {self.max_banned})"
-        if len(plan.breaks) > self.max_breaks:
-            return f"{len(plan.breaks)} paragraph-break tokens (at most {self.max_breaks})"
-        if plan.alpha_moment > 0 and not plan.waits:
-            return "scheduled waits without wait strings"
-        if len(plan.think_start) > self.max_start:
-            return f"a think-start delimiter of {len(plan.think_start)} tokens"
-        if 1 + len(plan.eos) > self.max_close_attempts:
-            return f"{len(plan.eos)} end-of-sequence ids"
-        if not plan.waits and plan.min_thinking > 0:
-            return "a minimum without wait strings"
-        return None
+Limits = TableLimits  # the table shapes, declared once in budgetforce.limits
 
 
 class ForcingSlots:
@@ -164,24 +142,26 @@ class ForcingSlots:
     """
 
     def __init__(
-        self, capacity: int, device: torch.device, stats: torch.Tensor | None = None, limits: Limits = Limits()
+        self, capacity: int, device: torch.device, stats: torch.Tensor | None = None, limits: TableLimits = LIMITS
     ) -> None:
         self.capacity = capacity
         self.device = device
         self.limits = limits
-        w, ls = limits.max_waits_strings, limits.max_seq
+        w, ls = limits.wait_strings, limits.forced_tokens
         self.src_end = w  # think_end + answer_prefix (a forced end)
         self.src_close = w + 1  # think_end[1:] (a natural close)
         self.src_ivn = w + 2  # the intervention
         self.state = torch.zeros(capacity, NF, dtype=torch.int32, device=device)
         self.seq = torch.zeros(capacity, w + 3, ls, dtype=torch.int32, device=device)
         self.seq_len = torch.zeros(capacity, w + 3, dtype=torch.int32, device=device)
-        self.start = torch.full((capacity, limits.max_start), -1, dtype=torch.int32, device=device)
-        self.close = torch.full((capacity, limits.max_close_attempts), -1, dtype=torch.int32, device=device)
-        self.ban = torch.full((capacity, limits.max_banned), -1, dtype=torch.int32, device=device)
-        self.brk = torch.full((capacity, limits.max_breaks), -1, dtype=torch.int32, device=device)
+        self.start = torch.full((capacity, limits.start_tokens), -1, dtype=torch.int32, device=device)
+        self.close = torch.full((capacity, limits.close_attempts), -1, dtype=torch.int32, device=device)
+        self.ban = torch.full((capacity, limits.banned_tokens), -1, dtype=torch.int32, device=device)
+        self.brk = torch.full((capacity, limits.break_tokens), -1, dtype=torch.int32, device=device)
         self.temp = torch.ones(capacity, dtype=torch.float32, device=device)
         self.stats = stats
+        self.kernel = True  # the Triton kernel on CUDA; False after it failed once (torch path)
+        self.failures = StepFailures()
         self._staged: dict[int, tuple] = {}
         # which modes any request has used: the torch path skips the others' work (a host flag, no sync)
         self.uses: set[str] = set()
@@ -201,9 +181,9 @@ class ForcingSlots:
         ``prompt_ids`` decide whether the completion starts inside the thinking; None leaves
         that to `open_from_history` (runner V2, where the prompt lives on the device).
         """
-        why = self.limits.fits(plan)
+        why = self.limits.check(plan)
         if why is not None:
-            log.warning("budget not forced (runs unforced): %s", why)
+            log.warning("budget not forced (runs unforced): `%s`: %s", *why)
             return False
         row = [0] * NF
         row[F.ON] = 1
@@ -238,7 +218,7 @@ class ForcingSlots:
         elif inside and plan.intervention and plan.intervention_at == 0:  # the thinking opens with it
             row[F.QSRC], row[F.IVDONE] = self.src_ivn, 1
         lim = self.limits
-        w, ls = lim.max_waits_strings, lim.max_seq
+        w, ls = lim.wait_strings, lim.forced_tokens
         seq = [[0] * ls for _ in range(w + 3)]
         seq_len = [0] * (w + 3)
         for i, ids in enumerate(plan.waits):
@@ -249,11 +229,11 @@ class ForcingSlots:
         seq[self.src_close][: len(rest)], seq_len[self.src_close] = rest, len(rest)
         ivn = list(plan.intervention)
         seq[self.src_ivn][: len(ivn)], seq_len[self.src_ivn] = ivn, len(ivn)
-        start = list(plan.think_start) + [-1] * (lim.max_start - len(plan.think_start))
+        start = list(plan.think_start) + [-1] * (lim.start_tokens - len(plan.think_start))
         close = [plan.think_end[0], *sorted(plan.eos)]
-        close += [-1] * (lim.max_close_attempts - len(close))
-        ban = sorted(plan.banned) + [-1] * (lim.max_banned - len(plan.banned))
-        brk = sorted(plan.breaks) + [-1] * (lim.max_breaks - len(plan.breaks))
+        close += [-1] * (lim.close_attempts - len(close))
+        ban = sorted(plan.banned) + [-1] * (lim.banned_tokens - len(plan.banned))
+        brk = sorted(plan.breaks) + [-1] * (lim.break_tokens - len(plan.breaks))
         self._staged[key] = (row, seq, seq_len, start, close, ban, brk, max(temperature, GREEDY_EPS))
         self.uses |= {
             m for m, on in (("ban", plan.banned), ("intervention", plan.intervention), ("exit", plan.early_exit),
@@ -368,12 +348,120 @@ class ForcingSlots:
                 (``window`` = the table's width, runner V1): ``history[row_hist[r], :row_len[r]]``
                 are exactly the row's new tokens (``row_base`` unused).
         """
-        if logits.is_cuda:
+        try:
+            self._step(logits, row_keys, history, row_hist, row_base, row_len, window)
+        except Exception as e:  # noqa: BLE001 - the engine keeps serving; the failure is isolated below
+            self._recover(e, logits, row_keys, history, row_hist, row_base, row_len, window)
+
+    def _step(self, logits, row_keys, history, row_hist, row_base, row_len, window) -> None:  # noqa: ANN001
+        if logits.is_cuda and self.kernel:
             from budgetforce.slots_kernel import step_cuda
 
             step_cuda(self, logits, row_keys, history, row_hist, row_base, row_len, window is not None)
             return
         _step_torch(self, logits, row_keys, history, row_hist, row_base, row_len, window)
+
+    def _recover(self, error: Exception, logits, row_keys, history, row_hist, row_base, row_len, window) -> None:  # noqa: ANN001
+        """A failed step: logged once per kind, counted, then retried row by row on the torch path.
+
+        Rows that fail alone turn inert with `FAIL_STEP` (their responses say `enforced: false`);
+        every other row of the batch is forced as if nothing had happened. A kernel that failed is
+        not tried again in this engine: the torch path implements the same rules. This path syncs
+        with the device, which only a failure pays for.
+        """
+        self.failures.record(error)
+        self.kernel = False
+        keys = row_keys.tolist()
+        for r, key in enumerate(keys):
+            if key < 0:
+                continue
+            alone = torch.full_like(row_keys, -1)
+            alone[r] = key
+            try:
+                _step_torch(self, logits, alone, history, row_hist, row_base, row_len, window)
+            except Exception as e:  # noqa: BLE001
+                self.failures.record(e)
+                self.fail(key, FAIL_STEP)
+
+    def fail(self, key: int, code: int) -> None:
+        """Make ``key`` inert and say why on its stats row (`FAIL_*`), where the frontend reads it."""
+        self.state[key, F.ON] = 0
+        self.state[key, F.FAIL] = code
+        if self.stats is not None:
+            self.stats[key, S.FAIL] = code
+
+
+class StepFailures:
+    """Failed forcing steps: a traceback once per kind of failure, a count of all of them."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, int] = {}
+
+    def record(self, error: Exception) -> None:
+        kind = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
+        seen = self.kinds.get(kind, 0)
+        self.kinds[kind] = seen + 1
+        if seen == 0:
+            log.error("budgetforce: a forcing step failed (%s); the rows it hit run unforced and their responses "
+                      "say `enforced: false`; further failures of this kind are counted, not logged",
+                      kind, exc_info=error)  # fmt: skip
+        _count("budgetforce_step_failures", "Forcing steps that failed (see the first traceback of each kind)")
+
+    @property
+    def total(self) -> int:
+        return sum(self.kinds.values())
+
+
+def _count(name: str, doc: str) -> None:
+    """A Prometheus counter of the engine process, best effort (the engine never fails over metrics)."""
+    try:
+        from prometheus_client import REGISTRY, Counter
+
+        counter = REGISTRY._names_to_collectors.get(f"{name}_total")  # noqa: SLF001
+        (counter if counter is not None else Counter(name, doc)).inc()  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def prepare_step(device: torch.device) -> None:
+    """Import and compile everything the step needs on ``device``, now: a broken install stops the
+    engine at start-up with a readable error instead of failing every step under load.
+
+    On CUDA that is the Triton kernel, compiled for both token layouts and both mode variants on a
+    tiny table; elsewhere the torch path, which needs nothing beyond this module.
+
+    Raises:
+        RuntimeError: the kernel cannot be imported or compiled here.
+    """
+    if device.type != "cuda":
+        return
+    try:
+        from budgetforce.slots_kernel import step_cuda
+
+        from budgetforce.controller import ForcingPlan
+
+        slots = ForcingSlots(2, device)
+        plan = ForcingPlan(think_start=(1,), think_end=(2,), eos=frozenset({3}), waits=((4, 5),), answer_prefix=(6,),
+                           min_thinking=2, max_thinking=4, max_waits=None)  # fmt: skip
+        slots.load(0, plan, 1.0, (1, 2), [1])
+        slots.flush()
+        logits = torch.zeros(2, 8, dtype=torch.float32, device=device)
+        keys = torch.tensor([0, -1], dtype=torch.int64, device=device)
+        hist = torch.full((2, 4), 7, dtype=torch.int64, device=device)
+        rows = torch.arange(2, dtype=torch.int64, device=device)
+        ones = torch.ones(2, dtype=torch.int64, device=device)
+        for modes in (set(), {"ban"}):
+            slots.uses = modes
+            step_cuda(slots, logits, keys, hist, rows, rows * 0, ones, True)
+            step_cuda(slots, logits, keys, hist, rows, rows * 0, ones, False)
+        torch.cuda.synchronize(device)
+    except Exception as e:  # noqa: BLE001 - anything here means the step could not run under load
+        raise RuntimeError(
+            f"budgetforce cannot run its forcing step on {device}: {type(e).__name__}: {e}. "
+            "The Triton kernel (budgetforce.slots_kernel) must import and compile at start-up; check that "
+            "budgetforce is installed completely (pip install --force-reinstall budgetforce) and that Triton "
+            "works with this torch."
+        ) from e
 
 
 # -- the counter-based RNG (identical in torch and Triton; see budgetforce.draws) ----------

@@ -181,7 +181,7 @@ def test_limits_match_the_processor_tables() -> None:
 
     limits = Limits()
     assert (profile.MAX_BANNED_TOKENS, profile.MAX_INTERVENTION_TOKENS, profile.MAX_BREAK_TOKENS) == (
-        limits.max_banned, limits.max_seq, limits.max_breaks,
+        limits.banned_tokens, limits.forced_tokens, limits.break_tokens,
     )  # fmt: skip
 
 

@@ -136,6 +136,9 @@ class _Board:
     def scheduled_waits(self, key: int, nonce: int, ids: list[int]) -> int:
         return 2
 
+    def failure(self, key: int, nonce: int) -> int:
+        return 0
+
 
 def test_report_gains_the_keys_of_the_modes_used(model: ServedModel) -> None:
     from budgetforce.serving.annotate import Annotator
@@ -153,7 +156,8 @@ def test_report_gains_the_keys_of_the_modes_used(model: ServedModel) -> None:
         return body["choices"][0]["budget"]
 
     plain = annotate(max_thinking_tokens=100)
-    assert set(plain) == {"thinking_tokens", "waits_inserted", "forced_end", "strategy"}
+    assert set(plain) == {"thinking_tokens", "waits_inserted", "forced_end", "strategy", "enforced"}
+    assert plain["enforced"] is None  # no stats board, and the ids show no maximum overrun
     report = annotate(max_answer_tokens=3, thinking_intervention="Be brief.")
     assert report["thinking_tokens"] == len(think)
     assert (report["answer_tokens"], report["answer_truncated"], report["intervened"]) == (3, True, True)
@@ -161,3 +165,57 @@ def test_report_gains_the_keys_of_the_modes_used(model: ServedModel) -> None:
     assert annotate(thinking_intervention="Something else.")["intervened"] is False
     assert annotate(alpha_moment_tokens=50)["scheduled_waits"] is None  # no stats board
     assert annotate((_Board(), 1, 7), alpha_moment_tokens=50)["scheduled_waits"] == 2
+
+
+def test_enforced_reports_what_the_board_and_the_ids_say(model: ServedModel) -> None:
+    """`enforced` is true on a healthy board row, false with the row's reason code, and false
+    (`max_exceeded`) whenever the ids show the thinking past its maximum, board or not."""
+    from budgetforce.forcing import StatsBoard
+    from budgetforce.serving.annotate import Annotator
+    from budgetforce.slots import FAIL_STEP, S
+
+    ids = [70, 71, 72, 5, 73, 0]  # three thinking tokens, </think>, an answer token, EOS
+    board = StatsBoard(create=True)
+    try:
+        key, nonce = board.acquire()
+
+        def report(row: list[int] | None, **fields: Any) -> dict[str, Any]:
+            board.table[key] = 0
+            if row is not None:
+                board.table[key, S.NONCE_LO], board.table[key, S.NONCE_HI] = nonce & 0x7FFFFFFF, (nonce >> 31) & 0x7FFFFFFF
+                board.table[key, S.SEEN] = len(ids)
+                board.table[key, S.FAIL] = row[0]
+            prepared = rewrite(model, max_tokens=300, **fields)
+            body = {"prompt_token_ids": [2, 70, 3, 4], "choices": [{"index": 0, "message": {"content": "x"}, "token_ids": ids}]}
+            return Annotator(prepared, model, (board, key, nonce)).json_body(body)["choices"][0]["budget"]
+
+        healthy = report([0], max_thinking_tokens=3)
+        assert (healthy["enforced"], healthy["forced_end"], healthy["waits_inserted"]) == (True, True, 0)
+        assert "unenforced_reason" not in healthy
+        failed = report([FAIL_STEP], max_thinking_tokens=10)
+        assert (failed["enforced"], failed["unenforced_reason"], failed["waits_inserted"]) == (False, "step_failed", None)
+        assert report(None, max_thinking_tokens=10)["enforced"] is None  # the engine never wrote the row
+        overrun = report([0], max_thinking_tokens=2)  # three thinking tokens under a maximum of two
+        assert (overrun["enforced"], overrun["unenforced_reason"], overrun["forced_end"]) == (False, "max_exceeded", False)
+    finally:
+        board.close()
+
+
+def test_budgets_beyond_the_forcing_tables_are_400s_naming_the_field(model: ServedModel) -> None:
+    """Nine wait strings, or an answer prefix of more than 64 tokens, cannot be forced: refused up front."""
+    from budgetforce.limits import LIMITS
+
+    with pytest.raises(RequestError) as err:
+        rewrite(model, max_tokens=300, min_thinking_tokens=10, wait_strings=[f"Wait {i}" for i in range(9)])
+    assert err.value.param == "wait_strings" and err.value.status == 400
+    rewrite(model, max_tokens=300, min_thinking_tokens=10, wait_strings=[f"Wait {i}" for i in range(8)])
+    long_text = " ".join(["alpha beta"] * LIMITS.forced_tokens)
+    with pytest.raises(RequestError) as err:
+        rewrite(model, max_tokens=300, max_thinking_tokens=10, answer_prefix=long_text)
+    assert err.value.param == "answer_prefix" and "64" in err.value.message
+    with pytest.raises(RequestError) as err:
+        rewrite(model, max_tokens=300, max_thinking_tokens=10, thinking_intervention=long_text)
+    assert err.value.param == "thinking_intervention"
+    with pytest.raises(RequestError) as err:
+        rewrite(model, max_tokens=300, min_thinking_tokens=10, wait_strings=[long_text])
+    assert err.value.param == "wait_strings"

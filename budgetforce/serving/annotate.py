@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetforce.budget import Budget
-from budgetforce.controller import ThinkingController, rfind
+from budgetforce.controller import Phase, ThinkingController, rfind
 from budgetforce.serving.metrics import record_choice
+from budgetforce.slots import FAIL_REASONS
 from budgetforce.serving.rewrite import Prepared, ServedModel
 from budgetforce.stops import StopCutter
 
@@ -85,14 +86,18 @@ class Annotator:
         budget = self.p.budget
         thinking = st.ctl.thinking_tokens
         hi = budget.max_thinking_tokens if budget is not None else None
+        closed = st.ctl.phase is not Phase.THINKING
         out: dict[str, Any] = {
             "thinking_tokens": thinking,
             "waits_inserted": self._board(st, "waits"),
-            "forced_end": hi is not None and thinking >= hi,
+            "forced_end": hi is not None and thinking == hi and closed,
             "strategy": budget.strategy if budget is not None else None,
         }
         if budget is None:
             return out
+        out["enforced"], reason = self._enforced(st, hi)
+        if reason is not None:
+            out["unenforced_reason"] = reason
         keys = self.report_keys
         if "answer_tokens" in keys:
             limit = budget.max_answer_tokens
@@ -103,6 +108,22 @@ class Annotator:
         if "scheduled_waits" in keys:
             out["scheduled_waits"] = self._board(st, "scheduled_waits")
         return out
+
+    def _enforced(self, st: _Choice, hi: int | None) -> tuple[bool | None, str | None]:
+        """Whether the processor forced this choice's budget: (True, None), (False, reason code), or
+        (None, None) where nobody can tell (n > 1, no stats board) and the ids show nothing wrong.
+
+        Reason codes: `max_exceeded` (seen on the ids), `forced_token_blocked`, `step_failed`,
+        `not_loaded` (from the stats board, `budgetforce.slots.FAIL_REASONS`)."""
+        code = None
+        if self.stats is not None and self.p.choices == 1:
+            board, key, nonce = self.stats
+            code = board.failure(key, nonce)
+        if code:  # the engine's own reason comes first: it names the cause
+            return False, FAIL_REASONS.get(code, "unknown")
+        if hi is not None and st.ctl.thinking_tokens > hi:  # seen on the ids, whatever the engine says
+            return False, "max_exceeded"
+        return (True, None) if code == 0 else (None, None)
 
     def _board(self, st: _Choice, stat: str) -> int | None:
         """A count the processor keeps on the stats board (`StatsBoard.waits`, `.scheduled_waits`);

@@ -42,6 +42,13 @@ def _metrics() -> dict[str, Any]:
                 buckets=(0, 16, 64, 256, 1024, 4096, 16384, 65536),
             ),
         ),  # fmt: skip
+        "unenforced": get(
+            "budgetforce_unenforced_choices_total",
+            lambda: Counter(
+                "budgetforce_unenforced_choices", "Budgeted choices whose budget was not forced (`enforced: false`).",
+                ["reason"],
+            ),
+        ),
         "rejected": get(
             "budgetforce_rejected_requests_total",
             lambda: Counter("budgetforce_rejected_requests", "Requests refused by the budget layer.", ["code"]),
@@ -61,6 +68,8 @@ def record_choice(report: dict[str, Any]) -> None:
         m["forced"].inc()
     if report.get("waits_inserted"):
         m["waits"].inc(report["waits_inserted"])
+    if report.get("enforced") is False:
+        m["unenforced"].labels(report.get("unenforced_reason") or "unknown").inc()
 
 
 def record_rejection(code: str) -> None:
