@@ -78,34 +78,43 @@ def test_a_failing_step_hits_only_its_row(monkeypatch: pytest.MonkeyPatch, caplo
     assert int(failing.state[0, F.ACT]) == Action.GUARD  # the minimum still guards the healthy rows' closes
 
 
+POISON = """
+import os
+if os.environ.get("BF_TEST_POISON_TOKEN"):  # a fault injected into the engine-core process (tests only)
+    from budgetforce import slots
+    token, real = int(os.environ["BF_TEST_POISON_TOKEN"]), slots._step_torch
+    def poisoned(sl, logits, row_keys, *rest):
+        keys = row_keys[row_keys >= 0].long()
+        if bool((sl.seq[keys, 0, 0] == token).any()):  # the request whose wait string starts so
+            raise RuntimeError("injected step failure")
+        real(sl, logits, row_keys, *rest)
+    slots._step_torch = poisoned
+"""
+
+
 def test_a_failing_step_in_a_real_engine_is_reported_not_enforced(
-    run: Any, tiny_r1: Any, monkeypatch: pytest.MonkeyPatch
+    run: Any, tiny_r1: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In a real vLLM engine (its engine core forked after the fault was injected): the request whose rows fail
-    reports `enforced: false` / `step_failed`, the two beside it in the batch keep their budgets. (The
-    log line once per kind is checked on the slots above; here it is in the engine process's log.)"""
+    """In a real vLLM engine (the fault injected into its spawned engine-core process by a
+    `sitecustomize`): the request whose rows fail reports `enforced: false` / `step_failed`; the two
+    beside it in the batch keep their budgets. (The one log line per kind is checked on the slots
+    above; here it goes to the engine process's log.)"""
     import asyncio
+    import os
+
+    from transformers import AutoTokenizer
 
     from budgetforce import Budget
     from conftest import _start_engine
 
-    from transformers import AutoTokenizer
-
-    hold = AutoTokenizer.from_pretrained(tiny_r1).encode("Hold on", add_special_tokens=False)
-    assert hold[0] != AutoTokenizer.from_pretrained(tiny_r1).encode("Wait", add_special_tokens=False)[0]
-    real = slots_mod._step_torch
-
-    def poisoned(sl: ForcingSlots, logits: torch.Tensor, row_keys: torch.Tensor, *rest: Any) -> None:
-        keys = row_keys[row_keys >= 0].long()
-        if bool((sl.seq[keys, 0, 0] == hold[0]).any()):  # the request whose wait string is "Hold on"
-            raise RuntimeError("injected step failure")
-        real(sl, logits, row_keys, *rest)
-
-    # patched before the engine starts: its engine-core process is forked from this one and keeps the patch
-    monkeypatch.setattr(slots_mod, "_step_torch", poisoned)
+    tok = AutoTokenizer.from_pretrained(tiny_r1)
+    hold = tok.encode("Hold on", add_special_tokens=False)
+    assert hold[0] != tok.encode("Wait", add_special_tokens=False)[0]
+    (tmp_path / "sitecustomize.py").write_text(POISON)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("BF_TEST_POISON_TOKEN", str(hold[0]))
     eng = _start_engine(run, tiny_r1)
     try:
-        assert eng.profile.encode("Hold on")[0] == hold[0]
         messages = [{"role": "user", "content": "Count the apples."}]
 
         async def three() -> list[Any]:
@@ -117,10 +126,10 @@ def test_a_failing_step_in_a_real_engine_is_reported_not_enforced(
 
         bad, *good = run(three())
         assert (bad.stats.enforced, bad.stats.unenforced_reason) == (False, "step_failed")
+        assert bad.stats.waits_inserted is None  # a failed row's counts are not trusted
         for out in good:
             assert out.stats.enforced is True and out.stats.unenforced_reason is None
-            assert 60 <= out.stats.thinking_tokens <= 80 or out.stats.forced_end  # the minimum held
-        assert bad.stats.waits_inserted is None  # a failed row's counts are not trusted
+            assert out.stats.thinking_tokens <= 80 and (out.stats.thinking_tokens >= 60 or out.stats.forced_end)
     finally:
         eng.shutdown()
 

@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # One measurement call on the lent GPU, after the vLLM bundle's parts were carried (../shared/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy)
+# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy;
+#        accept: the serving acceptance run, benchmarks/gpu/acceptance.sh, on either bundle)
+# A bundle whose name holds 026 unpacks into /tmp/site026 (its unpack.sh edited so), so both stacks fit one machine.
 # Logs and JSON go to $OUT.
 set -uo pipefail
 BUNDLE="$1"; STAGE="$2"
 export PYTHONUNBUFFERED=1 VLLM_LOGGING_LEVEL=WARNING TOKENIZERS_PARALLELISM=false
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+SITE=/tmp/site; case "$BUNDLE" in *026*) SITE=/tmp/site026 ;; esac
 bash "$BUNDLE/unpack/unpack.sh" > "$OUT/unpack.log" 2>&1 || { tail -20 "$OUT/unpack.log"; exit 3; }
-export PYTHONPATH=/tmp/site:$PWD
+export PYTHONPATH=$SITE:$PWD
 python3 -c "import torch, triton, vllm; print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name())" 2>&1 | tail -1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 SHAPE=benchmarks/shapes/r1-distill-qwen-1.5b.json
+v032_fixes() {  # measurement glue for vLLM 0.32's carried torch 2.13 on this image (../shared/gpu/README.md)
+  python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
+  export LD_PRELOAD="$(bash benchmarks/gpu/nccl_shim.sh)"
+  chmod +x /tmp/site/triton/backends/nvidia/bin/* 2>/dev/null || true  # the archive dropped the exec bits
+  mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
+  export EXTRA_PYTHONPATH=/tmp/vllmfix
+}
 case "$STAGE" in
+  accept)
+    [ "$SITE" = /tmp/site ] && v032_fixes
+    LABEL="$(python3 -c 'import vllm; print(vllm.__version__)' 2>/dev/null | tail -1)"
+    SITE=$SITE TOK=.gpu-tok bash benchmarks/gpu/acceptance.sh "$LABEL" ;;
   v2-step)
     python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
     export LD_PRELOAD="$(bash benchmarks/gpu/nccl_shim.sh)"
