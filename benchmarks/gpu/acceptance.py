@@ -182,11 +182,13 @@ def agree(report: dict[str, Any] | None, counted: dict[str, Any], waits: int | N
 
 
 def cases(t: Target, checks: Checks, greedy_reference: bool) -> None:
-    close_bias = {"logit_bias": {str(t.close): 7}}
+    close_bias = {"logit_bias": {str(t.close): 7}}  # the model tries to close often: minimums insert waits
+    no_close = {"logit_bias": {str(t.close): -100}}  # the model never closes: only a forced close ends the thinking
     wait_ids = t.enc(WAIT)
 
     def maxonly(stream: bool) -> dict[str, Any]:
-        r = chat(t, {"max_thinking_tokens": 50, "answer_prefix": PREFIX}, 120, stream, temperature=0, extra={"ignore_eos": True})
+        r = chat(t, {"max_thinking_tokens": 50, "answer_prefix": PREFIX}, 120, stream, temperature=0,
+                 extra={"ignore_eos": True, **no_close})  # fmt: skip
         c = r["choices"][0]
         got = count(t, c["ids"])
         d = agree(c["budget"], got, waits=0)
@@ -195,7 +197,7 @@ def cases(t: Target, checks: Checks, greedy_reference: bool) -> None:
         d["ok_forced_end"] = c["budget"]["forced_end"] is True
         d["ok_answer_nonempty"] = len(c["content"]) > 0
         if greedy_reference:
-            ref, n = s1_loop(t, r["prompt"], 120, max_t=50, ignore_eos=True)
+            ref, n = s1_loop(t, r["prompt"], 120, max_t=50, ignore_eos=True, extra=no_close)
             d["ok_equals_s1_loop"] = ref == c["ids"]
             d["first_divergence"] = next((i for i, (a, b) in enumerate(zip(ref, c["ids"])) if a != b), None)
         return d
@@ -260,9 +262,9 @@ def cases(t: Target, checks: Checks, greedy_reference: bool) -> None:
     checks.run(t.name, "n=3 seeded min 40 max 80", n3)
 
     def stops() -> dict[str, Any]:
-        budget = {"min_thinking_tokens": 30, "max_thinking_tokens": 60, "wait_strings": [WAIT], "answer_prefix": PREFIX}
-        plain = chat(t, budget, 100, temperature=0, extra=close_bias)["choices"][0]
-        cut = chat(t, budget, 100, temperature=0, stop=[WAIT, "Answer"], extra=close_bias)["choices"][0]
+        budget = {"min_thinking_tokens": 60, "max_thinking_tokens": 100, "wait_strings": [WAIT], "answer_prefix": PREFIX}
+        plain = chat(t, budget, 140, temperature=0, extra=close_bias)["choices"][0]
+        cut = chat(t, budget, 140, temperature=0, stop=[WAIT, "Answer"], extra=close_bias)["choices"][0]
         d = {"reported": cut["budget"], "content": cut["content"][:80]}
         d["ok_thinking_not_cut"] = cut["reasoning"] == plain["reasoning"] and WAIT in cut["reasoning"]
         d["ok_answer_cut"] = "Answer" not in cut["content"] and cut["finish"] == "stop"
@@ -297,7 +299,8 @@ def cases(t: Target, checks: Checks, greedy_reference: bool) -> None:
     checks.run(t.name, "thinking intervention at 10", intervention)
 
     def answer_budget() -> dict[str, Any]:
-        c = chat(t, {"max_thinking_tokens": 30, "max_answer_tokens": 8, "answer_prefix": PREFIX}, 200, temperature=0)["choices"][0]
+        c = chat(t, {"max_thinking_tokens": 30, "max_answer_tokens": 8, "answer_prefix": " A:"}, 200, temperature=0,
+                 extra=no_close)["choices"][0]  # fmt: skip
         got = count(t, c["ids"])
         d = agree(c["budget"], got)
         after = c["ids"][got["thinking_tokens"] + 1 :]
@@ -328,7 +331,8 @@ def cases(t: Target, checks: Checks, greedy_reference: bool) -> None:
     checks.run(t.name, "scheduled waits (AlphaOne)", scheduled)
 
     def xargs() -> dict[str, Any]:
-        c = chat(t, {}, 120, temperature=0, extra={"vllm_xargs": {"max_thinking_tokens": 40}, "ignore_eos": True})["choices"][0]
+        xargs = {"vllm_xargs": {"max_thinking_tokens": 40}, "ignore_eos": True, **no_close}
+        c = chat(t, {}, 120, temperature=0, extra=xargs)["choices"][0]
         got = count(t, c["ids"])
         d = agree(c["budget"], got, waits=0)
         d["ok_close_at_40"] = got["thinking_tokens"] == 40 and got["closed"]
