@@ -182,7 +182,7 @@ def served_model(state: Any) -> ServedModel:
         chat_fields=_fields("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
         completion_fields=_fields("vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
         reasoning_parser=_has_reasoning_parser(args),
-        child_safe=_child_safe(),
+        child_safe=_child_safe() and not bool(getattr(state.vllm_config, "use_v2_model_runner", False)),
         completion_max_tokens=_completion_default(),
     )
 
@@ -214,7 +214,11 @@ def _completion_default() -> int | None:
 
 
 def _child_safe() -> bool:
-    """Whether the processor keeps one budget state per choice of an n > 1 request (see docs/vllm-serve.md)."""
+    """Whether the processor keeps one budget state per choice of an n > 1 request (see docs/vllm-serve.md).
+
+    Runner V1 only: on the H200 with vLLM 0.32's runner V2 the choices of an n = 3 request ran past
+    their maximum (benchmarks/results/2026-12-02-h200/acceptance-0.32.0.json), so there n > 1 budgets
+    are refused with a 400 until that is mended."""
     from budgetforce import forcing
 
     return bool(getattr(forcing, "XARGS_CHILD_SAFE", False))

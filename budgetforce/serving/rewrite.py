@@ -40,7 +40,8 @@ ROUNDS_MESSAGE = (
 )
 N_MESSAGE = (
     "`{param}` asks for {count} choices with a thinking budget; this server forces budgets on one choice "
-    "per request for now (vLLM's n > 1 children share one budget state in the processor). "
+    "per request (on vLLM's Model Runner V2 the choices of one request are not yet forced apart; runner V1, "
+    "`VLLM_USE_V2_MODEL_RUNNER=0`, forces each). "
     "Send {count} requests instead (with seeds seed, seed+1, ... to reproduce `n`)"
 )
 
