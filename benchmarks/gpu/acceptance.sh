@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu/acceptance.sh VLLM_VERSION_LABEL
 set -uo pipefail
 LABEL="$1"
+# servers an earlier run left on this machine (setsid) hold GPU memory: stop them first
+pkill -f "vllm.entrypoints.openai.api_server" 2>/dev/null; pkill -f "budgetforce.cli serve" 2>/dev/null; sleep 5
+pkill -9 -f "vllm.entrypoints.openai.api_server" 2>/dev/null; pkill -9 -f "EngineCore" 2>/dev/null; sleep 2
 export PYTHONUNBUFFERED=1 VLLM_LOGGING_LEVEL=WARNING TOKENIZERS_PARALLELISM=false
 # the servers run from a copy outside the working tree: the next call lays the tree anew
 rm -rf /root/bf && mkdir -p /root/bf && cp -r budgetforce benchmarks /root/bf/ && cp -r "${TOK:-.gpu-tok}" /root/bf/tok
