@@ -122,7 +122,8 @@ def test_budgets_are_honoured_and_reported(client: Any, budget: dict[str, Any], 
     assert lo <= report["thinking_tokens"] == counted <= hi, report
     assert report["forced_end"] is (counted == hi) and report["strategy"] == "engine"
     waits = report["waits_inserted"]  # from the processor's stats board, through the engine process
-    assert isinstance(waits, int) and waits >= (1 if lo >= 150 else 0), report
+    assert isinstance(waits, int) and waits >= (1 if lo >= 150 else 0), report  # a max-only request too
+    assert report["enforced"] is True and "unenforced_reason" not in report, report
     message = choice.message.model_extra
     assert message["reasoning_content"] == message["reasoning"]
     assert (message["reasoning"] or "") != "" or counted == 0
@@ -287,6 +288,10 @@ def test_named_tool_choice_returns_a_tool_call(client: Any) -> None:
         ({"wait_strings": [""]}, "wait_strings[0]"),
         ({"vllm_xargs": {"min_thinking_tokens": -3}}, "min_thinking_tokens"),
         ({"budget_strategy": "rounds", "max_thinking_tokens": 8}, "budget_strategy"),
+        # beyond the device tables (8 wait strings, 64 tokens a forced sequence): refused, not run unforced
+        ({"min_thinking_tokens": 5, "wait_strings": [f"Wait {i}" for i in range(9)]}, "wait_strings"),
+        ({"max_thinking_tokens": 8, "answer_prefix": "seven " * 70}, "answer_prefix"),
+        ({"vllm_xargs": {"max_thinking_tokens": 8, "answer_prefix": "seven " * 70}}, "answer_prefix"),
     ],
 )
 def test_bad_budgets_are_400_naming_the_field(served: str, body: dict[str, Any], param: str) -> None:
