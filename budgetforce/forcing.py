@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -547,6 +546,11 @@ class _Layout:
     handed: np.ndarray
 
 
+def _lock_dir() -> str:
+    """Where the boards' lock files live: beside the shared memory where there is one."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") else __import__("tempfile").gettempdir()
+
+
 def _fresh(out: list[int], handed: int) -> list[int]:
     """Output ids not yet handed to the device, up to the first async-scheduling placeholder."""
     new = out[handed:]
@@ -560,21 +564,31 @@ class StatsBoard:
     """Per-request forcing stats, shared from the engine process back to the frontend.
 
     A shared-memory int32 table, one row per request key (`slots.S` columns: nonce, tokens
-    consumed, waits, the pending action and decision). The frontend hands keys out FIFO with a
-    fresh nonce; the processor writes the row every step (on CUDA through a mapped device view,
-    so the write lands before vLLM returns the step's tokens). A reader whose nonce does not
-    match sees no stats rather than someone else's. Where the engine cannot open the board
+    consumed, waits, the pending action and decision). The frontend hands keys out round robin
+    with a fresh nonce; the processor writes the row every step (on CUDA through a mapped device
+    view, so the write lands before vLLM returns the step's tokens). A reader whose nonce does
+    not match sees no stats rather than someone else's. Where the engine cannot open the board
     (another node), stats are absent and responses say so.
+
+    Several API server processes (`--api-server-count N`) share one board: behind the table sit
+    a lease per key (the holding process's pid) and a cursor, and `acquire` takes a key under an
+    exclusive file lock, so no two processes ever hold one key. A dead process's leases are
+    reclaimed when the keys run out.
     """
 
     def __init__(self, name: str | None = None, capacity: int = CAPACITY, create: bool | None = None) -> None:
         from multiprocessing import shared_memory
 
         create = name is None if create is None else create
-        self._shm = shared_memory.SharedMemory(name=name, create=create, size=capacity * NS * 4)
+        size = capacity * NS * 4 + (BOARD_KEYS + 1) * 4  # the table, then the leases and the cursor
+        self._shm = shared_memory.SharedMemory(name=name, create=create, size=size)
         self._owner = create
-        self.table = torch.frombuffer(self._shm.buf, dtype=torch.int32).view(-1, NS)
-        self._free: deque[int] = deque(range(BOARD_KEYS)) if create else deque()
+        self.table = torch.frombuffer(self._shm.buf, dtype=torch.int32, count=capacity * NS).view(-1, NS)
+        tail = np.frombuffer(self._shm.buf, dtype=np.int32, count=BOARD_KEYS + 1, offset=capacity * NS * 4) \
+            if len(self._shm.buf) >= size else None  # fmt: skip
+        self._leases = tail[:BOARD_KEYS] if tail is not None else None  # pid holding each key, 0: free
+        self._cursor = tail[BOARD_KEYS:] if tail is not None else None
+        self._lock: int | None = None
         self._registered = False
 
     @classmethod
@@ -585,20 +599,60 @@ class StatsBoard:
             log.warning("budgetforce: stats board %s cannot be opened here (%r): stats are absent", name, e)
             return None
 
+    @classmethod
+    def shared(cls, name: str) -> StatsBoard:
+        """The board ``name`` for an API server process: created by the first, attached by the others."""
+        try:
+            return cls(name, create=True)
+        except FileExistsError:
+            return cls(name, create=False)
+
     @property
     def name(self) -> str:
         return self._shm.name
 
     def acquire(self) -> tuple[int, int]:
-        """A key (least recently used first) and a fresh nonce for one request."""
-        if not self._free:
-            raise RuntimeError("too many budgeted requests in flight for the stats board")
-        key = self._free.popleft()
-        nonce = random.getrandbits(62)
-        return key, nonce
+        """A key (round robin over the free ones, so a key is reused late) and a fresh nonce for one request."""
+        import fcntl
+
+        assert self._leases is not None and self._cursor is not None, "a board attached by the engine hands out no keys"
+        if self._lock is None:
+            self._lock = os.open(os.path.join(_lock_dir(), f"{self.name.lstrip('/')}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            key = self._next_free()
+            if key is None:
+                self._reclaim()
+                key = self._next_free()
+            if key is None:
+                raise RuntimeError("too many budgeted requests in flight for the stats board")
+            self._leases[key] = os.getpid()
+            self._cursor[0] = (key + 1) % BOARD_KEYS
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+        return key, random.getrandbits(62)
+
+    def _next_free(self) -> int | None:
+        assert self._leases is not None and self._cursor is not None
+        start = int(self._cursor[0])
+        order = np.concatenate([np.arange(start, BOARD_KEYS), np.arange(0, start)])
+        free = order[self._leases[order] == 0]
+        return int(free[0]) if free.size else None
+
+    def _reclaim(self) -> None:
+        """Free the keys of API processes that have died holding them."""
+        assert self._leases is not None
+        for pid in set(self._leases[self._leases != 0].tolist()):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                self._leases[self._leases == pid] = 0
+            except PermissionError:  # alive, another user's
+                pass
 
     def release(self, key: int) -> None:
-        self._free.append(key)
+        assert self._leases is not None
+        self._leases[key] = 0
 
     def waits(self, key: int, nonce: int, token_ids: list[int]) -> int | None:
         """Waits inserted into a finished request's ``token_ids``; None if the board lacks them."""
@@ -681,6 +735,15 @@ class StatsBoard:
             except Exception:  # noqa: BLE001
                 pass
         del self.table
+        self._leases = self._cursor = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+        if self._owner:  # the creator leaves no lock file behind
+            try:
+                os.unlink(os.path.join(_lock_dir(), f"{self.name.lstrip('/')}.lock"))
+            except FileNotFoundError:
+                pass
         self._shm.close()
         if self._owner:
             try:

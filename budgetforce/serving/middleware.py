@@ -125,18 +125,19 @@ _BOARD: list[Any] = []
 
 
 def stats_board() -> Any:
-    """This API process's stats board, created once under `BUDGETFORCE_STATS_BOARD` (set by
-    `budgetforce serve` before vLLM starts, so the engine accepts that name and no other), or None."""
+    """This API process's handle on the stats board `BUDGETFORCE_STATS_BOARD` (set by `budgetforce
+    serve` before vLLM starts, so the engine accepts that name and no other; shared by every API
+    server process), or None."""
     if not _BOARD:
         from budgetforce.forcing import BOARD_ENV, StatsBoard
 
         name = os.environ.get(BOARD_ENV)
         board = None
         if name:
-            try:
-                board = StatsBoard(name, create=True)
+            try:  # the first API server process creates it, the others (`--api-server-count`) attach
+                board = StatsBoard.shared(name)
                 atexit.register(board.close)
-            except (FileExistsError, OSError, ValueError) as exc:  # e.g. a second API server process
+            except (OSError, ValueError) as exc:
                 log.warning("budgetforce: stats board %s unavailable in this process (%r): waits_inserted is null", name, exc)
         _BOARD.append(board)
     return _BOARD[0]
