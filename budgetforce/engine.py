@@ -21,7 +21,8 @@ from budgetforce.budget import Budget, BudgetError
 from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController, rfind
 from budgetforce.decoding import IncrementalDecoder
 from budgetforce.profile import Profile, ResolvedProfile, detect_profile, get_profile
-from budgetforce.slots import FAIL_REASONS, seed_key
+from budgetforce.layout import FAIL_REASONS
+from budgetforce.slots import seed_key
 
 log = logging.getLogger(__name__)
 

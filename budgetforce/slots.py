@@ -32,100 +32,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from enum import IntEnum
 
 import torch
 
 from budgetforce.controller import Action, ForcingPlan, Phase, ends_inside, schedule_p24
+from budgetforce.layout import (  # the device layout, declared once (re-exported: F, S, NF, NS, ...)
+    FAIL_ADMISSION, FAIL_BLOCKED, FAIL_REASONS, FAIL_STEP, FORCE_LOGIT, INT32_MAX, NF, NS, NS_ENGINE, F, Mode, S,
+)  # fmt: skip  # noqa: F401
 from budgetforce.limits import LIMITS, TableLimits
 from budgetforce.draws import M32, SCHEDULE_SALT, draw24, mix32
 
 log = logging.getLogger(__name__)
 
-INT32_MAX = 2**31 - 1
-FORCE_LOGIT = 1.0e9  # as vLLM's own thinking budget: the forced token wins under any temperature
 GREEDY_EPS = 1e-5  # vLLM's threshold for greedy rows
-
-
-class F(IntEnum):
-    """Columns of the int32 state table, one row per request key."""
-
-    ON = 0  # 1: budgeted and healthy; 0: inert
-    PHASE = 1
-    THINK = 2
-    WAITS = 3
-    MIN = 4
-    MAXT = 5  # INT32_MAX: no maximum
-    MAXW = 6  # INT32_MAX: no limit
-    QSRC = 7  # forced sequence being written (-1: none); see `Src`
-    QPOS = 8
-    SMATCH = 9  # think_start tokens matched so far (phase BEFORE)
-    JUST = 10  # a wait string was just completed: ban close attempts once
-    ACT = 11  # the action applied at the last step
-    ATOK = 12  # its token (the forced token, or the GUARD/REDIRECT target)
-    DEC = 13  # GUARD: whether a sampled target stands for a close (the posterior draw)
-    SEEN = 14  # completion tokens consumed
-    FORCED = 15
-    NWAIT = 16
-    KLO = 17  # counter-RNG key (two 31-bit words)
-    KHI = 18
-    FAIL = 19
-    TSLEN = 20
-    NCA = 21  # close attempts in the CA table (think_end[0] first, then EOS ids)
-    GREEDY = 22
-    NONCE_LO = 23
-    NONCE_HI = 24
-    BUDG = 25  # an s1 budget (min or max): an end-of-sequence inside the thinking closes it
-    IVAT = 26  # thinking tokens before the intervention is forced
-    IVDONE = 27
-    MAXA = 28  # answer tokens before end-of-sequence is forced (INT32_MAX: no limit)
-    ANS = 29  # answer tokens so far (a forced answer prefix included, EOS excluded)
-    AEND = 30  # the end-of-sequence id forced at MAXA
-    ALPHA = 31  # scheduled waits before this many thinking tokens, waits turn into closes after; 0: off
-    P24 = 32  # scheduled-wait probability in units of 2**-24
-    DECAY = 33  # 1: the probability falls linearly to 0 at ALPHA
-    SCHED = 34  # scheduled waits inserted
-    EXITED = 35  # the frontend's early exit closed the thinking
-    NBAN = 36  # banned tokens in the ban table
-    NBRK = 37  # paragraph-break tokens in the break table
-    EXITOK = 38  # the frontend may close the thinking early (the plan's early exit)
-    MODES = 39  # the modes the row uses (`Mode` bits): the kernel loads and stores nothing for the others
-
-
-NF = 40
-
-
-class Mode(IntEnum):
-    BAN = 1
-    INTERVENTION = 2
-    ANSWER = 4
-    SCHEDULE = 8
-    EXIT = 16
-
-
-class S(IntEnum):
-    """Columns of the stats table the frontend reads (shared memory)."""
-
-    NONCE_LO = 0
-    NONCE_HI = 1
-    SEEN = 2
-    WAITS = 3
-    ACT = 4
-    ATOK = 5
-    DEC = 6
-    FAIL = 7
-    SCHED = 8
-    EXITED = 9
-    EXIT = 10  # written by the frontend: close this request's thinking now (an early exit)
-
-
-NS = 11
-# Why a row stopped being forced (its `F.FAIL` and `S.FAIL`; 0: it is forced)
-FAIL_BLOCKED = 1  # a forced token did not come out (the user's logit bias, a stop rule)
-FAIL_STEP = 2  # the forcing step failed for this row (logged once per kind, counted)
-FAIL_ADMISSION = 3  # admitted but not forceable (set by the adapter on the request's stats row)
-FAIL_REASONS = {FAIL_BLOCKED: "forced_token_blocked", FAIL_STEP: "step_failed", FAIL_ADMISSION: "not_loaded"}
-NS_ENGINE = 10  # the columns the step writes (EXIT belongs to the frontend)
 
 
 Limits = TableLimits  # the table shapes, declared once in budgetforce.limits
@@ -164,7 +83,7 @@ class ForcingSlots:
         self.failures = StepFailures()
         self._staged: dict[int, tuple] = {}
         # which modes any request has used: the torch path skips the others' work (a host flag, no sync)
-        self.uses: set[str] = set()
+        self.uses: set[Mode] = set()
 
     # -- host side: requests come and go ---------------------------------------------------
     def load(
@@ -209,9 +128,9 @@ class ForcingSlots:
         row[F.NBAN], row[F.NBRK] = len(plan.banned), len(plan.breaks)
         row[F.EXITOK] = int(plan.early_exit)
         row[F.MODES] = (
-            Mode.BAN * bool(plan.banned) | Mode.INTERVENTION * bool(plan.intervention)
-            | Mode.ANSWER * (plan.max_answer is not None) | Mode.SCHEDULE * (plan.alpha_moment > 0)
-            | Mode.EXIT * plan.early_exit
+            Mode.NOWAIT * bool(plan.banned) | Mode.INTERVENTION * bool(plan.intervention)
+            | Mode.ANSWER_BUDGET * (plan.max_answer is not None) | Mode.SCHEDULED_WAITS * (plan.alpha_moment > 0)
+            | Mode.EARLY_EXIT * plan.early_exit
         )  # fmt: skip
         if inside and plan.max_thinking == 0:  # a zero budget closes before the first token
             row[F.QSRC], row[F.FORCED], row[F.PHASE] = self.src_end, 1, int(Phase.CLOSING)
@@ -235,10 +154,7 @@ class ForcingSlots:
         ban = sorted(plan.banned) + [-1] * (lim.banned_tokens - len(plan.banned))
         brk = sorted(plan.breaks) + [-1] * (lim.break_tokens - len(plan.breaks))
         self._staged[key] = (row, seq, seq_len, start, close, ban, brk, max(temperature, GREEDY_EPS))
-        self.uses |= {
-            m for m, on in (("ban", plan.banned), ("intervention", plan.intervention), ("exit", plan.early_exit),
-                            ("answer", plan.max_answer is not None), ("schedule", plan.alpha_moment > 0)) if on
-        }  # fmt: skip
+        self.uses |= {m for m in Mode if row[F.MODES] & m}
         return True
 
     def disable(self, key: int) -> None:
@@ -450,7 +366,7 @@ def prepare_step(device: torch.device) -> None:
         hist = torch.full((2, 4), 7, dtype=torch.int64, device=device)
         rows = torch.arange(2, dtype=torch.int64, device=device)
         ones = torch.ones(2, dtype=torch.int64, device=device)
-        for modes in (set(), {"ban"}):
+        for modes in (set(), {Mode.NOWAIT}):
             slots.uses = modes
             step_cuda(slots, logits, keys, hist, rows, rows * 0, ones, True)
             step_cuda(slots, logits, keys, hist, rows, rows * 0, ones, False)
@@ -535,7 +451,7 @@ def _step_torch(
         tok = history[hist_rows, col].int()
         _consume(slots, st, live, tok, t)
     exit_flag = None
-    if slots.stats is not None and "exit" in slots.uses:
+    if slots.stats is not None and Mode.EARLY_EXIT in slots.uses:
         exit_flag = slots.stats[keys.to(slots.stats.device), S.EXIT].to(st.device)
     _decide(slots, st, logits, rows, t, slots.temp[keys], exit_flag)
     slots.state[keys] = st
@@ -575,7 +491,7 @@ def _consume(slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, tok: tor
     # inside a wait string or an intervention (thinking), or the close and answer prefix (closing)
     think_add = ok_force & in_think
     telen = seq_len[:, slots.src_close] + 1
-    answer_mode = (st[:, F.MODES] & Mode.ANSWER) != 0  # answer tokens are counted for answer budgets only
+    answer_mode = (st[:, F.MODES] & Mode.ANSWER_BUDGET) != 0  # answer tokens are counted for answer budgets only
     prefix_tok = answer_mode & ok_force & ~in_think & (q == slots.src_end) & (st[:, F.QPOS] >= telen)
     st[:, F.ANS] += prefix_tok.int()
     st[:, F.THINK] += think_add.int()
@@ -624,9 +540,9 @@ def _consume(slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, tok: tor
     st[:, F.FORCED] = torch.where(at_max, 1, st[:, F.FORCED])
     st[:, F.JUST] = torch.where(at_max, 0, st[:, F.JUST])
     st[:, F.PHASE] = torch.where(at_max, int(Phase.CLOSING), st[:, F.PHASE])
-    if "schedule" in slots.uses:
+    if Mode.SCHEDULED_WAITS in slots.uses:
         _schedule(st, tok, t, plain & ~bad)
-    if "intervention" in slots.uses:
+    if Mode.INTERVENTION in slots.uses:
         _intervene(slots, st, live & ~bad, seq_len)
     # the answer: free tokens after the close, end-of-sequence excluded
     answering = answer_mode & live & ~forcing & (phase == Phase.ANSWERING) & ~is_eos
@@ -686,7 +602,7 @@ def _decide(
     guard = thinking & ~ban & (st[:, F.THINK] < st[:, F.MIN]) & (st[:, F.WAITS] < st[:, F.MAXW])
     redirect = thinking & ~ban & ~guard & (budg | quench)
     stop = torch.zeros_like(force)
-    if "answer" in slots.uses:
+    if Mode.ANSWER_BUDGET in slots.uses:
         stop = on & ~force & (st[:, F.PHASE] == Phase.ANSWERING) & (st[:, F.ANS] >= st[:, F.MAXA])
     force = force | stop
     forced_tok = seq[ar, qsrc.clamp(min=0).long(), st[:, F.QPOS].long().clamp(max=seq.shape[2] - 1)]
@@ -702,21 +618,21 @@ def _decide(
     st[:, F.ATOK] = torch.where(force | guard | redirect, target, -1)
     st[:, F.DEC] = 0
     # NoWait: banned tokens inside a free thinking (before any mass is moved, so none moves onto them)
-    if "ban" in slots.uses:
+    if Mode.NOWAIT in slots.uses:
         banning = thinking[:, None] & (t.ban >= 0)
         logits[rows[:, None].expand_as(t.ban)[banning], t.ban.long()[banning]] = float("-inf")
     # sources: all close attempts (GUARD, BAN), or for REDIRECT end-of-sequence (a budget) and the
     # wait strings' first tokens (past the alpha moment)
     cols = close.long()
     nca = close.shape[1]
-    if "schedule" in slots.uses:  # past the alpha moment the wait strings' first tokens are sources too
+    if Mode.SCHEDULED_WAITS in slots.uses:  # past the alpha moment the wait strings' first tokens are sources too
         nw = seq.shape[1] - 3
         wait_ok = torch.arange(nw)[None, :] < st[:, F.NWAIT][:, None]
         cols = torch.cat([cols, torch.where(wait_ok, seq[:, :nw, 0], -1).long()], 1)
     valid = cols >= 0
     valid[:, 0] &= ~redirect
     valid[:, 1:nca] &= ~(redirect & ~budg)[:, None]
-    if "schedule" in slots.uses:
+    if Mode.SCHEDULED_WAITS in slots.uses:
         valid[:, nca:] &= (redirect & quench)[:, None]
         # a token listed twice (a wait string repeated in the rotation) is one source
         earlier = torch.ones(cols.shape[1], cols.shape[1], dtype=torch.bool).tril(-1)

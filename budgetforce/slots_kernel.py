@@ -8,13 +8,24 @@ no host sync and no pass over the vocabulary.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 
 from budgetforce.controller import Action, Phase
 from budgetforce.draws import SCHEDULE_SALT
-from budgetforce.slots import FORCE_LOGIT, NF, NS, F, ForcingSlots
+from budgetforce.layout import FORCE_LOGIT, NF, NS, F, Mode, S
+
+if TYPE_CHECKING:
+    from budgetforce.slots import ForcingSlots
+
+# The layout's names as kernel constants (`F_PHASE`, `S_WAITS`, `MODE_NOWAIT`, ...): the kernel reads
+# the state table through them, so a column moves in budgetforce.layout alone.
+globals().update({f"F_{m.name}": tl.constexpr(int(m)) for m in F})
+globals().update({f"S_{m.name}": tl.constexpr(int(m)) for m in S})
+globals().update({f"MODE_{m.name}": tl.constexpr(int(m)) for m in Mode})
 
 _FREE, _FORCE, _GUARD, _REDIRECT, _BAN = (int(a) for a in (Action.FREE, Action.FORCE, Action.GUARD, Action.REDIRECT, Action.BAN))
 _BEFORE, _THINKING, _CLOSING, _ANSWERING = (int(p) for p in (Phase.BEFORE, Phase.THINKING, Phase.CLOSING, Phase.ANSWERING))
@@ -53,67 +64,67 @@ def _step_kernel(
     key = tl.load(row_keys_ptr + r).to(tl.int64)
     if key >= 0:
         sp = state_ptr + key * NF_
-        on = tl.load(sp + 0)
-        phase = tl.load(sp + 1)
-        think = tl.load(sp + 2)
-        waits = tl.load(sp + 3)
-        min_t = tl.load(sp + 4)
-        max_t = tl.load(sp + 5)
-        max_w = tl.load(sp + 6)
-        qsrc = tl.load(sp + 7)
-        qpos = tl.load(sp + 8)
-        smatch = tl.load(sp + 9)
-        just = tl.load(sp + 10)
-        act = tl.load(sp + 11)
-        atok = tl.load(sp + 12)
-        dec = tl.load(sp + 13)
-        seen = tl.load(sp + 14)
-        forced = tl.load(sp + 15)
-        nwait = tl.load(sp + 16)
-        klo = tl.load(sp + 17)
-        khi = tl.load(sp + 18)
-        fail = tl.load(sp + 19)
-        tslen = tl.load(sp + 20)
-        greedy = tl.load(sp + 22)
+        on = tl.load(sp + F_ON)
+        phase = tl.load(sp + F_PHASE)
+        think = tl.load(sp + F_THINK)
+        waits = tl.load(sp + F_WAITS)
+        min_t = tl.load(sp + F_MIN)
+        max_t = tl.load(sp + F_MAXT)
+        max_w = tl.load(sp + F_MAXW)
+        qsrc = tl.load(sp + F_QSRC)
+        qpos = tl.load(sp + F_QPOS)
+        smatch = tl.load(sp + F_SMATCH)
+        just = tl.load(sp + F_JUST)
+        act = tl.load(sp + F_ACT)
+        atok = tl.load(sp + F_ATOK)
+        dec = tl.load(sp + F_DEC)
+        seen = tl.load(sp + F_SEEN)
+        forced = tl.load(sp + F_FORCED)
+        nwait = tl.load(sp + F_NWAIT)
+        klo = tl.load(sp + F_KLO)
+        khi = tl.load(sp + F_KHI)
+        fail = tl.load(sp + F_FAIL)
+        tslen = tl.load(sp + F_TSLEN)
+        greedy = tl.load(sp + F_GREEDY)
         budg = 1  # without modes every row is budgeted and nothing below them is compiled in
         modes = 0
         if HAS_MODES:
-            budg = tl.load(sp + 25)
-            modes = tl.load(sp + 39)
+            budg = tl.load(sp + F_BUDG)
+            modes = tl.load(sp + F_MODES)
         # the modes' state, loaded only for rows that use them (an s1 row pays one load for all)
         ivat = 0
         ivdone = 1
-        if (modes & 2) != 0:
-            ivat = tl.load(sp + 26)
-            ivdone = tl.load(sp + 27)
+        if (modes & MODE_INTERVENTION) != 0:
+            ivat = tl.load(sp + F_IVAT)
+            ivdone = tl.load(sp + F_IVDONE)
         maxa = 2147483647
         ans = 0
         aend = 0
-        if (modes & 4) != 0:
-            maxa = tl.load(sp + 28)
-            ans = tl.load(sp + 29)
-            aend = tl.load(sp + 30)
+        if (modes & MODE_ANSWER_BUDGET) != 0:
+            maxa = tl.load(sp + F_MAXA)
+            ans = tl.load(sp + F_ANS)
+            aend = tl.load(sp + F_AEND)
         alpha = 0
         p24 = 0
         decay = 0
         sched = 0
-        if (modes & 8) != 0:
-            alpha = tl.load(sp + 31)
-            p24 = tl.load(sp + 32)
-            decay = tl.load(sp + 33)
-            sched = tl.load(sp + 34)
+        if (modes & MODE_SCHEDULED_WAITS) != 0:
+            alpha = tl.load(sp + F_ALPHA)
+            p24 = tl.load(sp + F_P24)
+            decay = tl.load(sp + F_DECAY)
+            sched = tl.load(sp + F_SCHED)
         exited = 1
         exit_ok = 0
-        if (modes & 16) != 0:
-            exited = tl.load(sp + 35)
-            exit_ok = tl.load(sp + 38)
+        if (modes & MODE_EARLY_EXIT) != 0:
+            exited = tl.load(sp + F_EXITED)
+            exit_ok = tl.load(sp + F_EXITOK)
         seqp = seq_ptr + key * NSRC * LS
         lenp = seq_len_ptr + key * NSRC
         cap = close_ptr + key * LCA
         te0 = tl.load(cap)
         close_rest = tl.load(lenp + SRC_CLOSE)
         ivn_len = 0
-        if (modes & 2) != 0:
+        if (modes & MODE_INTERVENTION) != 0:
             ivn_len = tl.load(lenp + SRC_IVN)
 
         # 1. consume the committed tokens this row has not seen
@@ -128,7 +139,7 @@ def _step_kernel(
             if on == 1:
                 tok = tl.load(hist_ptr + hrow * hist_stride + base + seen).to(tl.int32)
                 is_eos = 0
-                if (phase == THINKING) | ((modes & 4) != 0):
+                if (phase == THINKING) | ((modes & MODE_ANSWER_BUDGET) != 0):
                     for c in tl.static_range(1, LCA):
                         v = tl.load(cap + c)
                         is_eos = is_eos | ((v == tok) & (v >= 0)).to(tl.int32)
@@ -140,7 +151,7 @@ def _step_kernel(
                     if tok != expected:
                         bad = 1
                     else:
-                        if ((modes & 4) != 0) & (phase != THINKING) & (qsrc == SRC_END) & (qpos >= close_rest + 1):
+                        if ((modes & MODE_ANSWER_BUDGET) != 0) & (phase != THINKING) & (qsrc == SRC_END) & (qpos >= close_rest + 1):
                             ans += 1  # a token of the forced answer prefix
                         qpos += 1
                         done = qpos >= tl.load(lenp + qsrc)
@@ -191,7 +202,7 @@ def _step_kernel(
                             think += 1
                             counted = 1
                             plain = 1
-                elif (phase == ANSWERING) & ((modes & 4) != 0):
+                elif (phase == ANSWERING) & ((modes & MODE_ANSWER_BUDGET) != 0):
                     if is_eos == 0:
                         ans += 1
                 if (counted == 1) & (bad == 0) & (phase == THINKING) & (think >= max_t):
@@ -249,7 +260,7 @@ def _step_kernel(
                 atok = aend
                 tl.store(lrow + atok, FORCE_VALUE)
             elif phase == THINKING:
-                if (modes & 1) != 0:
+                if (modes & MODE_NOWAIT) != 0:
                     for c in tl.static_range(LB):  # NoWait: banned tokens inside a free thinking
                         v = tl.load(ban_ptr + key * LB + c)
                         if v >= 0:
@@ -311,42 +322,42 @@ def _step_kernel(
                             share = (smax > tgt).to(tl.float32)
                         u = _u24(klo, khi, seen).to(tl.float32) * (1.0 / 16777216.0)
                         dec = (u < share).to(tl.int32)
-        tl.store(sp + 0, on)
-        tl.store(sp + 1, phase)
-        tl.store(sp + 2, think)
-        tl.store(sp + 3, waits)
-        tl.store(sp + 7, qsrc)
-        tl.store(sp + 8, qpos)
-        tl.store(sp + 9, smatch)
-        tl.store(sp + 10, just)
-        tl.store(sp + 11, act)
-        tl.store(sp + 12, atok)
-        tl.store(sp + 13, dec)
-        tl.store(sp + 14, seen)
-        tl.store(sp + 15, forced)
-        tl.store(sp + 19, fail)
-        if (modes & 2) != 0:
-            tl.store(sp + 27, ivdone)
-        if (modes & 4) != 0:
-            tl.store(sp + 29, ans)
-        if (modes & 8) != 0:
-            tl.store(sp + 34, sched)
-        if (modes & 16) != 0:
-            tl.store(sp + 35, exited)
+        tl.store(sp + F_ON, on)
+        tl.store(sp + F_PHASE, phase)
+        tl.store(sp + F_THINK, think)
+        tl.store(sp + F_WAITS, waits)
+        tl.store(sp + F_QSRC, qsrc)
+        tl.store(sp + F_QPOS, qpos)
+        tl.store(sp + F_SMATCH, smatch)
+        tl.store(sp + F_JUST, just)
+        tl.store(sp + F_ACT, act)
+        tl.store(sp + F_ATOK, atok)
+        tl.store(sp + F_DEC, dec)
+        tl.store(sp + F_SEEN, seen)
+        tl.store(sp + F_FORCED, forced)
+        tl.store(sp + F_FAIL, fail)
+        if (modes & MODE_INTERVENTION) != 0:
+            tl.store(sp + F_IVDONE, ivdone)
+        if (modes & MODE_ANSWER_BUDGET) != 0:
+            tl.store(sp + F_ANS, ans)
+        if (modes & MODE_SCHEDULED_WAITS) != 0:
+            tl.store(sp + F_SCHED, sched)
+        if (modes & MODE_EARLY_EXIT) != 0:
+            tl.store(sp + F_EXITED, exited)
         if HAS_STATS:
             stp = stats_ptr + key * NS_
-            tl.store(stp + 0, tl.load(sp + 23))
-            tl.store(stp + 1, tl.load(sp + 24))
-            tl.store(stp + 2, seen)
-            tl.store(stp + 3, waits)
-            tl.store(stp + 4, act)
-            tl.store(stp + 5, atok)
-            tl.store(stp + 6, dec)
-            tl.store(stp + 7, fail)
-            if (modes & 8) != 0:
-                tl.store(stp + 8, sched)
-            if (modes & 16) != 0:
-                tl.store(stp + 9, exited)
+            tl.store(stp + S_NONCE_LO, tl.load(sp + F_NONCE_LO))
+            tl.store(stp + S_NONCE_HI, tl.load(sp + F_NONCE_HI))
+            tl.store(stp + S_SEEN, seen)
+            tl.store(stp + S_WAITS, waits)
+            tl.store(stp + S_ACT, act)
+            tl.store(stp + S_ATOK, atok)
+            tl.store(stp + S_DEC, dec)
+            tl.store(stp + S_FAIL, fail)
+            if (modes & MODE_SCHEDULED_WAITS) != 0:
+                tl.store(stp + S_SCHED, sched)
+            if (modes & MODE_EARLY_EXIT) != 0:
+                tl.store(stp + S_EXITED, exited)
 
 
 def step_cuda(

@@ -25,7 +25,7 @@ from typing import Any
 from budgetforce.budget import Budget
 from budgetforce.controller import Phase, ThinkingController, rfind
 from budgetforce.serving.metrics import record_choice
-from budgetforce.slots import FAIL_REASONS
+from budgetforce.layout import FAIL_REASONS
 from budgetforce.serving.rewrite import Prepared, ServedModel
 from budgetforce.stops import StopCutter
 
