@@ -110,7 +110,7 @@ class BudgetForcingEngine:
     """
 
     def __init__(self, llm: Any, tokenizer: Any, profile: ResolvedProfile, model_name: str, max_model_len: int) -> None:
-        from budgetforce.forcing import StatsBoard
+        from budgetforce.stats_board import StatsBoard
 
         self.llm = llm
         self.tokenizer = tokenizer
@@ -294,7 +294,7 @@ class BudgetForcingEngine:
         """Yields (new ids, finish reason once finished); fills ``tally`` before the last."""
         from vllm.inputs import TokensPrompt
 
-        from budgetforce.forcing import plan_to_args
+        from budgetforce.wire import plan_to_args
 
         key, nonce = self._board.acquire() if plan is not None else (-1, 0)
         probe = _Prober(self, prompt_ids, plan, budget, request_id, key, nonce) if plan is not None and plan.early_exit else None

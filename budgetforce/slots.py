@@ -31,7 +31,6 @@ Example (R1 ids: `</think>`=6, "Wait"=9; min 3, greedy):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 

@@ -6,6 +6,7 @@ returns at its first load, so requests without a budget cost one tiny program ea
 no host sync and no pass over the vocabulary.
 """
 
+# ruff: noqa: F821 - F_*, S_* and MODE_* are made below from budgetforce.layout (one declaration of the layout)
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -149,11 +149,11 @@ def test_xargs_modes_are_checked_at_the_edge(tiny_r1: Path, monkeypatch: pytest.
     an answer budget gets its maximum thinking written back, and what the tokenizer cannot carry is refused."""
     from transformers import AutoTokenizer
 
-    from budgetforce import forcing
+    from budgetforce import admission
     from budgetforce.profile import detect_profile
 
     tok = AutoTokenizer.from_pretrained(tiny_r1)
-    monkeypatch.setattr(forcing, "_FRONTEND_PROFILE", [detect_profile(tok).resolve(tok)])
+    monkeypatch.setattr(admission, "_FRONTEND_PROFILE", [detect_profile(tok).resolve(tok)])
     with pytest.raises(ValueError, match="--legacy-server") as err:
         BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={"probe_every": 16}))
     assert "`probe_every`" in str(err.value)
@@ -162,7 +162,7 @@ def test_xargs_modes_are_checked_at_the_edge(tiny_r1: Path, monkeypatch: pytest.
     args: dict[str, Any] = {"max_answer_tokens": 20, "banned_thinking_strings": "Wait"}
     BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args=args))
     assert args["max_thinking_tokens"] == 64 - 1 - 20 - 1 and "budgetforce_nonce" in args
-    budget = forcing.budget_from_xargs(args)
+    budget = admission.budget_from_xargs(args)
     assert budget is not None and budget.banned_thinking_strings == ("Wait",) and budget.max_thinking_tokens == 42
     with pytest.raises(ValueError, match="max_answer_tokens"):
         BudgetForcing.validate_params(SamplingParams(max_tokens=16, extra_args={"max_answer_tokens": 20}))
@@ -174,5 +174,5 @@ def test_xargs_modes_are_checked_at_the_edge(tiny_r1: Path, monkeypatch: pytest.
         BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={"thinking_intervention": "x" * 65}))
     scheduled = {"alpha_moment_tokens": "8", "wait_decay": "constant", "paragraph_breaks": "\n"}  # xargs may be strings
     BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args=scheduled))
-    plan = forcing._frontend_profile().plan(forcing.budget_from_xargs(scheduled))
+    plan = admission._frontend_profile().plan(admission.budget_from_xargs(scheduled))
     assert plan.alpha_moment == 8 and not plan.wait_decay and plan.breaks

@@ -8,7 +8,7 @@ exactly as budgetforce's engine does. The layer then adds, per choice, the `budg
 answer) at the request's stop strings. Where vLLM has no reasoning parser for the text (text
 completions, or a chat server without `--reasoning-parser`) it splits the text on the ids itself.
 
-`waits_inserted` comes from the processor's stats board (`budgetforce.forcing.StatsBoard`, named by
+`waits_inserted` comes from the processor's stats board (`budgetforce.stats_board.StatsBoard`, named by
 `BUDGETFORCE_STATS_BOARD`); it is null where the board is absent and for n > 1 (one row per request).
 
 The modes beyond s1 add keys only to requests that use them (`Budget.report_keys`): an answer

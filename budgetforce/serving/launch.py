@@ -146,7 +146,7 @@ def exec_server(cmd: list[str], env: dict[str, str]) -> None:  # pragma: no cove
     """Become the vLLM server (signals, exit status and logs are vLLM's own)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    from budgetforce.forcing import BOARD_ENV
+    from budgetforce.wire import BOARD_ENV
 
     # the stats board's name, fixed before vLLM starts: its engine accepts this one and no other
     board = {BOARD_ENV: os.environ.get(BOARD_ENV) or f"budgetforce-{os.getpid()}-{os.urandom(4).hex()}"}

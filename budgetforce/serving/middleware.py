@@ -26,7 +26,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from budgetforce.budget import BudgetDefaults
-from budgetforce.forcing import BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
+from budgetforce.wire import BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
 from budgetforce.serving.annotate import Annotator
 from budgetforce.serving.metrics import record_rejection
 from budgetforce.serving.rewrite import Prepared, RequestError, ServedModel, prepare
@@ -129,7 +129,8 @@ def stats_board() -> Any:
     serve` before vLLM starts, so the engine accepts that name and no other; shared by every API
     server process), or None."""
     if not _BOARD:
-        from budgetforce.forcing import BOARD_ENV, StatsBoard
+        from budgetforce.stats_board import StatsBoard
+        from budgetforce.wire import BOARD_ENV
 
         name = os.environ.get(BOARD_ENV)
         board = None
@@ -165,7 +166,7 @@ def served_model(state: Any) -> ServedModel:
     """The served model's profile, tokenizer and limits, from the vLLM app's state (blocking: run in a thread)."""
     from transformers import AutoTokenizer
 
-    from budgetforce.forcing import set_frontend_profile
+    from budgetforce.admission import set_frontend_profile
     from budgetforce.profile import detect_profile
 
     config = state.vllm_config.model_config
@@ -218,11 +219,11 @@ def _child_safe() -> bool:
     """Whether the processor keeps one budget state per choice of an n > 1 request (see docs/vllm-serve.md).
 
     Runner V1 only: on the H200 with vLLM 0.32's runner V2 the choices of an n = 3 request ran past
-    their maximum (benchmarks/results/2026-12-02-h200/acceptance-0.32.0.json), so there n > 1 budgets
+    their maximum (benchmarks/results/2026-12-02-h200/first-run/acceptance-0.32.0.json), so there n > 1 budgets
     are refused with a 400 until that is mended."""
-    from budgetforce import forcing
+    from budgetforce import wire
 
-    return bool(getattr(forcing, "XARGS_CHILD_SAFE", False))
+    return bool(getattr(wire, "XARGS_CHILD_SAFE", False))
 
 
 # -- ASGI plumbing ------------------------------------------------------------------------------

@@ -198,7 +198,7 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
 
 
 def budget_xargs(budget: Budget) -> dict[str, Any]:
-    """A budget as the processor's `vllm_xargs` (`budgetforce.forcing.budget_from_xargs` reads them back)."""
+    """A budget as the processor's `vllm_xargs` (`budgetforce.wire.budget_from_xargs` reads them back)."""
     out: dict[str, Any] = {"min_thinking_tokens": budget.min_thinking_tokens}
     if budget.max_thinking_tokens is not None:
         out["max_thinking_tokens"] = budget.max_thinking_tokens
