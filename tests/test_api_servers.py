@@ -72,7 +72,7 @@ def test_waits_inserted_is_exact_across_four_api_servers(served: str) -> None:
     wait_ids = AutoTokenizer.from_pretrained(default_model()).encode(WAIT, add_special_tokens=False)
 
     async def one(http: httpx.AsyncClient, seed: int) -> dict[str, Any]:
-        body = {"model": "budgetforce", "messages": [{"role": "user", "content": f"Tom has {seed} apples and buys 7."}],
+        body = {"model": "budgetforce", "messages": [{"role": "user", "content": "Tom has 12 apples and buys 3 bags of 7. How many now?"}],
                 "max_tokens": 300, "seed": seed, "temperature": 0.6, "min_thinking_tokens": 150,
                 "max_thinking_tokens": 250, "wait_strings": [WAIT], "return_token_ids": True}  # fmt: skip
         r = await http.post(f"{served}/v1/chat/completions", json=body)
@@ -84,10 +84,13 @@ def test_waits_inserted_is_exact_across_four_api_servers(served: str) -> None:
             return await asyncio.gather(*(one(http, s) for s in range(16)))
 
     choices = asyncio.run(many())
+    waited = 0
     for c in choices:
         ids = c["token_ids"]
         think = ids[: ids.index(THINK_END)] if THINK_END in ids else ids
         found = sum(think[i : i + len(wait_ids)] == wait_ids for i in range(len(think) - len(wait_ids) + 1))
         report = c["budget"]
-        assert report["waits_inserted"] == found >= 1, report  # exact, from whichever API process served it
+        assert report["waits_inserted"] == found, report  # exact (never null), whichever API process served it
         assert report["enforced"] is True and report["thinking_tokens"] == len(think), report
+        waited += found > 0
+    assert waited >= 8, f"only {waited} of 16 choices had a wait inserted: the test would prove little"

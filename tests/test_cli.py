@@ -123,3 +123,14 @@ def test_cpu_engine_defaults(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert vllm_command([], "m", None, cpu=False)[-4:] == [
         "--logits-processors", "budgetforce.vllm:BudgetForcing", "--middleware", "budgetforce.serving.BudgetMiddleware"
     ]
+
+
+def test_scaled_front_ends_run_through_vllms_cli() -> None:
+    """`--api-server-count`/`--data-parallel-size` above 1 need `vllm serve` (the module entry runs one API server)."""
+    from budgetforce.serving.launch import VLLM_SERVER, vllm_command
+
+    assert vllm_command(["--api-server-count", "4"], "m", None, cpu=False)[1:5] == [
+        "-m", "budgetforce.serving.vllm_cli", "serve", "--model",
+    ]  # fmt: skip
+    assert vllm_command(["--data-parallel-size=2"], "m", None, cpu=False)[2] == "budgetforce.serving.vllm_cli"
+    assert vllm_command(["--api-server-count", "1"], "m", None, cpu=False)[2] == VLLM_SERVER

@@ -1,7 +1,8 @@
 """`budgetforce serve`: vLLM's own OpenAI-compatible server, with budgetforce's processor and budget layer.
 
 The command line it runs is `vllm serve` (as `python -m vllm.entrypoints.openai.api_server`, which
-every vLLM release has) plus two flags, `--logits-processors budgetforce.vllm:BudgetForcing` and
+every vLLM release has; with `--api-server-count` or `--data-parallel-size` above 1, which that entry
+point ignores, as vLLM's CLI through `budgetforce.serving.vllm_cli`) plus two flags, `--logits-processors budgetforce.vllm:BudgetForcing` and
 `--middleware budgetforce.serving.BudgetMiddleware`, a `--reasoning-parser` matching the model's
 thinking delimiters when none is given, and CPU-friendly defaults on a machine without CUDA.
 Every other flag passes through to vLLM untouched. Budget defaults reach the middleware as
@@ -28,6 +29,10 @@ log = logging.getLogger("budgetforce.serving")
 PROCESSOR = "budgetforce.vllm:BudgetForcing"
 MIDDLEWARE = "budgetforce.serving.BudgetMiddleware"  # vLLM imports `module.attr` (a dot, not a colon)
 VLLM_SERVER = "vllm.entrypoints.openai.api_server"
+# vLLM's CLI (`vllm serve`), for the front-end flags the module entry point above ignores (it runs one
+# API server process): through budgetforce's shim, which also runs it on vLLM's CPU build
+VLLM_CLI = ("budgetforce.serving.vllm_cli", "serve")
+SCALED_FLAGS = ("api-server-count", "data-parallel-size")
 CPU_KV_CACHE_BYTES = 1 << 30
 # vLLM's reasoning parser for each profile's delimiters; s1's `<|im_start|>think` has none, so
 # the budget layer splits the text on token ids itself.
@@ -85,7 +90,9 @@ def vllm_command(
     given = flags(passthrough)
     args = _without(passthrough, "logits-processors")
     processors = [p for p in given.get("logits-processors", []) if p != PROCESSOR]
-    cmd = [sys.executable, "-m", VLLM_SERVER, "--model", model, *args]
+    scaled = any(v.isdigit() and int(v) > 1 for f in SCALED_FLAGS for v in given.get(f, []))
+    entry = list(VLLM_CLI) if scaled else [VLLM_SERVER]
+    cmd = [sys.executable, "-m", *entry, "--model", model, *args]
     cmd += ["--logits-processors", PROCESSOR, *processors]
     if MIDDLEWARE not in given.get("middleware", []):
         cmd += ["--middleware", MIDDLEWARE]
