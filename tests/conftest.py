@@ -7,8 +7,12 @@ owned by a background event loop; the live server runs on that same loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -124,3 +128,44 @@ def live_server(loop: asyncio.AbstractEventLoop, engine: Any) -> Iterator[str]:
 def live_server_url(live_server: str) -> str:
     """The OpenAI base URL of the live server (with /v1)."""
     return f"{live_server}/v1"
+
+
+@contextlib.contextmanager
+def budgetforce_serve(args: list[str], log_path: Path, start_timeout_s: float = 240) -> Iterator[str]:
+    """`budgetforce serve ARGS` on a free loopback port, in its own process group, without the
+    caller's `BUDGETFORCE_*` settings; yields the base URL (no /v1) once `/health` answers, and
+    stops the API server(s) and engine when the block ends."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "budgetforce.cli", "serve", "--port", str(port), *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETFORCE_")}
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"budgetforce serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"budgetforce serve not healthy after {start_timeout_s} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)  # the API server(s) and the engine-core child
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue

@@ -9,11 +9,6 @@ is exact and independent of the board.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,41 +22,11 @@ THINK_END = 5  # the student's `</think>`
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from conftest import free_port
+    from conftest import budgetforce_serve
 
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("api-servers") / "server.log"
-    cmd = [sys.executable, "-m", "budgetforce.cli", "serve", "--port", str(port), "--api-server-count", "4",
-           "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--seed", "0"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETFORCE_")}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"budgetforce serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"not healthy after 300 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    args = ["--api-server-count", "4", "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--seed", "0"]
+    with budgetforce_serve(args, tmp_path_factory.mktemp("api-servers") / "server.log", 300) as base:
         yield base
-    finally:
-        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
 
 
 def test_waits_inserted_is_exact_across_four_api_servers(served: str) -> None:

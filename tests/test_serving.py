@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,48 +30,17 @@ XHIGH = {"min_thinking_tokens": 120, "max_thinking_tokens": 140}  # the operator
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`budgetforce serve` in its own process group; yields the base URL (no /v1)."""
-    from conftest import free_port
+    from conftest import budgetforce_serve
 
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("budgetforce-serve") / "server.log"
-    cmd = [
-        sys.executable, "-m", "budgetforce.cli", "serve", "--port", str(port), "--api-key", KEY,
-        "--reasoning-effort-budgets", json.dumps({"xhigh": XHIGH}),
+    args = [
+        "--api-key", KEY, "--reasoning-effort-budgets", json.dumps({"xhigh": XHIGH}),
         # vLLM's own flags, passed through
         "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--seed", "0",
         "--enable-auto-tool-choice", "--tool-call-parser", "pythonic",  # named tools as JSON (no structural tags)
         "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETFORCE_")}
-    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"budgetforce serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"budgetforce serve not healthy after {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with budgetforce_serve(args, tmp_path_factory.mktemp("budgetforce-serve") / "server.log", START_TIMEOUT_S) as base:
         yield base
-    finally:
-        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)  # the API server and its engine-core child
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
 
 
 @pytest.fixture(scope="module")
