@@ -21,7 +21,7 @@ from budgetforce.budget import EARLY_EXIT_MESSAGE, PROBE_FIELDS, Budget, BudgetE
 from budgetforce.controller import ForcingPlan
 from budgetforce.layout import FAIL_ADMISSION, FAIL_STEP, NS, S
 from budgetforce.profile import ProfileError
-from budgetforce.slots import ForcingSlots, prepare_step, seed_key
+from budgetforce.slots import ForcingSlots, count_event, prepare_step, seed_key
 from budgetforce.stats_board import StatsBoard
 from budgetforce.wire import (
     BOARD_ENV, BOARD_KEY_KEY, BOARD_KEYS, BOARD_NAME_KEY, CAPACITY, EXTRA_KEY, NONCE_KEY, OWN_KEYS, PROFILE_ENV,
@@ -207,7 +207,7 @@ class Admission:
         """One request runs unforced: logged, counted, and said on its stats row where it has one."""
         self.unforced += 1
         log.warning("budgetforce: a request runs unforced: %s", why)
-        _count_unforced()
+        count_event("budgetforce_unforced_requests", "Budgeted requests that ran unforced (see the log)")
         if args and args.get(BOARD_NAME_KEY) == os.environ.get(BOARD_ENV) and BOARD_KEY_KEY in args:
             try:
                 self._slots_for(args[BOARD_NAME_KEY])
@@ -240,9 +240,7 @@ class Admission:
         """The served model's profile, for `vllm_xargs` budgets (loaded on first use)."""
         from transformers import AutoTokenizer
 
-        from budgetforce.profile import detect_profile
-
-        from budgetforce.profile import get_profile
+        from budgetforce.profile import detect_profile, get_profile
 
         tok = AutoTokenizer.from_pretrained(self._model)
         name = os.environ.get(PROFILE_ENV)
@@ -274,14 +272,3 @@ def _frontend_profile() -> Any:
             _FRONTEND_PROFILE.append(None)
     return _FRONTEND_PROFILE[0]
 
-
-def _count_unforced() -> None:
-    try:
-        from prometheus_client import Counter, REGISTRY
-
-        counter = REGISTRY._names_to_collectors.get("budgetforce_unforced_requests_total")  # noqa: SLF001
-        if counter is None:
-            counter = Counter("budgetforce_unforced_requests", "Budgeted requests that ran unforced (see the log)")
-        counter.inc()  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001 - metrics are best effort inside the engine
-        pass

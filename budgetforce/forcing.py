@@ -29,7 +29,7 @@ import torch
 
 # the public names of the wire format, the admission and the stats board, where they always were
 from budgetforce.admission import (  # noqa: F401
-    Admission, Admitted, _count_unforced, _frontend_profile, set_frontend_profile,
+    Admission, Admitted, set_frontend_profile,
 )  # fmt: skip
 from budgetforce.budget import XARG_FIELDS  # noqa: F401 - re-exported: a budget's `vllm_xargs` keys
 from budgetforce.stats_board import StatsBoard  # noqa: F401

@@ -14,11 +14,6 @@ from budgetforce.budget import DEFAULT_PARAGRAPH_BREAKS, Budget, BudgetError
 from budgetforce.controller import ForcingPlan, ends_inside
 from budgetforce.limits import LIMITS
 
-# Token-level limits: the processor's table sizes (`budgetforce.limits`), checked here, where the
-# strings become ids, so a budget beyond them is a 400 naming its field rather than a request run unforced.
-MAX_BANNED_TOKENS = LIMITS.banned_tokens
-MAX_INTERVENTION_TOKENS = LIMITS.forced_tokens
-MAX_BREAK_TOKENS = LIMITS.break_tokens
 _BREAK_CACHE = 64  # break-string tuples whose tokens a profile remembers (clients choose them)
 
 
@@ -166,7 +161,7 @@ class ResolvedProfile:
 
     def banned_tokens(self, strings: tuple[str, ...] | list[str]) -> frozenset[int]:
         """NoWait's banned ids: the first token of each string as a word may begin (s, " s", "S",
-        " S", lower-case), never a delimiter or EOS; more than `MAX_BANNED_TOKENS` is a `PlanError`.
+        " S", lower-case), never a delimiter or EOS; more than the tables hold (`LIMITS.banned_tokens`) is a `PlanError`.
 
         Example (Qwen): ["Wait"] -> {14190 "Wait", 13824 " Wait", 11489 "wait", 3783 " wait"}.
         """
@@ -181,11 +176,11 @@ class ResolvedProfile:
                 if variant.strip() and self.decode_token is not None and not self.decode_token(ids[0]).strip():
                     continue  # a tokenizer that writes the leading space as a token of its own: never ban a space
                 out.add(ids[0])
-        if len(out) > MAX_BANNED_TOKENS:
+        if len(out) > LIMITS.banned_tokens:
             raise PlanError(
                 f"`banned_thinking_strings` bans {len(out)} distinct tokens (each string's first token with and "
                 f"without a leading space, capitalised and lower-case); this model allows at most "
-                f"{MAX_BANNED_TOKENS}: ban fewer strings",
+                f"{LIMITS.banned_tokens}: ban fewer strings",
                 param="banned_thinking_strings",
             )
         return frozenset(out)
@@ -196,17 +191,11 @@ class ResolvedProfile:
         ids = tuple(self.encode(text))
         if not ids:
             raise PlanError(f"`thinking_intervention` {text!r} encodes to no tokens", param="thinking_intervention")
-        if len(ids) > MAX_INTERVENTION_TOKENS:
-            raise PlanError(
-                f"`thinking_intervention` is {len(ids)} tokens for this model; at most {MAX_INTERVENTION_TOKENS}: "
-                "shorten it",
-                param="thinking_intervention",
-            )
-        return ids
+        return ids  # its length is checked with the plan's other forced sequences (`LIMITS.check`)
 
     def break_tokens(self, strings: tuple[str, ...]) -> frozenset[int]:
         """Paragraph-break ids for scheduled waits: tokens whose text ends with one of ``strings``
-        (the `MAX_BREAK_TOKENS` lowest ids, i.e. the most frequent merges), cached per tuple.
+        (the `LIMITS.break_tokens` lowest ids, i.e. the most frequent merges), cached per tuple.
 
         Example (Qwen): ("\n\n",) -> {271 "\n\n", 382 ".\n\n", 401 ";\n\n", ...}.
         """
@@ -223,7 +212,7 @@ class ResolvedProfile:
                     "ever be scheduled; choose other `paragraph_breaks`",
                     param="paragraph_breaks",
                 )
-            found = frozenset(ids[:MAX_BREAK_TOKENS])
+            found = frozenset(ids[: LIMITS.break_tokens])
             if len(self._breaks) >= _BREAK_CACHE:
                 self._breaks.pop(next(iter(self._breaks)), None)  # the oldest tuple
             self._breaks[strings] = found

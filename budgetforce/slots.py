@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 GREEDY_EPS = 1e-5  # vLLM's threshold for greedy rows
 
 
-Limits = TableLimits  # the table shapes, declared once in budgetforce.limits
-
-
 class ForcingSlots:
     """The state of up to ``capacity`` budgeted requests, on ``device``.
 
@@ -320,14 +317,14 @@ class StepFailures:
             log.error("budgetforce: a forcing step failed (%s); the rows it hit run unforced and their responses "
                       "say `enforced: false`; further failures of this kind are counted, not logged",
                       kind, exc_info=error)  # fmt: skip
-        _count("budgetforce_step_failures", "Forcing steps that failed (see the first traceback of each kind)")
+        count_event("budgetforce_step_failures", "Forcing steps that failed (see the first traceback of each kind)")
 
     @property
     def total(self) -> int:
         return sum(self.kinds.values())
 
 
-def _count(name: str, doc: str) -> None:
+def count_event(name: str, doc: str) -> None:
     """A Prometheus counter of the engine process, best effort (the engine never fails over metrics)."""
     try:
         from prometheus_client import REGISTRY, Counter
@@ -352,8 +349,6 @@ def prepare_step(device: torch.device) -> None:
         return
     try:
         from budgetforce.slots_kernel import step_cuda
-
-        from budgetforce.controller import ForcingPlan
 
         slots = ForcingSlots(2, device)
         plan = ForcingPlan(think_start=(1,), think_end=(2,), eos=frozenset({3}), waits=((4, 5),), answer_prefix=(6,),

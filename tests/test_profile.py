@@ -175,16 +175,6 @@ def test_break_tokens_are_cached_and_checked(student) -> None:
     assert err.value.param == "paragraph_breaks"
 
 
-def test_limits_match_the_processor_tables() -> None:
-    from budgetforce import profile
-    from budgetforce.slots import Limits
-
-    limits = Limits()
-    assert (profile.MAX_BANNED_TOKENS, profile.MAX_INTERVENTION_TOKENS, profile.MAX_BREAK_TOKENS) == (
-        limits.banned_tokens, limits.forced_tokens, limits.break_tokens,
-    )  # fmt: skip
-
-
 @needs_fixtures
 def test_qwen_paragraph_breaks_are_byte_level_tokens() -> None:
     """Qwen writes "\\n\\n" as 'ĊĊ' (271); the byte-level search finds what decoding finds, lowest ids first."""
