@@ -20,8 +20,8 @@ from typing import Any, Literal
 from budgetforce.budget import Budget, BudgetError
 from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController, rfind
 from budgetforce.decoding import IncrementalDecoder
+from budgetforce.layout import enforcement
 from budgetforce.profile import Profile, ResolvedProfile, detect_profile, get_profile
-from budgetforce.layout import FAIL_REASONS
 from budgetforce.slots import seed_key
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class BudgetStats:
     probes: int = 0  # answer probes run (side requests, not counted in the usage)
     probe_tokens: int = 0  # tokens the probes generated
     enforced: bool | None = True  # False: the budget was not (fully) forced; None: unknown (no stats board)
-    unenforced_reason: str | None = None  # why not: `max_exceeded`, or a `budgetforce.slots.FAIL_REASONS` code
+    unenforced_reason: str | None = None  # why not: `max_exceeded`, or a `budgetforce.layout.FAIL_REASONS` code
 
 
 @dataclass(slots=True)
@@ -269,11 +269,7 @@ class BudgetForcingEngine:
         closed = obs.phase is not Phase.THINKING
         forced = (plan.max_thinking is not None and thinking == plan.max_thinking and closed) or tally.early_exit
         reasoning_ids = obs.split(splitter.ids)[0]
-        enforced, reason = (True, None) if tally.failure == 0 else (None, None)
-        if tally.failure:
-            enforced, reason = False, FAIL_REASONS.get(tally.failure, "unknown")
-        if plan.max_thinking is not None and thinking > plan.max_thinking and not tally.failure:  # seen on the ids
-            enforced, reason = False, "max_exceeded"
+        enforced, reason = enforcement(tally.failure, thinking, plan.max_thinking)
         return BudgetStats(
             thinking, tally.waits, forced, strategy, tally.scheduled, answer,
             plan.max_answer is not None and answer >= plan.max_answer,

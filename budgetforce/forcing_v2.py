@@ -68,7 +68,9 @@ class BudgetForcingV2(Admission, _V2Base):  # type: ignore[misc]
     def apply_staged_writes(self) -> None:
         if self.slots is None:
             return
-        staged = list(self.slots._staged) + [key for _, key in self._fresh]  # noqa: SLF001 - the rows this call loads
+        if not (self.slots._staged or self._fresh or self._dirty):  # noqa: SLF001 - most steps: nothing to write
+            return
+        staged = [*self.slots._staged, *(key for _, key in self._fresh)]  # noqa: SLF001 - the rows this call loads
         try:
             self.slots.flush()
             if self._dirty:

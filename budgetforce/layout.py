@@ -100,4 +100,22 @@ FAIL_BLOCKED = 1  # a forced token did not come out (the user's logit bias, a st
 FAIL_STEP = 2  # the forcing step failed for this row (logged once per kind, counted)
 FAIL_ADMISSION = 3  # admitted but not forceable (set by the adapter on the request's stats row)
 FAIL_REASONS = {FAIL_BLOCKED: "forced_token_blocked", FAIL_STEP: "step_failed", FAIL_ADMISSION: "not_loaded"}
+
+
+def enforcement(failure: int | None, thinking: int, max_thinking: int | None) -> tuple[bool | None, str | None]:
+    """Whether a finished request's budget was forced: ``(enforced, reason)`` for its report.
+
+    ``failure`` is its stats row's `FAIL` code (None: no row, nobody can tell). The engine's own
+    reason comes first, since it names the cause; otherwise thinking past the maximum, seen on
+    the ids, is `max_exceeded` whatever the engine says.
+
+    Example:
+        >>> enforcement(0, 50, 50), enforcement(FAIL_STEP, 90, 50), enforcement(None, 51, 50)
+        ((True, None), (False, 'step_failed'), (False, 'max_exceeded'))
+    """
+    if failure:
+        return False, FAIL_REASONS.get(failure, "unknown")
+    if max_thinking is not None and thinking > max_thinking:
+        return False, "max_exceeded"
+    return (True, None) if failure == 0 else (None, None)
 NS_ENGINE = 10  # the columns the step writes (EXIT belongs to the frontend)

@@ -23,11 +23,15 @@ def _lock_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
+def _holds(row: list[int], nonce: int) -> bool:
+    """Whether a stats row is this request's (its nonce): a reused row never hands over another's numbers."""
+    return (row[S.NONCE_LO], row[S.NONCE_HI]) == _split(nonce)
+
 
 class StatsBoard:
     """Per-request forcing stats, shared from the engine process back to the frontend.
 
-    A shared-memory int32 table, one row per request key (`slots.S` columns: nonce, tokens
+    A shared-memory int32 table, one row per request key (`layout.S` columns: nonce, tokens
     consumed, waits, the pending action and decision). The frontend hands keys out round robin
     with a fresh nonce; the processor writes the row every step (on CUDA through a mapped device
     view, so the write lands before vLLM returns the step's tokens). A reader whose nonce does
@@ -75,13 +79,17 @@ class StatsBoard:
     def name(self) -> str:
         return self._shm.name
 
+    @property
+    def _lock_path(self) -> str:
+        return os.path.join(_lock_dir(), f"{self.name.lstrip('/')}.lock")
+
     def acquire(self) -> tuple[int, int]:
         """A key (round robin over the free ones, so a key is reused late) and a fresh nonce for one request."""
         import fcntl
 
         assert self._leases is not None and self._cursor is not None, "a board attached by the engine hands out no keys"
         if self._lock is None:
-            self._lock = os.open(os.path.join(_lock_dir(), f"{self.name.lstrip('/')}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
             key = self._next_free()
@@ -98,10 +106,11 @@ class StatsBoard:
 
     def _next_free(self) -> int | None:
         assert self._leases is not None and self._cursor is not None
-        start = int(self._cursor[0])
-        order = np.concatenate([np.arange(start, BOARD_KEYS), np.arange(0, start)])
-        free = order[self._leases[order] == 0]
-        return int(free[0]) if free.size else None
+        free = np.flatnonzero(self._leases == 0)  # ascending
+        if not free.size:
+            return None
+        at = int(np.searchsorted(free, int(self._cursor[0])))  # the first free key from the cursor on, wrapping
+        return int(free[at % free.size])
 
     def _reclaim(self) -> None:
         """Free the keys of API processes that have died holding them."""
@@ -139,16 +148,14 @@ class StatsBoard:
         return None if row is None else row[S.SCHED]
 
     def failure(self, key: int, nonce: int) -> int | None:
-        """Why this request's budget stopped being forced (`slots.FAIL_*`), 0 if it is forced, None if unknown."""
+        """Why this request's budget stopped being forced (`layout.FAIL_*`), 0 if it is forced, None if unknown."""
         row = self.table[key].tolist()
-        if (row[S.NONCE_LO], row[S.NONCE_HI]) != _split(nonce):
-            return None  # the engine never wrote this request's row
-        return row[S.FAIL]
+        return row[S.FAIL] if _holds(row, nonce) else None  # None: the engine never wrote this request's row
 
     def exited(self, key: int, nonce: int) -> bool:
         """Whether the engine carried out `request_exit` for this request (it closed the thinking)."""
         row = self.table[key].tolist()
-        return (row[S.NONCE_LO], row[S.NONCE_HI]) == _split(nonce) and bool(row[S.EXITED])
+        return _holds(row, nonce) and bool(row[S.EXITED])
 
     def request_exit(self, key: int, nonce: int) -> bool:
         """Ask the engine to close this request's thinking at its next step (an early exit).
@@ -156,7 +163,7 @@ class StatsBoard:
         False when the row is not (or no longer) this request's.
         """
         row = self.table[key]
-        if (int(row[S.NONCE_LO]), int(row[S.NONCE_HI])) != _split(nonce):
+        if not _holds(row.tolist(), nonce):
             return False
         row[S.EXIT] = 1
         return True
@@ -164,7 +171,7 @@ class StatsBoard:
     def _row(self, key: int, nonce: int, token_ids: list[int]) -> list[int] | None:
         """The request's row once the engine has consumed all but at most the last token; else None."""
         row = self.table[key].tolist()
-        if (row[S.NONCE_LO], row[S.NONCE_HI]) != _split(nonce) or row[S.FAIL]:
+        if not _holds(row, nonce) or row[S.FAIL]:
             return None
         if row[S.SEEN] not in (len(token_ids), len(token_ids) - 1):
             return None
@@ -205,7 +212,7 @@ class StatsBoard:
             self._lock = None
         if self._owner:  # the creator leaves no lock file behind
             try:
-                os.unlink(os.path.join(_lock_dir(), f"{self.name.lstrip('/')}.lock"))
+                os.unlink(self._lock_path)
             except FileNotFoundError:
                 pass
         self._shm.close()

@@ -24,8 +24,8 @@ from typing import Any
 
 from budgetforce.budget import Budget
 from budgetforce.controller import Phase, ThinkingController, rfind
+from budgetforce.layout import enforcement
 from budgetforce.serving.metrics import record_choice
-from budgetforce.layout import FAIL_REASONS
 from budgetforce.serving.rewrite import Prepared, ServedModel
 from budgetforce.stops import StopCutter
 
@@ -95,7 +95,7 @@ class Annotator:
         }
         if budget is None:
             return out
-        out["enforced"], reason = self._enforced(st, hi)
+        out["enforced"], reason = enforcement(self._failure(), thinking, hi)
         if reason is not None:
             out["unenforced_reason"] = reason
         keys = self.report_keys
@@ -109,21 +109,12 @@ class Annotator:
             out["scheduled_waits"] = self._board(st, "scheduled_waits")
         return out
 
-    def _enforced(self, st: _Choice, hi: int | None) -> tuple[bool | None, str | None]:
-        """Whether the processor forced this choice's budget: (True, None), (False, reason code), or
-        (None, None) where nobody can tell (n > 1, no stats board) and the ids show nothing wrong.
-
-        Reason codes: `max_exceeded` (seen on the ids), `forced_token_blocked`, `step_failed`,
-        `not_loaded` (from the stats board, `budgetforce.slots.FAIL_REASONS`)."""
-        code = None
-        if self.stats is not None and self.p.choices == 1:
-            board, key, nonce = self.stats
-            code = board.failure(key, nonce)
-        if code:  # the engine's own reason comes first: it names the cause
-            return False, FAIL_REASONS.get(code, "unknown")
-        if hi is not None and st.ctl.thinking_tokens > hi:  # seen on the ids, whatever the engine says
-            return False, "max_exceeded"
-        return (True, None) if code == 0 else (None, None)
+    def _failure(self) -> int | None:
+        """The stats board's `FAIL` code for this request; None where it cannot say (n > 1, no board)."""
+        if self.stats is None or self.p.choices != 1:
+            return None
+        board, key, nonce = self.stats
+        return board.failure(key, nonce)
 
     def _board(self, st: _Choice, stat: str) -> int | None:
         """A count the processor keeps on the stats board (`StatsBoard.waits`, `.scheduled_waits`);

@@ -184,7 +184,7 @@ def served_model(state: Any) -> ServedModel:
         chat_fields=_fields("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
         completion_fields=_fields("vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
         reasoning_parser=_has_reasoning_parser(args),
-        child_safe=_child_safe() and not bool(getattr(state.vllm_config, "use_v2_model_runner", False)),
+        child_safe=_child_safe(state.vllm_config),
         completion_max_tokens=_completion_default(),
     )
 
@@ -215,7 +215,7 @@ def _completion_default() -> int | None:
     return default if isinstance(default, int) else None
 
 
-def _child_safe() -> bool:
+def _child_safe(vllm_config: Any) -> bool:
     """Whether the processor keeps one budget state per choice of an n > 1 request (see docs/vllm-serve.md).
 
     Runner V1 only: on the H200 with vLLM 0.32's runner V2 the choices of an n = 3 request ran past
@@ -223,7 +223,7 @@ def _child_safe() -> bool:
     are refused with a 400 until that is mended."""
     from budgetforce import wire
 
-    return bool(getattr(wire, "XARGS_CHILD_SAFE", False))
+    return bool(getattr(wire, "XARGS_CHILD_SAFE", False)) and not getattr(vllm_config, "use_v2_model_runner", False)
 
 
 # -- ASGI plumbing ------------------------------------------------------------------------------
