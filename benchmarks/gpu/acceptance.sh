@@ -11,6 +11,13 @@ LABEL="$1"
 # servers an earlier run left on this machine (setsid) hold GPU memory: stop them first
 pkill -f "vllm.entrypoints.openai.api_server" 2>/dev/null; pkill -f "budgetforce.cli serve" 2>/dev/null; sleep 5
 pkill -9 -f "vllm.entrypoints.openai.api_server" 2>/dev/null; pkill -9 -f "EngineCore" 2>/dev/null; sleep 2
+# ... and the driver frees their memory a while after they exit: wait for it (seen: a start that
+# followed at once found "No available memory for the cache blocks")
+for _ in $(seq 60); do
+  used=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
+  [ -z "$used" ] || [ "$used" -lt 2000 ] && break
+  sleep 2
+done
 export PYTHONUNBUFFERED=1 VLLM_LOGGING_LEVEL=WARNING TOKENIZERS_PARALLELISM=false
 # the servers run from a copy outside the working tree: the next call lays the tree anew
 rm -rf /root/bf && mkdir -p /root/bf && cp -r budgetforce benchmarks /root/bf/ && cp -r "${TOK:-.gpu-tok}" /root/bf/tok

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One measurement call on the lent GPU, after the vLLM bundle's parts were carried (../shared/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy;
+# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: v2-children | step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy;
 #        accept: the serving acceptance run, benchmarks/gpu/acceptance.sh, on either bundle)
 # A bundle whose name holds 026 unpacks into /tmp/site026 (its unpack.sh edited so), so both stacks fit one machine.
 # Logs and JSON go to $OUT.
@@ -26,6 +26,12 @@ case "$STAGE" in
     [ "$SITE" = /tmp/site ] && v032_fixes
     LABEL="$(python3 -c 'import vllm; print(vllm.__version__)' 2>/dev/null | tail -1)"
     SITE=$SITE TOK=.gpu-tok bash benchmarks/gpu/acceptance.sh "$LABEL" ;;
+  v2-children)  # n > 1 on runner V2: a trace of the adapter inside one in-process engine (v2_children.py)
+    [ "$SITE" = /tmp/site ] && v032_fixes
+    export PYTHONPATH=$PYTHONPATH${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}
+    M=/root/r1-children && mkdir -p $M && cp $SHAPE $M/config.json && cp .gpu-tok/* $M/
+    VLLM_USE_V2_MODEL_RUNNER=1 timeout 300 python3 benchmarks/gpu/v2_children.py --model $M --out "$OUT/v2_children.json" \
+      2>&1 | tee "$OUT/v2_children.log" | grep -v -i "warn\|info" | tail -20 ;;
   v2-step)
     python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
     export LD_PRELOAD="$(bash benchmarks/gpu/nccl_shim.sh)"
