@@ -27,17 +27,21 @@ MODEL=/root/bf/r1-1.5b && mkdir -p $MODEL && cp benchmarks/shapes/r1-distill-qwe
 COMMON=(--load-format dummy --max-model-len 4096 --gpu-memory-utilization 0.30 --seed 0)
 setsid python3 -m budgetforce.cli serve --model $MODEL --served-model-name r1 --port 8001 "${COMMON[@]}" \
   > "$OUT/server-budgetforce-$LABEL.log" 2>&1 < /dev/null &
+declare -A PID; PID[8001]=$!
 sleep 15
 BUDGETFORCE_STATS_BOARD=bf-stock-board setsid python3 -m vllm.entrypoints.openai.api_server --model $MODEL \
   --served-model-name r1 --port 8002 "${COMMON[@]}" --logits-processors budgetforce.vllm:BudgetForcing \
   --middleware budgetforce.serving.BudgetMiddleware --reasoning-parser deepseek_r1 \
   > "$OUT/server-vllm-$LABEL.log" 2>&1 < /dev/null &
+PID[8002]=$!
 sleep 15
 setsid python3 -m budgetforce.cli serve --port 8003 --gpu-memory-utilization 0.10 --seed 0 \
   > "$OUT/server-student-$LABEL.log" 2>&1 < /dev/null &
+PID[8003]=$!
 t0=$(date +%s)
 for port in 8001 8002 8003; do
   until curl -sf "http://127.0.0.1:$port/health" > /dev/null; do
+    if ! kill -0 "${PID[$port]}" 2>/dev/null; then echo "the server on port $port exited"; break; fi  # no need to wait
     if [ $(( $(date +%s) - t0 )) -gt 330 ]; then echo "port $port not healthy after 330 s"; tail -30 "$OUT"/server-*.log; break; fi
     sleep 3
   done

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# torch 2.13 (carried for vLLM 0.32) links NCCL symbols newer than the GPU image's NCCL. One GPU
+# torch 2.13/2.14 (carried for vLLM 0.32/0.33; $SITE, default /tmp/site) links NCCL symbols newer than the GPU image's NCCL. One GPU
 # never calls them, so a stub library that defines each missing symbol (returning ncclInternalError)
 # lets torch load there. Measurement glue only: never for multi-GPU runs. Prints the LD_PRELOAD path.
 set -euo pipefail
-LIB=/tmp/site/torch/lib/libtorch_cuda.so
-NCCL="$(python3 - <<'PY'
+SITE="${SITE:-/tmp/site}"
+LIB=$SITE/torch/lib/libtorch_cuda.so
+NCCL="$(python3 - "$SITE" <<'PY'
 import glob, os, sys
-cands = [p for d in sys.path if d and d != "/tmp/site" for p in glob.glob(os.path.join(d, "nvidia/nccl/lib/libnccl.so*"))]
+cands = [p for d in sys.path if d and d != sys.argv[1] for p in glob.glob(os.path.join(d, "nvidia/nccl/lib/libnccl.so*"))]
 print(cands[0] if cands else "")
 PY
 )"

@@ -2,32 +2,33 @@
 # One measurement call on the lent GPU, after the vLLM bundle's parts were carried (../shared/gpu/README.md).
 # Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: v2-children | step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy;
 #        accept: the serving acceptance run, benchmarks/gpu/acceptance.sh, on either bundle)
-# A bundle whose name holds 026 unpacks into /tmp/site026 (its unpack.sh edited so), so both stacks fit one machine.
+# A bundle whose name holds 026 (033) unpacks into /tmp/site026 (/tmp/site033; its unpack.sh edited so), so the stacks fit one machine.
 # Logs and JSON go to $OUT.
 set -uo pipefail
 BUNDLE="$1"; STAGE="$2"
 export PYTHONUNBUFFERED=1 VLLM_LOGGING_LEVEL=WARNING TOKENIZERS_PARALLELISM=false
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-SITE=/tmp/site; case "$BUNDLE" in *026*) SITE=/tmp/site026 ;; esac
+SITE=/tmp/site; case "$BUNDLE" in *026*) SITE=/tmp/site026 ;; *033*) SITE=/tmp/site033 ;; esac
+export SITE
 bash "$BUNDLE/unpack/unpack.sh" > "$OUT/unpack.log" 2>&1 || { tail -20 "$OUT/unpack.log"; exit 3; }
 export PYTHONPATH=$SITE:$PWD
 python3 -c "import torch, triton, vllm; print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name())" 2>&1 | tail -1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 SHAPE=benchmarks/shapes/r1-distill-qwen-1.5b.json
-v032_fixes() {  # measurement glue for vLLM 0.32's carried torch 2.13 on this image (../shared/gpu/README.md)
+v032_fixes() {  # measurement glue for a carried torch (2.13 for vLLM 0.32, 2.14 for 0.33) on this image (../shared/gpu/README.md)
   python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
   export LD_PRELOAD="$(bash benchmarks/gpu/nccl_shim.sh)"
-  chmod +x /tmp/site/triton/backends/nvidia/bin/* 2>/dev/null || true  # the archive dropped the exec bits
+  chmod +x $SITE/triton/backends/nvidia/bin/* 2>/dev/null || true  # the archive dropped the exec bits
   mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
   export EXTRA_PYTHONPATH=/tmp/vllmfix
 }
 case "$STAGE" in
   accept)
-    [ "$SITE" = /tmp/site ] && v032_fixes
+    [ "$SITE" != /tmp/site026 ] && v032_fixes
     LABEL="$(python3 -c 'import vllm; print(vllm.__version__)' 2>/dev/null | tail -1)"
     SITE=$SITE TOK=.gpu-tok bash benchmarks/gpu/acceptance.sh "$LABEL" ;;
   v2-children)  # n > 1 on runner V2: a trace of the adapter inside one in-process engine (v2_children.py)
-    [ "$SITE" = /tmp/site ] && v032_fixes
+    [ "$SITE" != /tmp/site026 ] && v032_fixes
     export PYTHONPATH=$PYTHONPATH${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}
     M=/root/r1-children && mkdir -p $M && cp $SHAPE $M/config.json && cp .gpu-tok/* $M/
     VLLM_USE_V2_MODEL_RUNNER=1 timeout 300 python3 benchmarks/gpu/v2_children.py --model $M --out "$OUT/v2_children.json" \
@@ -38,15 +39,12 @@ case "$STAGE" in
     chmod +x /tmp/site/triton/backends/nvidia/bin/* 2>/dev/null || true  # the archive dropped the exec bits
     python3 -c "import torch; print(torch.cuda.is_available(), torch.randn(4, device='cuda').sum().item())" 2>&1 | tail -3
     python3 -m benchmarks.processor_step --device cuda --batch 1 32 256 --v1 --json "$OUT/processor_step_032.json" 2>&1 | grep -v -i warn | tee "$OUT/processor_step_032.log" | tail -32 ;;
-  v2-tp256)
-    export LD_PRELOAD=/tmp/libnccl_stub.so
-    # vLLM 0.32's kernel warm-up imports a MiniMax-M3 module that needs torchvision, whose image build
-    # is for torch 2.11, and a Qwen-VL warm-up that imports transformers' image processors (torchvision):
-    # a sitecustomize puts no-ops in their place (measurement glue; dense text models only)
-    mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
-    export PYTHONPATH=/tmp/vllmfix:$PYTHONPATH
+  v2-tp256)  # engine level, runner V2, concurrency 256, on whichever carried vLLM the bundle holds
+    v032_fixes
+    export PYTHONPATH=$PYTHONPATH:$EXTRA_PYTHONPATH
+    V="$(python3 -c 'import vllm; print(vllm.__version__)' 2>/dev/null | tail -1)"
     VLLM_USE_V2_MODEL_RUNNER=1 timeout 570 python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 256 --new-tokens 1024 --reps 3 \
-      --configs plain idle engine engine-max native --out "$OUT/tp_1.5b_c256_v2.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp256_v2.log" | tail -14 ;;
+      --configs plain idle engine engine-max native --out "$OUT/tp_1.5b_c256_v2_$V.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp256_v2_$V.log" | tail -14 ;;
   v2-greedy)
     python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
     export LD_PRELOAD="$(bash benchmarks/gpu/nccl_shim.sh)"
