@@ -2,7 +2,7 @@
 
 One in-process engine (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, so the processor lives in this process)
 runs the same budget three ways: one request with n = 3 (seeded, sampled), three n = 1 requests with
-the seeds vLLM gives the three choices, and n = 3 greedy. Every `add_request` of the runner-V2
+the seeds vLLM gives the three choices, and n = 3 unseeded. Every `add_request` of the runner-V2
 adapter is logged (slot, seed, nonce, the key it got) and, for the first steps after each, the
 rows' keys and state (phase, thinking seen, waits) as the device holds them. Each output is
 counted on its token ids. Writes a JSON trace; prints one line per choice.
@@ -29,6 +29,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
+
+    from budgetforce.stats_board import StatsBoard
+    from budgetforce.wire import BOARD_ENV, BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
+
+    os.environ[BOARD_ENV] = "bf-children-board"  # as a server's budget layer sets it
+    board = StatsBoard.shared(os.environ[BOARD_ENV])
 
     from budgetforce import forcing_v2
     from budgetforce.layout import F
@@ -80,14 +86,19 @@ def main() -> None:
     msgs = [{"role": "user", "content": "Tom has 12 apples and buys 3 bags of 7. How many now?"}]
     budget = {"min_thinking_tokens": 40, "max_thinking_tokens": 80}
 
-    def params(**kw: Any) -> Any:
-        return SamplingParams(max_tokens=120, logit_bias={close: 7.0}, extra_args=dict(budget), **kw)
+    def params(row: bool = False, **kw: Any) -> Any:
+        xargs: dict[str, Any] = dict(budget)
+        if row:  # what the budget layer adds: the board's name, a row there and its nonce
+            key, nonce = board.acquire()
+            xargs.update({BOARD_NAME_KEY: os.environ[BOARD_ENV], BOARD_KEY_KEY: key, NONCE_KEY: nonce})
+        return SamplingParams(max_tokens=120, logit_bias={close: 7.0}, extra_args=xargs, **kw)
 
     cases = {
         "n3 seeded t=1": [params(n=3, temperature=1.0, seed=11)],
         "3 x n1 seeds 11,12,13 t=1": [params(temperature=1.0, seed=11 + i) for i in range(3)],
-        "n3 greedy": [params(n=3, temperature=0.0, seed=11)],
         "n3 unseeded t=1": [params(n=3, temperature=1.0)],
+        "n3 seeded t=1, board row": [params(row=True, n=3, temperature=1.0, seed=11)],
+        "n1 seeded t=1, board row": [params(row=True, temperature=1.0, seed=11 + i) for i in range(3)],
     }
     report: dict[str, Any] = {}
     for name, plist in cases.items():
