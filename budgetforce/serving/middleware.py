@@ -218,12 +218,14 @@ def _completion_default() -> int | None:
 def _child_safe(vllm_config: Any) -> bool:
     """Whether the processor keeps one budget state per choice of an n > 1 request (see docs/vllm-serve.md).
 
-    Runner V1 only: on the H200 with vLLM 0.32's runner V2 the choices of an n = 3 request ran past
-    their maximum (benchmarks/results/2026-12-02-h200/first-run/acceptance-0.32.0.json), so there n > 1 budgets
-    are refused with a 400 until that is mended."""
+    Both runners do: each choice reaches the engine with the request's nonce and its own seed, and the
+    processor keys its state by the two. On runner V2 this was traced inside the engine on the H200
+    (benchmarks/gpu/v2_children.py, benchmarks/results/2026-12-02-h200/v2-children/): the n = 3 choices
+    equal three n = 1 requests with seeds seed, seed+1, seed+2, each forced to its maximum."""
     from budgetforce import wire
 
-    return bool(getattr(wire, "XARGS_CHILD_SAFE", False)) and not getattr(vllm_config, "use_v2_model_runner", False)
+    del vllm_config  # the runner no longer matters; kept so the layer can refuse per engine again
+    return bool(getattr(wire, "XARGS_CHILD_SAFE", False))
 
 
 # -- ASGI plumbing ------------------------------------------------------------------------------

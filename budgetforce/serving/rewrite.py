@@ -40,8 +40,7 @@ ROUNDS_MESSAGE = (
 )
 N_MESSAGE = (
     "`{param}` asks for {count} choices with a thinking budget; this server forces budgets on one choice "
-    "per request (on vLLM's Model Runner V2 the choices of one request are not yet forced apart; runner V1, "
-    "`VLLM_USE_V2_MODEL_RUNNER=0`, forces each). "
+    "per request (its processor does not keep one budget state per choice). "
     "Send {count} requests instead (with seeds seed, seed+1, ... to reproduce `n`)"
 )
 
