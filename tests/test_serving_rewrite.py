@@ -219,3 +219,31 @@ def test_budgets_beyond_the_forcing_tables_are_400s_naming_the_field(model: Serv
     with pytest.raises(RequestError) as err:
         rewrite(model, max_tokens=300, min_thinking_tokens=10, wait_strings=[long_text])
     assert err.value.param == "wait_strings"
+
+
+def test_reasoning_effort_reaches_vllm_only_under_its_effort_map(model: ServedModel) -> None:
+    """With vLLM's `--reasoning-effort-map` (vLLM >= 0.33) a chat's `reasoning_effort` is forwarded
+    unchanged, for vLLM to map for the chat template, while the budget still comes from budgetforce's
+    table keyed by the effort the client sent; without the map vLLM never sees it."""
+    import dataclasses
+
+    from budgetforce.budget import EffortBudget
+
+    mapped = dataclasses.replace(model, effort_map=True)
+    defaults = BudgetDefaults(reasoning_effort_budgets={"medium": EffortBudget(max_thinking_tokens=300)})
+    out = rewrite(mapped, defaults, max_tokens=2000, reasoning_effort="medium")
+    assert out.body["reasoning_effort"] == "medium"  # not rewritten here: vLLM applies its own map
+    assert out.body["vllm_xargs"] == {"min_thinking_tokens": 0, "max_thinking_tokens": 300}  # budgetforce's table
+    assert "reasoning_effort" not in rewrite(model, defaults, max_tokens=2000, reasoning_effort="medium").body
+    # an explicit budget still outranks the effort; the effort still reaches the template
+    out = rewrite(mapped, max_tokens=2000, reasoning_effort="none", max_thinking_tokens=40)
+    assert out.body["reasoning_effort"] == "none" and out.body["vllm_xargs"]["max_thinking_tokens"] == 40
+    # an effort the table gives no budget: the request passes on with its effort (and only then unannotated)
+    free = BudgetDefaults(reasoning_effort_budgets={"low": EffortBudget()})
+    out = rewrite(mapped, free, max_tokens=50, reasoning_effort="low")
+    assert out is not None and not out.annotate
+    assert out.body == {"messages": HELLO, "max_tokens": 50, "reasoning_effort": "low"}
+    # vLLM's text completions have no `reasoning_effort`: removed there, map or not
+    text = prepare({"prompt": "hi", "max_tokens": 2000, "reasoning_effort": "low"}, "completions", mapped, defaults)
+    assert text is not None and "reasoning_effort" not in text.body
+    assert text.body["vllm_xargs"]["max_thinking_tokens"] == 1024

@@ -185,6 +185,7 @@ def served_model(state: Any) -> ServedModel:
         completion_fields=_fields("vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
         reasoning_parser=_has_reasoning_parser(args),
         child_safe=_child_safe(state.vllm_config),
+        effort_map=bool(getattr(args, "reasoning_effort_map", None)),  # vLLM >= 0.33
         completion_max_tokens=_completion_default(),
     )
 

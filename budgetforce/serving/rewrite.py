@@ -71,6 +71,8 @@ class ServedModel:
     completion_fields: frozenset[str]
     reasoning_parser: bool  # vLLM splits reasoning from content in chat responses
     child_safe: bool = False  # the processor keeps one budget state per choice when n > 1
+    # The server was started with vLLM's `--reasoning-effort-map` (vLLM >= 0.33): see `forwarded`.
+    effort_map: bool = False
     completion_max_tokens: int | None = 16  # vLLM's (and OpenAI's) default cap of a text completion
 
 
@@ -130,12 +132,13 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
         resolved = request.resolve(defaults)
     except BudgetError as exc:
         raise RequestError(str(exc), exc.param) from None
+    kept = forwarded(endpoint, model)
     echo = endpoint == "completions" and body.get("echo") is True
     stops = [] if echo else _stops(body.get("stop"))  # an echoed text holds the prompt: vLLM's stop rules
     if resolved.budget is None and not stops and not resolved.hide_reasoning:
         # No budget, no stop strings: what `vllm serve` does, minus the budget fields (vLLM would
         # apply `thinking_token_budget` and `reasoning_effort` its own way).
-        ours = [k for k in body if k in BUDGET_REQUEST_FIELDS and k != "include_reasoning"]
+        ours = [k for k in body if k in BUDGET_REQUEST_FIELDS and k != "include_reasoning" and k not in kept]
         if not ours and not fields:
             return None
         out = {k: v for k, v in body.items() if k not in ours}
@@ -146,7 +149,7 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
         return Prepared(body=out, endpoint=endpoint, budget=None, stops=[], include_stop=False, hide_reasoning=False,
                         wants_token_ids=False, wants_logprobs=False, choices=1, stream=False, include_usage=False,
                         echo=False, split_text=False, annotate=False)  # fmt: skip
-    out = {k: v for k, v in body.items() if k not in BUDGET_REQUEST_FIELDS}
+    out = {k: v for k, v in body.items() if k not in BUDGET_REQUEST_FIELDS or k in kept}
     choices = _choices(body, endpoint)
     cap_param, cap = _cap(body, endpoint, model.completion_max_tokens)
     budget = resolved.budget
@@ -194,6 +197,18 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
         split_text=endpoint == "completions" or not model.reasoning_parser,
         n=max(_int(body.get("n"), 1), 1),
     )
+
+
+def forwarded(endpoint: str, model: ServedModel) -> frozenset[str]:
+    """Budget fields that also reach vLLM unchanged (the others are budgetforce's alone and removed).
+
+    `reasoning_effort` of a chat request, when the operator gave vLLM `--reasoning-effort-map`:
+    that map says the chat template knows effort levels, so vLLM renders the template with the
+    request's effort (rewritten by the map), while the thinking budget still comes from
+    budgetforce's effort table, keyed by the effort the client sent. Without a map vLLM never sees
+    it (budgetforce's table alone decides; vLLM would switch the template's thinking off at `none`).
+    """
+    return frozenset({"reasoning_effort"}) if model.effort_map and endpoint == "chat" else frozenset()
 
 
 def budget_xargs(budget: Budget) -> dict[str, Any]:
