@@ -109,7 +109,8 @@ if [ -n "$MODEL" ]; then
 fi
 as_image() { env "${IMAGE_ENV[@]}" "${RUN_AS[@]}" "$@"; }
 echo "uid inside: $(as_image budgetforce-entrypoint id -u)"  # the entrypoint runs a given command as is
-as_image python3 -c "import budgetforce; print('budgetforce from', budgetforce.__file__)"
+as_image python3 -c "import budgetforce, vllm; print('budgetforce from', budgetforce.__file__)" \
+  || fail "the image's user cannot import budgetforce and vllm (can it read $SITE?)"
 # `budgetforce serve $BUDGETFORCE_SERVE_ARGS --dry-run`: the vLLM command line the image would run
 as_image budgetforce-entrypoint --dry-run > "$LOG/dry-run.txt" 2>&1 || { cat "$LOG/dry-run.txt"; fail "dry run"; }
 tail -1 "$LOG/dry-run.txt"
