@@ -120,3 +120,6 @@ def test_recipe_serves_a_budgeted_chat_as_an_unprivileged_user(work: Path) -> No
     assert budget["thinking_tokens"] <= 40 and budget["strategy"] == "engine", budget
     response = json.loads((work / "out" / "image-recipe" / "response.json").read_text())
     assert response["model"] == "budgetforce", response["model"]  # BUDGETFORCE_MODEL unset: the bundled student
+    # the script stopped its server: no process runs from the recipe's virtual environment any more
+    left = subprocess.run(["pgrep", "-f", f"{work}/venv/"], capture_output=True, text=True).stdout.split()
+    assert not left, f"the recipe left its server running: pids {left}"

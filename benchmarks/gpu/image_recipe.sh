@@ -114,12 +114,14 @@ as_image python3 -c "import budgetforce, vllm; print('budgetforce from', budgetf
 # `budgetforce serve $BUDGETFORCE_SERVE_ARGS --dry-run`: the vLLM command line the image would run
 as_image budgetforce-entrypoint --dry-run > "$LOG/dry-run.txt" 2>&1 || { cat "$LOG/dry-run.txt"; fail "dry run"; }
 tail -1 "$LOG/dry-run.txt"
-as_image setsid budgetforce-entrypoint > "$LOG/server.log" 2>&1 < /dev/null &
+# A simple command, not the function: the background child execs env -> setpriv -> setsid -> the
+# entrypoint -> budgetforce -> vLLM, one pid throughout, which leads the server's own process group.
+env "${IMAGE_ENV[@]}" "${RUN_AS[@]}" setsid budgetforce-entrypoint > "$LOG/server.log" 2>&1 < /dev/null &
 SERVER=$!
-stop() {
+stop() {  # the server's process group: the API server and vLLM's engine processes
   kill -TERM -- "-$SERVER" 2> /dev/null || kill -TERM "$SERVER" 2> /dev/null
-  for _ in $(seq 30); do kill -0 "$SERVER" 2> /dev/null || return 0; sleep 1; done
-  kill -KILL -- "-$SERVER" 2> /dev/null || kill -KILL "$SERVER" 2> /dev/null
+  for _ in $(seq 30); do kill -0 -- "-$SERVER" 2> /dev/null || return 0; sleep 1; done
+  kill -KILL -- "-$SERVER" 2> /dev/null
 }
 trap stop EXIT
 t0=$(date +%s)
