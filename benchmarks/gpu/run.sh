@@ -19,7 +19,7 @@ v032_fixes() {  # measurement glue for a carried torch (2.13 for vLLM 0.32, 2.14
   python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
   export LD_PRELOAD="$(bash benchmarks/gpu/nccl_shim.sh)"
   chmod +x $SITE/triton/backends/nvidia/bin/* 2>/dev/null || true  # the archive dropped the exec bits
-  mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
+  mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup", "step5_dsa_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
   export EXTRA_PYTHONPATH=/tmp/vllmfix
 }
 case "$STAGE" in
@@ -49,7 +49,7 @@ case "$STAGE" in
     python3 -m pip uninstall -y -q torchvision torchaudio > /dev/null 2>&1 || true
     export LD_PRELOAD="$(bash benchmarks/gpu/nccl_shim.sh)"
     chmod +x /tmp/site/triton/backends/nvidia/bin/* 2>/dev/null || true
-    mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
+    mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup", "step5_dsa_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
     export PYTHONPATH=/tmp/vllmfix:$PYTHONPATH
     python3 benchmarks/gpu/v1_v2_greedy.py --shape $SHAPE --tokenizer .gpu-tok 2>&1 | tee "$OUT/v1_v2_greedy.log" | grep -v -i "warn\|info" | tail -22 ;;
   modes)
