@@ -78,7 +78,8 @@ class Admission:
         A valid budget gets a nonce here, in the frontend: the request's identity, which lets
         a preempted and resumed request find its state again. An answer budget without a maximum
         gets its derived maximum here too (`Budget.with_answer_room`), written back into the args.
-        Early exit (`probe_*`) is refused: it needs budgetforce's own engine loop.
+        Early exit (`probe_*`) is refused unless a frontend that probes (the budget layer) gave the
+        request its stats-board row, where its probes close the thinking.
         """
         args = sampling_params.extra_args
         if args and EXTRA_KEY in args:
@@ -88,7 +89,7 @@ class Admission:
                 raise ValueError(f"`{EXTRA_KEY}` in extra_args is not a budgetforce plan: {e!r}") from None
             return
         probe = next((k for k in PROBE_FIELDS if args and k in args), None)
-        if probe is not None:
+        if probe is not None and not (args.get(BOARD_NAME_KEY) and BOARD_KEY_KEY in args):
             raise ValueError(EARLY_EXIT_MESSAGE.format(param=probe))
         try:
             budget = budget_from_xargs(args)

@@ -50,9 +50,10 @@ REPORT_KEYS: dict[Mode, tuple[str, ...]] = {
     "early_exit": ("early_exit", "probes", "probe_tokens"),
 }
 EARLY_EXIT_MESSAGE = (
-    "early exit by answer probes (`{param}`) runs only on budgetforce's Python engine "
-    "(`budgetforce.BudgetForcingEngine`) and `budgetforce serve --legacy-server`; vLLM's own server "
-    "cannot pause a request to probe it. Drop the `probe_*` fields, or use one of those"
+    "early exit by answer probes (`{param}`) needs a frontend that probes: budgetforce's budget layer "
+    "(`budgetforce serve`, or `vllm serve --middleware budgetforce.serving.BudgetMiddleware`) or its Python "
+    "engine (`budgetforce.BudgetForcingEngine`); the logits processor alone cannot. Drop the `probe_*` "
+    "fields, or add the budget layer"
 )
 
 
@@ -299,9 +300,9 @@ def budget_error(exc: ValidationError) -> BudgetError:
 
 
 # -- a request's budget fields, and the one precedence order ---------------------------------------
-# Everything below is shared by every HTTP layer (`budgetforce.serving`, the vLLM app's middleware,
-# and the legacy server): which fields a request may carry, how they map onto one `Budget`, and the
-# operator's defaults. It knows nothing of vLLM or HTTP.
+# Everything below is what the HTTP layer (`budgetforce.serving`) and the benchmarks share: which
+# fields a request may carry, how they map onto one `Budget`, and the operator's defaults. It knows
+# nothing of vLLM or HTTP.
 
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]  # OpenAI's levels, and vLLM's `max`
 
@@ -559,8 +560,8 @@ class BudgetRequest(BaseModel):
         description='Texts that end a paragraph for scheduled waits (default ["\\n\\n"]).',
     )  # fmt: skip
     probe_every: int | None = Field(
-        None, ge=1, description="Early exit: thinking tokens between answer probes (Python engine and "
-        "`--legacy-server` only).",
+        None, ge=1, description="Early exit: thinking tokens between answer probes (the budget layer and the "
+        "Python engine; not the processor alone).",
     )  # fmt: skip
     probe_agree: int | None = Field(None, ge=1, description="Agreeing probes in a row that end thinking (default 2).")
     probe_lead: ProbeLead | None = Field(

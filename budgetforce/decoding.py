@@ -6,6 +6,8 @@ from typing import Any
 
 from tokenizers.decoders import DecodeStream
 
+CONTEXT_IDS = 8  # prompt ids read before a text: enough for the decoder's leading-space rules
+
 
 class IncrementalDecoder:
     """Turns ids into text deltas one id at a time, holding back incomplete characters.
@@ -20,12 +22,17 @@ class IncrementalDecoder:
         True
     """
 
-    __slots__ = ("_backend", "_stream", "_held")
+    __slots__ = ("_backend", "_stream", "_held", "_skip")
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True, context: list[int] | None = None) -> None:
+        """``context``: ids before the text (a prompt), read but not shown, as vLLM's detokenizer reads
+        the prompt's tail, so the first ids decode as they do after it (a leading space kept)."""
         self._backend = tokenizer.backend_tokenizer  # a "fast" tokenizer's Rust core
-        self._stream = DecodeStream(skip_special_tokens=True)
+        self._skip = skip_special_tokens
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
         self._held: list[int] = []  # ids the stream has not turned into text yet
+        for i in (context or [])[-CONTEXT_IDS:]:
+            self._stream.step(self._backend, i)
 
     def push(self, ids: list[int]) -> str:
         parts = []
@@ -40,7 +47,7 @@ class IncrementalDecoder:
 
     def flush(self) -> str:
         """The held-back ids as text (an incomplete character becomes U+FFFD)."""
-        text = self._backend.decode(self._held, skip_special_tokens=True) if self._held else ""
+        text = self._backend.decode(self._held, skip_special_tokens=self._skip) if self._held else ""
         self._held.clear()
-        self._stream = DecodeStream(skip_special_tokens=True)
+        self._stream = DecodeStream(skip_special_tokens=self._skip)
         return text

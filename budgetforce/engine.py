@@ -4,6 +4,10 @@ The engine strategy hands each request's plan to `BudgetForcingLogitsProcessor` 
 `SamplingParams.extra_args`; the rounds strategy is s1's loop (stop at a close attempt, append
 the wait ids, resubmit) on the same engine, relying on prefix caching. Both are driven by
 `ThinkingController`, and both stream reasoning deltas, then answer deltas.
+
+The generation sources (`engine_source`, `rounds_source`, the answer prober) take an `EngineSide`:
+any vLLM engine client, so the budget layer on vLLM's own server runs the same loops on its
+`engine_client` (`budgetforce.serving.orchestrate`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,8 +53,8 @@ class BudgetStats:
 
 
 @dataclass(slots=True)
-class _Tally:
-    """What a generation source knows at its end, beyond the token ids."""
+class Tally:
+    """What a generation source knows at its end, beyond the token ids (the budget report reads it)."""
 
     waits: int | None = 0
     scheduled: int | None = 0
@@ -119,6 +123,7 @@ class BudgetForcingEngine:
         self.max_model_len = max_model_len
         self._observer_plan = profile.plan(Budget())  # delimiters only: tracks spans, forces nothing
         self._board = StatsBoard()
+        self._side = EngineSide(llm, tokenizer, self._observer_plan, self._board)
 
     @classmethod
     def from_model(
@@ -170,19 +175,7 @@ class BudgetForcingEngine:
 
     def plan(self, budget: Budget | None, max_tokens: int | None) -> ForcingPlan | None:
         """The request's plan, or None without a budget; raises `BudgetError` for impossible ones."""
-        if budget is None or not budget.is_active:
-            return None
-        plan = self.profile.plan(budget)
-        fitted = budget.with_answer_room(max_tokens, plan.forced_end_length)
-        if fitted is not budget:  # the answer budget left the thinking a maximum
-            budget, plan = fitted, self.profile.plan(fitted)
-        budget.check_room(max_tokens, reserved=plan.forced_end_length)
-        if budget.probe_every is not None and budget.strategy == "rounds":
-            raise BudgetError(
-                "early exit (`probe_every`) runs with the engine strategy; drop `budget_strategy: rounds`",
-                param="probe_every",
-            )
-        return plan
+        return plan_for(self.profile, budget, max_tokens)
 
     def _max_tokens(self, prompt_len: int, max_tokens: int | None) -> int:
         room = self.max_model_len - prompt_len
@@ -241,13 +234,17 @@ class BudgetForcingEngine:
         plan = self.plan(budget, max_tokens)
         request_id = request_id or uuid.uuid4().hex
         strategy = budget.strategy if plan is not None and budget is not None else None
-        tally = _Tally()
+        tally = Tally()
         if plan is not None and strategy == "rounds":
-            source = self._rounds(prompt_ids, plan, max_tokens, request_id, sampling, tally)
+            source = rounds_source(self._side, prompt_ids, plan, max_tokens, request_id, sampling, tally)
         else:
-            source = self._engine(prompt_ids, plan, max_tokens, request_id, sampling, tally, budget)
+            from vllm.inputs import TokensPrompt
+
+            params = sampling_params(sampling, max_tokens=max_tokens)
+            prompt = TokensPrompt(prompt_token_ids=prompt_ids)
+            source = engine_source(self._side, prompt, prompt_ids, params, plan, request_id, tally, budget)
         splitter = Splitter(self.tokenizer, ThinkingController(self._observer_plan, prompt_ids))
-        async for ids, finish in source:
+        async for ids, finish, _ in source:
             reasoning, answer = splitter.push(ids)
             if finish is not None:
                 rest_reasoning, rest_answer = splitter.flush()
@@ -260,7 +257,7 @@ class BudgetForcingEngine:
             return
         raise GenerationFailed("error")  # a source ends with a finish reason; this is a bug
 
-    def _stats(self, splitter: Splitter, plan: ForcingPlan | None, strategy: str | None, tally: _Tally) -> BudgetStats:
+    def _stats(self, splitter: Splitter, plan: ForcingPlan | None, strategy: str | None, tally: Tally) -> BudgetStats:
         obs = splitter.ctl  # an observer: it follows the spans as generated, forcing nothing
         thinking, answer = obs.thinking_tokens, obs.answer_tokens
         if plan is None:
@@ -277,159 +274,205 @@ class BudgetForcingEngine:
             tally.early_exit, tally.probes, tally.probe_tokens, enforced, reason,
         )
 
-    def _params(self, sampling: dict[str, Any], **overrides: Any) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+def plan_for(profile: ResolvedProfile, budget: Budget | None, max_tokens: int | None) -> ForcingPlan | None:
+    """A request's plan under ``max_tokens``, or None without a budget; raises `BudgetError` for impossible ones."""
+    if budget is None or not budget.is_active:
+        return None
+    plan = profile.plan(budget)
+    fitted = budget.with_answer_room(max_tokens, plan.forced_end_length)
+    if fitted is not budget:  # the answer budget left the thinking a maximum
+        budget, plan = fitted, profile.plan(fitted)
+    budget.check_room(max_tokens, reserved=plan.forced_end_length)
+    if budget.probe_every is not None and budget.strategy == "rounds":
+        raise BudgetError(
+            "early exit (`probe_every`) runs with the engine strategy; drop `budget_strategy: rounds`",
+            param="probe_every",
+        )
+    return plan
 
-        return SamplingParams(**{**sampling, **overrides}, output_kind=RequestOutputKind.DELTA, detokenize=False)
 
-    async def _engine(
-        self, prompt_ids: list[int], plan: ForcingPlan | None, max_tokens: int, request_id: str,
-        sampling: dict[str, Any], tally: _Tally, budget: Budget | None = None,
-    ) -> AsyncIterator[tuple[list[int], FinishReason | None]]:
-        """Yields (new ids, finish reason once finished); fills ``tally`` before the last."""
-        from vllm.inputs import TokensPrompt
+@dataclass(frozen=True, slots=True)
+class EngineSide:
+    """What the generation sources need of an engine: vLLM's engine client (budgetforce's `AsyncLLM`,
+    or the `engine_client` of vLLM's API server), the tokenizer, the delimiters-only plan and the
+    stats board (None: no board, so no waits count and no early exit)."""
 
-        from budgetforce.wire import plan_to_args
+    client: Any
+    tokenizer: Any
+    observer: ForcingPlan
+    board: Any = None  # budgetforce.stats_board.StatsBoard
 
-        key, nonce = self._board.acquire() if plan is not None else (-1, 0)
-        probe = _Prober(self, prompt_ids, plan, budget, request_id, key, nonce) if plan is not None and plan.early_exit else None
-        try:
-            extra = plan_to_args(plan, self._board.name, key, nonce) if plan is not None else None
-            params = self._params(sampling, max_tokens=max_tokens, extra_args=extra)
-            ids: list[int] = []
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id):
-                o = out.outputs[0]
-                ids.extend(o.token_ids)
-                if probe is not None and not out.finished:
-                    probe.feed(o.token_ids)
-                if out.finished:
-                    if key >= 0:
-                        tally.waits = self._board.waits(key, nonce, ids)
-                        tally.scheduled = self._board.scheduled_waits(key, nonce, ids)
-                        tally.early_exit = self._board.exited(key, nonce)
-                        tally.failure = self._board.failure(key, nonce)
-                    if probe is not None:
-                        await probe.close()
-                        tally.probes, tally.probe_tokens = probe.count, probe.tokens
-                    yield list(o.token_ids), _finish(o.finish_reason)
-                    return
-                yield list(o.token_ids), None
-        finally:
-            if probe is not None:
-                await probe.close()
-            if key >= 0:
-                self._board.release(key)
 
-    async def _rounds(
-        self, prompt_ids: list[int], plan: ForcingPlan, max_tokens: int, request_id: str, sampling: dict[str, Any],
-        tally: _Tally,
-    ) -> AsyncIterator[tuple[list[int], FinishReason | None]]:
-        """s1's loop, per request: generate to a point where the rules act (a close attempt, a paragraph
-        break, the maximum, ...), let the controller act there, resubmit.
+# (new ids, the finish reason once finished, vLLM's `RequestOutput` delta: None for ids the frontend forced)
+Piece = tuple[list[int], "FinishReason | None", Any]
 
-        The reference for the engine strategy: under greedy decoding both give the same tokens.
-        """
-        from vllm.inputs import TokensPrompt
 
-        seed0 = sampling.get("seed")
-        rng_seed = seed0 if seed0 is not None else random.getrandbits(62)
-        ctl = ThinkingController(plan, prompt_ids, rng_key=seed_key(rng_seed, prompt_ids))
-        out: list[int] = []
-        round_no = 0
+def sampling_params(sampling: dict[str, Any], **overrides: Any) -> Any:
+    """vLLM `SamplingParams` for one engine request of a source: deltas, no detokenising."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
-        def done(reason: FinishReason) -> tuple[list[int], FinishReason]:
-            tally.waits, tally.scheduled = ctl.waits_inserted, ctl.scheduled_waits
-            return [], reason
+    return SamplingParams(**{**sampling, **overrides}, output_kind=RequestOutputKind.DELTA, detokenize=False)
 
-        while True:
-            remaining = max_tokens - len(out)
-            if remaining <= 0:
-                yield done("length")
+
+async def engine_source(
+    side: EngineSide, prompt: Any, prompt_ids: list[int], params: Any, plan: ForcingPlan | None, request_id: str,
+    tally: Tally, budget: Budget | None = None, extra_args: Callable[..., dict[str, Any]] | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[Piece]:
+    """The engine strategy: one engine request, forced by the logits processor, probed for an early
+    exit when the budget asks. ``extra_args(plan, board_name, key, nonce)`` says how the processor
+    is told the budget and its stats-board row (default: budgetforce's engine plan; the budget layer
+    sends `vllm_xargs`, which `budgetforce.vllm:BudgetForcing` reads). Fills ``tally`` before the
+    last piece. ``kwargs`` go to the client's `generate`."""
+    from budgetforce.wire import plan_to_args
+
+    extra_args = extra_args or plan_to_args
+    board = side.board
+    key, nonce = board.acquire() if plan is not None and board is not None else (-1, 0)
+    probe = _Prober(side, prompt_ids, plan, budget, request_id, key, nonce, kwargs) \
+        if plan is not None and plan.early_exit and key >= 0 else None  # fmt: skip
+    try:
+        if plan is not None:
+            params = params.clone()
+            params.extra_args = {**(params.extra_args or {}), **extra_args(plan, board.name if key >= 0 else None, key, nonce)}
+        ids: list[int] = []
+        async for out in side.client.generate(prompt, params, request_id, **kwargs):
+            o = out.outputs[0]
+            ids.extend(o.token_ids)
+            if probe is not None and not out.finished:
+                probe.feed(o.token_ids)
+            if out.finished:
+                if key >= 0:
+                    tally.waits = board.waits(key, nonce, ids)
+                    tally.scheduled = board.scheduled_waits(key, nonce, ids)
+                    tally.early_exit = board.exited(key, nonce)
+                    tally.failure = board.failure(key, nonce)
+                elif plan is not None:  # no board: the engine's counts cannot reach this frontend
+                    tally.waits = tally.scheduled = tally.failure = None
+                if probe is not None:
+                    await probe.close()
+                    tally.probes, tally.probe_tokens = probe.count, probe.tokens
+                yield list(o.token_ids), _finish(o.finish_reason), out
                 return
-            kind, token = ctl.action()
-            if kind == Action.FORCE:
-                ctl.accept(token)
-                out.append(token)
-                yield [token], None
-                if ctl.answer_truncated:  # the forced end of the answer
-                    yield done("stop")
-                    return
-                continue
-            limit, bias = remaining, sampling.get("logit_bias")
-            round_phase = ctl.phase
-            if ctl.phase is Phase.THINKING:  # stop wherever the rules may act
-                stops = set(plan.close_attempts)
-                if ctl.quenching:
-                    stops |= plan.wait_firsts
-                elif plan.alpha_moment > 0:
-                    stops |= plan.breaks
-                to_event = ctl.tokens_to_event()
-                if to_event is not None:
-                    limit = min(remaining, to_event)
-                if ctl.banned_now():  # vLLM's strongest bias, over the user's
-                    bias = {**(bias or {}), **{t: -100.0 for t in ctl.banned_now()}}
-            elif ctl.phase is Phase.BEFORE:  # stop where the thinking may open
-                stops = {plan.think_start[-1]}
-            else:
-                stops = set()
-                if plan.max_answer is not None:
-                    limit = min(remaining, plan.max_answer - ctl.answer_tokens)
-            # min_tokens counts the whole completion: each round owes what is still missing
-            owed = max(0, min(sampling.get("min_tokens") or 0, max_tokens) - len(out))
-            if ctl.just_waited:  # s1 resubmits after a wait with min_tokens=1: no close as the first token
-                owed = max(owed, 1)
-            round_no += 1
-            seed = seed0
-            if seed is not None and round_no > 1:  # fresh randomness each round (a reused seed would replay its draws)
-                seed = (seed + (round_no - 1) * 0x9E3779B97F4A7C15) % (1 << 63)
-            params = self._params(
-                sampling, max_tokens=limit, stop_token_ids=sorted(stops) or None, min_tokens=min(owed, limit),
-                seed=seed, logit_bias=bias,
-            )
-            new: list[int] = []
-            reason: str | None = None
-            stopped_on: int | None = None
-            async for res in self.llm.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids + out), params, f"{request_id}-{round_no}"
-            ):
-                chunk = list(res.outputs[0].token_ids)
-                if res.finished:
-                    reason = res.outputs[0].finish_reason
-                    # a stop token can only be the last one of a round
-                    if reason == "stop" and round_phase is Phase.THINKING and chunk and chunk[-1] in stops:
-                        stopped_on = chunk.pop()
-                for t in chunk:
-                    ctl.accept(t)
-                out.extend(chunk)
-                new.extend(chunk)
-                if chunk:
-                    yield chunk, None
-            if stopped_on is not None:
-                if stopped_on in plan.close_attempts and ctl.guarding:  # s1: the close becomes the wait string
-                    replacement = ctl.action()[1]
-                    ctl.accept(replacement, replaced=True)
-                elif stopped_on in plan.eos and not plan.is_budgeted:  # modes only: the sequence ends in its thinking
-                    ctl.accept(stopped_on)
-                    out.append(stopped_on)
-                    yield [stopped_on], None
-                    yield done("stop")
-                    return
-                elif stopped_on in plan.close_attempts or stopped_on in plan.wait_firsts:
-                    # past the minimum an end of sequence closes (s1); past the alpha moment a wait does
-                    replacement = plan.think_end[0]
-                    ctl.accept(replacement)
-                else:  # a paragraph break: kept; the controller may schedule a wait after it
-                    replacement = stopped_on
-                    ctl.accept(replacement)
-                out.append(replacement)
-                yield [replacement], None
-                continue
-            opened = round_phase is Phase.BEFORE and reason == "stop" and new[-1:] == [plan.think_start[-1]]
-            if opened or (reason == "length" and len(out) < max_tokens):
-                continue  # the thinking may have opened, or a rule's mark was reached
-            yield done(_finish(reason))
+            yield list(o.token_ids), None, out
+    finally:
+        if probe is not None:
+            await probe.close()
+        if key >= 0:
+            board.release(key)
+
+
+async def rounds_source(
+    side: EngineSide, prompt_ids: list[int], plan: ForcingPlan, max_tokens: int, request_id: str,
+    sampling: dict[str, Any], tally: Tally, **kwargs: Any,
+) -> AsyncIterator[Piece]:
+    """s1's loop, per request: generate to a point where the rules act (a close attempt, a paragraph
+    break, the maximum, ...), let the controller act there, resubmit. ``sampling``: `SamplingParams`
+    fields; ``kwargs`` go to the client's `generate`.
+
+    The reference for the engine strategy: under greedy decoding both give the same tokens.
+    """
+    from vllm.inputs import TokensPrompt
+
+    seed0 = sampling.get("seed")
+    rng_seed = seed0 if seed0 is not None else random.getrandbits(62)
+    ctl = ThinkingController(plan, prompt_ids, rng_key=seed_key(rng_seed, prompt_ids))
+    out: list[int] = []
+    round_no = 0
+
+    def done(reason: FinishReason) -> Piece:
+        tally.waits, tally.scheduled = ctl.waits_inserted, ctl.scheduled_waits
+        return [], reason, None
+
+    while True:
+        remaining = max_tokens - len(out)
+        if remaining <= 0:
+            yield done("length")
             return
+        kind, token = ctl.action()
+        if kind == Action.FORCE:
+            ctl.accept(token)
+            out.append(token)
+            yield [token], None, None
+            if ctl.answer_truncated:  # the forced end of the answer
+                yield done("stop")
+                return
+            continue
+        limit, bias = remaining, sampling.get("logit_bias")
+        round_phase = ctl.phase
+        if ctl.phase is Phase.THINKING:  # stop wherever the rules may act
+            stops = set(plan.close_attempts)
+            if ctl.quenching:
+                stops |= plan.wait_firsts
+            elif plan.alpha_moment > 0:
+                stops |= plan.breaks
+            to_event = ctl.tokens_to_event()
+            if to_event is not None:
+                limit = min(remaining, to_event)
+            if ctl.banned_now():  # vLLM's strongest bias, over the user's
+                bias = {**(bias or {}), **{t: -100.0 for t in ctl.banned_now()}}
+        elif ctl.phase is Phase.BEFORE:  # stop where the thinking may open
+            stops = {plan.think_start[-1]}
+        else:
+            stops = set(sampling.get("stop_token_ids") or ())
+            if plan.max_answer is not None:
+                limit = min(remaining, plan.max_answer - ctl.answer_tokens)
+        # min_tokens counts the whole completion: each round owes what is still missing
+        owed = max(0, min(sampling.get("min_tokens") or 0, max_tokens) - len(out))
+        if ctl.just_waited:  # s1 resubmits after a wait with min_tokens=1: no close as the first token
+            owed = max(owed, 1)
+        round_no += 1
+        seed = seed0
+        if seed is not None and round_no > 1:  # fresh randomness each round (a reused seed would replay its draws)
+            seed = (seed + (round_no - 1) * 0x9E3779B97F4A7C15) % (1 << 63)
+        params = sampling_params(
+            sampling, max_tokens=limit, stop_token_ids=sorted(stops) or None, min_tokens=min(owed, limit),
+            seed=seed, logit_bias=bias,
+        )
+        new: list[int] = []
+        reason: str | None = None
+        stopped_on: int | None = None
+        async for res in side.client.generate(
+            TokensPrompt(prompt_token_ids=prompt_ids + out), params, f"{request_id}-{round_no}", **kwargs
+        ):
+            chunk = list(res.outputs[0].token_ids)
+            if res.finished:
+                reason = res.outputs[0].finish_reason
+                # a stop token can only be the last one of a round
+                if reason == "stop" and round_phase is Phase.THINKING and chunk and chunk[-1] in stops:
+                    stopped_on = chunk.pop()
+            for t in chunk:
+                ctl.accept(t)
+            out.extend(chunk)
+            new.extend(chunk)
+            if chunk:
+                yield chunk, None, None
+        if stopped_on is not None:
+            if stopped_on in plan.close_attempts and ctl.guarding:  # s1: the close becomes the wait string
+                replacement = ctl.action()[1]
+                ctl.accept(replacement, replaced=True)
+            elif stopped_on in plan.eos and not plan.is_budgeted:  # modes only: the sequence ends in its thinking
+                ctl.accept(stopped_on)
+                out.append(stopped_on)
+                yield [stopped_on], None, None
+                yield done("stop")
+                return
+            elif stopped_on in plan.close_attempts or stopped_on in plan.wait_firsts:
+                # past the minimum an end of sequence closes (s1); past the alpha moment a wait does
+                replacement = plan.think_end[0]
+                ctl.accept(replacement)
+            else:  # a paragraph break: kept; the controller may schedule a wait after it
+                replacement = stopped_on
+                ctl.accept(replacement)
+            out.append(replacement)
+            yield [replacement], None, None
+            continue
+        opened = round_phase is Phase.BEFORE and reason == "stop" and new[-1:] == [plan.think_start[-1]]
+        if opened or (reason == "length" and len(out) < max_tokens):
+            continue  # the thinking may have opened, or a rule's mark was reached
+        yield done(_finish(reason))
+        return
 
 
 class _Prober:
@@ -444,16 +487,18 @@ class _Prober:
     """
 
     def __init__(
-        self, engine: BudgetForcingEngine, prompt_ids: list[int], plan: ForcingPlan, budget: Budget | None,
-        request_id: str, key: int, nonce: int,
+        self, side: EngineSide, prompt_ids: list[int], plan: ForcingPlan, budget: Budget | None,
+        request_id: str, key: int, nonce: int, kwargs: dict[str, Any],
     ) -> None:
         assert budget is not None and budget.probe_every is not None
-        self.engine, self.plan, self.key, self.nonce = engine, plan, key, nonce
+        self.side, self.plan, self.key, self.nonce = side, plan, key, nonce
         self.every, self.agree, self.max_tokens = budget.probe_every, budget.probe_agree, budget.probe_max_tokens
         lead = budget.probe_lead if budget.probe_lead is not None else DEFAULT_PROBE_LEAD
-        self.tail = list(plan.think_end) + list(engine.tokenizer.encode(lead, add_special_tokens=False))
+        self.tail = list(plan.think_end) + list(side.tokenizer.encode(lead, add_special_tokens=False))
         self.prompt_ids, self.request_id = prompt_ids, request_id
-        self.ctl = ThinkingController(engine._observer_plan, prompt_ids)
+        # the request's adapter and scheduling, nothing that would tie a probe to its row or trace
+        self.kwargs = {k: v for k, v in kwargs.items() if k in ("lora_request", "priority", "data_parallel_rank")}
+        self.ctl = ThinkingController(side.observer, prompt_ids)
         self.ids: list[int] = []
         # a minimum is a minimum: probing starts once the thinking may close on its own
         self.next_at = max(self.every, plan.min_thinking)
@@ -479,17 +524,17 @@ class _Prober:
     async def _probe(self, ids: list[int], n: int) -> None:
         from vllm.inputs import TokensPrompt
 
-        params = self.engine._params({}, max_tokens=self.max_tokens, temperature=0.0, stop_token_ids=sorted(self.plan.eos))
+        params = sampling_params({}, max_tokens=self.max_tokens, temperature=0.0, stop_token_ids=sorted(self.plan.eos))
         got: list[int] = []
         prompt = TokensPrompt(prompt_token_ids=self.prompt_ids + ids + self.tail)
-        async for res in self.engine.llm.generate(prompt, params, f"{self.request_id}-probe{n}"):
+        async for res in self.side.client.generate(prompt, params, f"{self.request_id}-probe{n}", **self.kwargs):
             got.extend(res.outputs[0].token_ids)
         self.tokens += len(got)
-        answer = probe_answer(self.engine.tokenizer.decode([t for t in got if t not in self.plan.eos]))
+        answer = probe_answer(self.side.tokenizer.decode([t for t in got if t not in self.plan.eos]))
         self.streak = self.streak + 1 if answer and answer == self.last else 1
         self.last = answer
         if answer and self.streak >= self.agree and not self.exit_asked:
-            self.exit_asked = self.engine._board.request_exit(self.key, self.nonce)
+            self.exit_asked = self.side.board.request_exit(self.key, self.nonce)
 
     async def close(self) -> None:
         """Stop a probe still running (the request has finished)."""

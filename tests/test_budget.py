@@ -3,7 +3,6 @@ the answer budget's share of the token cap, `vllm_xargs` parsing, and what the r
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -222,48 +221,56 @@ def test_xargs_are_flat_and_a_string_is_a_one_element_list() -> None:
     assert xarg_budget_fields(None) == {} and xarg_budget_fields({"seed": 1}) == {}
 
 
-# -- the legacy server's report --------------------------------------------------------------------------------
-def test_legacy_report_carries_only_the_modes_used() -> None:
-    from budgetforce.legacy_server.generation import report
-
-    stats = SimpleNamespace(
-        thinking_tokens=10, waits_inserted=1, forced_end=False, strategy="engine", scheduled_waits=None,
-        answer_tokens=4, answer_truncated=True, intervened=True, early_exit=True, probes=3, probe_tokens=30,
-    )  # fmt: skip
-    plain = report(stats, Budget(max_thinking_tokens=10)).model_dump()  # type: ignore[arg-type]
-    assert set(plain) == {"thinking_tokens", "waits_inserted", "forced_end", "strategy"}
-    modes = Budget(max_answer_tokens=4, alpha_moment_tokens=5, probe_every=8, thinking_intervention="x")
-    out = report(stats, modes).model_dump()  # type: ignore[arg-type]
-    assert out["answer_tokens"] == 4 and out["answer_truncated"] is True and out["intervened"] is True
-    assert "scheduled_waits" in out and out["scheduled_waits"] is None  # used but unknown: null, not absent
-    assert (out["early_exit"], out["probes"], out["probe_tokens"]) == (True, 3, 30)
-
-
+# -- the engine's report ----------------------------------------------------------------------------------------
 def test_engine_stats_have_every_report_key() -> None:
     from dataclasses import fields
 
     from budgetforce.budget import REPORT_KEYS
     from budgetforce.engine import BudgetStats
-    from budgetforce.legacy_server.protocol import BudgetReport
 
     keys = {k for ks in REPORT_KEYS.values() for k in ks}
-    assert keys <= {f.name for f in fields(BudgetStats)} and keys <= set(BudgetReport.model_fields)
+    assert keys <= {f.name for f in fields(BudgetStats)}
 
 
-def test_legacy_report_of_a_choice_cut_by_a_stop_string() -> None:
-    """Counted on the ids: the answer and the intervention; what only the engine knows is null."""
-    from transformers import AutoTokenizer
+# -- the one precedence order, and the operator's defaults ------------------------------------------------------
+def _resolve(defaults: BudgetDefaults | None = None, **fields: Any) -> tuple[int, int | None, str | None]:
+    resolved = BudgetRequest.model_validate(fields).resolve(defaults or BudgetDefaults())
+    budget = resolved.budget
+    return (budget.min_thinking_tokens, budget.max_thinking_tokens, resolved.max_source) if budget else (0, None, None)
 
-    from budgetforce.legacy_server.generation import Job, _Choice, _report_when_cut
-    from budgetforce.profile import detect_profile
-    from budgetforce.student import STUDENT_PATH
 
-    tok = AutoTokenizer.from_pretrained(STUDENT_PATH)
-    engine = SimpleNamespace(profile=detect_profile(tok).resolve(tok))
-    lead = tok.encode("Be brief.", add_special_tokens=False)
-    choice = _Choice(prompt_ids=[2, 70, 3, 4], cutter=None, ids=[70, *lead, 5, 72, 73])
-    budget = Budget(max_answer_tokens=2, thinking_intervention="Be brief.", alpha_moment_tokens=50, probe_every=8)
-    job = Job("r", [choice.prompt_ids], 1, budget, {}, None, ["x"], False)
-    out = _report_when_cut(engine, job, choice).model_dump()  # type: ignore[arg-type]
-    assert (out["answer_tokens"], out["answer_truncated"], out["intervened"]) == (2, True, True)
-    assert out["scheduled_waits"] is None and out["probes"] is None and out["waits_inserted"] is None
+def test_budget_precedence() -> None:
+    every = {
+        "thinking_token_budget": 50, "reasoning": {"max_tokens": 40, "effort": "low"},
+        "thinking": {"type": "enabled", "budget_tokens": 30}, "reasoning_effort": "minimal",
+    }  # fmt: skip
+    assert _resolve(**every, max_thinking_tokens=60) == (0, 60, "max_thinking_tokens")
+    assert _resolve(**every) == (0, 50, "thinking_token_budget")
+    assert _resolve(**{**every, "thinking_token_budget": -1}) == (0, 40, "reasoning.max_tokens")
+    assert _resolve(thinking={"type": "enabled", "budget_tokens": 30}, reasoning={"effort": "low"}) == (
+        0, 30, "thinking.budget_tokens",
+    )  # fmt: skip
+    assert _resolve(reasoning={"effort": "low"}, reasoning_effort="minimal") == (0, 1024, None)
+    assert _resolve(reasoning_effort="high") == (1024, 16384, None)
+    assert _resolve(reasoning_effort="xhigh") == (2048, 32768, None)
+    assert _resolve(reasoning_effort="max") == (4096, 65536, None)
+    assert _resolve(reasoning={"effort": "xhigh"}, reasoning_effort="low") == (2048, 32768, None)
+    assert _resolve(thinking={"type": "enabled"}) == (0, None, None)  # enabled without a budget: no change
+    defaults = BudgetDefaults(default_min_thinking_tokens=100, default_max_thinking_tokens=200)
+    assert _resolve(defaults) == (100, 200, None)
+    assert _resolve(defaults, thinking_token_budget=10) == (10, 10, "thinking_token_budget")  # the default min yields
+    assert _resolve(min_thinking_tokens=2000, reasoning_effort="low") == (2000, 2000, None)  # the table's max yields
+    assert _resolve(defaults, min_thinking_tokens=5) == (5, 200, None)
+
+
+def test_effort_table_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = '{"low": {"max_thinking_tokens": 512}, "max": {"min_thinking_tokens": 3000}}'
+    monkeypatch.setenv("BUDGETFORCE_REASONING_EFFORT_BUDGETS", table)
+    monkeypatch.setenv("BUDGETFORCE_MAX_THINKING_TOKENS_LIMIT", "4096")
+    defaults = BudgetDefaults()
+    assert _resolve(defaults, reasoning_effort="low") == (0, 512, None)
+    assert _resolve(defaults, reasoning_effort="max") == (3000, 4096, None)  # the operator's, capped by the limit
+    assert _resolve(defaults, reasoning={"effort": "xhigh"}) == (2048, 4096, None)  # default entry, capped
+    assert _resolve(defaults, reasoning_effort="medium") == (0, 4096, None)
+    assert _resolve(defaults, reasoning_effort="high") == (1024, 4096, None)
+    assert _resolve(defaults) == (0, 4096, None)  # the limit is also the maximum of requests without one

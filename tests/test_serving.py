@@ -201,6 +201,84 @@ def test_text_completions_with_a_budget(client: Any) -> None:
     assert chunks[-1].model_extra["budget"] == report
 
 
+# -- the strategies the budget layer runs itself: s1's rounds loop, early exit ---------------------------
+def test_greedy_rounds_equal_the_engine_token_for_token(client: Any) -> None:
+    """s1's loop, issued by the budget layer on vLLM's engine client, against the logits processor:
+    greedy, with waits and with a forced end; chat full and streamed, and a text completion."""
+    waits = forced = 0
+    for budget in ({"min_thinking_tokens": 150, "max_thinking_tokens": 200}, {"max_thinking_tokens": 30}):
+        engine = chat(client, budget, temperature=0, extra_body={"return_token_ids": True})
+        rounds = chat(client, {**budget, "budget_strategy": "rounds"}, temperature=0, extra_body={"return_token_ids": True})
+        e, r = engine.choices[0], rounds.choices[0]
+        assert r.model_extra["token_ids"] == e.model_extra["token_ids"], budget
+        assert r.message.content == e.message.content and r.finish_reason == e.finish_reason
+        assert r.message.model_extra["reasoning"] == e.message.model_extra["reasoning"]
+        assert r.model_extra["budget"] == {**e.model_extra["budget"], "strategy": "rounds"}, budget
+        assert rounds.usage.model_dump() == engine.usage.model_dump()
+        waits += r.model_extra["budget"]["waits_inserted"]
+        forced += r.model_extra["budget"]["forced_end"]
+    assert waits >= 1 and forced == 1, "the budgets should both insert waits and force an end"
+
+    budget = {"min_thinking_tokens": 150, "max_thinking_tokens": 200, "budget_strategy": "rounds"}
+    full = chat(client, budget, temperature=0)
+    stream = chat(client, budget, temperature=0, stream=True, stream_options={"include_usage": True})
+    reasoning, content, report, usage = [], [], None, None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            reasoning.append((c.delta.model_extra or {}).get("reasoning") or "")
+            content.append(c.delta.content or "")
+            report = c.model_extra.get("budget") or report
+    assert "".join(reasoning) == full.choices[0].message.model_extra["reasoning"]
+    assert "".join(content) == full.choices[0].message.content
+    assert report == full.choices[0].model_extra["budget"] and usage.model_dump() == full.usage.model_dump()
+
+    prompt = "<｜User｜>How many apples are in 4 bags of 3?<｜Assistant｜><think>\n"
+    common: dict[str, Any] = {"model": MODEL, "prompt": prompt, "max_tokens": 300, "temperature": 0, "seed": 1}
+    text_budget = {"min_thinking_tokens": 40, "max_thinking_tokens": 80}
+    text_engine = client.completions.create(**common, extra_body=text_budget).choices[0]
+    text_rounds = client.completions.create(**common, extra_body={**text_budget, "budget_strategy": "rounds"}).choices[0]
+    assert text_rounds.text == text_engine.text and text_rounds.model_extra["reasoning"] == text_engine.model_extra["reasoning"]
+    assert text_rounds.model_extra["budget"] == {**text_engine.model_extra["budget"], "strategy": "rounds"}
+
+
+def test_rounds_choices_are_forced_apart_and_seeded_seed_plus_i(client: Any) -> None:
+    budget = {"min_thinking_tokens": 150, "max_thinking_tokens": 200, "budget_strategy": "rounds", "return_token_ids": True}
+    many = client.chat.completions.create(model=MODEL, messages=QUESTION, max_completion_tokens=300, temperature=0.8,
+                                          n=2, seed=3, extra_body=budget)  # fmt: skip
+    assert [c.index for c in many.choices] == [0, 1]
+    for c in many.choices:
+        report = c.model_extra["budget"]
+        assert 150 <= report["thinking_tokens"] == thinking_of(c.model_extra["token_ids"]) <= 200, report
+        assert isinstance(report["waits_inserted"], int), report  # each choice's own loop counts its waits
+        one = client.chat.completions.create(model=MODEL, messages=QUESTION, max_completion_tokens=300, temperature=0.8,
+                                             seed=3 + c.index, extra_body=budget).choices[0]  # fmt: skip
+        assert one.model_extra["token_ids"] == c.model_extra["token_ids"] and one.model_extra["budget"] == report
+
+
+def test_early_exit_probes_close_the_thinking_and_are_not_billed(client: Any) -> None:
+    """Answer probes on vLLM's server: side requests of the budget layer; the first that answers closes
+    the thinking (`probe_agree: 1`) well before the student would; their tokens are reported, not used."""
+    natural = chat(client, {"max_thinking_tokens": 300}, temperature=0).choices[0].model_extra["budget"]
+    probes = {"max_thinking_tokens": 300, "probe_every": 8, "probe_agree": 1, "probe_max_tokens": 4}
+    out = chat(client, probes, temperature=0, extra_body={"return_token_ids": True})
+    choice = out.choices[0]
+    report = choice.model_extra["budget"]
+    assert report["early_exit"] is True and report["forced_end"] is True and report["enforced"] is True, report
+    assert 1 <= report["probes"] and 1 <= report["probe_tokens"] <= 4 * report["probes"], report
+    assert 8 <= report["thinking_tokens"] == thinking_of(choice.model_extra["token_ids"]) < natural["thinking_tokens"]
+    assert out.usage.completion_tokens == len(choice.model_extra["token_ids"])  # no probe token is the request's
+    assert choice.message.content and choice.finish_reason == "stop"
+    stream = chat(client, probes, temperature=0, stream=True, stream_options={"include_usage": True})
+    finals, usage = [], None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        finals += [c.model_extra["budget"] for c in chunk.choices if c.finish_reason]
+    (streamed,) = finals
+    assert streamed["early_exit"] is True and streamed["probes"] >= 1
+    assert usage.completion_tokens_details.reasoning_tokens == streamed["thinking_tokens"] < natural["thinking_tokens"]
+
+
 # -- vLLM's features, with a budget set ------------------------------------------------------------
 def test_logprobs_and_logit_bias(client: Any) -> None:
     budget = {"max_thinking_tokens": 40}
@@ -252,7 +330,8 @@ def test_named_tool_choice_returns_a_tool_call(client: Any) -> None:
         ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
         ({"wait_strings": [""]}, "wait_strings[0]"),
         ({"vllm_xargs": {"min_thinking_tokens": -3}}, "min_thinking_tokens"),
-        ({"budget_strategy": "rounds", "max_thinking_tokens": 8}, "budget_strategy"),
+        ({"budget_strategy": "rounds", "max_thinking_tokens": 8, "probe_every": 4}, "probe_every"),
+        ({"budget_strategy": "rounds", "max_thinking_tokens": 8, "logprobs": True}, "logprobs"),
         # beyond the device tables (8 wait strings, 64 tokens a forced sequence): refused, not run unforced
         ({"min_thinking_tokens": 5, "wait_strings": [f"Wait {i}" for i in range(9)]}, "wait_strings"),
         ({"max_thinking_tokens": 8, "answer_prefix": "seven " * 70}, "answer_prefix"),
@@ -267,8 +346,6 @@ def test_bad_budgets_are_400_naming_the_field(served: str, body: dict[str, Any],
     assert f"`{param.split('[')[0]}" in error["message"] or param in error["message"]
     if param in ("max_thinking_token", "min_thinking"):
         assert "did you mean `" in error["message"]
-    if param == "budget_strategy":
-        assert "BudgetForcingEngine" in error["message"]
 
 
 @pytest.mark.parametrize("seed", [7, None])

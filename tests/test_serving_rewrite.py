@@ -118,13 +118,38 @@ def test_mode_mistakes_are_400s_naming_the_field(model: ServedModel, fields: dic
 
 
 @pytest.mark.parametrize("where", ["body", "vllm_xargs"])
-def test_early_exit_needs_the_legacy_server(model: ServedModel, where: str) -> None:
+def test_early_exit_and_rounds_are_run_by_the_layer_not_written_into_xargs(model: ServedModel, where: str) -> None:
+    """The budget stays with the layer, which issues the engine requests itself: `vllm_xargs` keeps
+    only what the client put there besides the budget (the processor would refuse `probe_*`)."""
     fields = {"probe_every": 64, "probe_agree": 3}
-    body = fields if where == "body" else {"vllm_xargs": fields}
+    body = fields if where == "body" else {"vllm_xargs": {**fields, "note": 1}}
+    out = rewrite(model, max_tokens=300, **body)
+    assert out.orchestrated and out.budget.probe_every == 64 and out.budget.probe_agree == 3
+    assert out.body.get("vllm_xargs") == ({"note": 1} if where == "vllm_xargs" else None)
+    rounds = rewrite(model, max_tokens=300, n=2, budget_strategy="rounds", min_thinking_tokens=5)
+    assert rounds.orchestrated and rounds.budget.strategy == "rounds" and "vllm_xargs" not in rounds.body
+    assert not rewrite(model, max_tokens=300, min_thinking_tokens=5).orchestrated
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"budget_strategy": "rounds", "probe_every": 8}, "probe_every"),
+        ({"budget_strategy": "rounds", "logprobs": True}, "logprobs"),
+        ({"budget_strategy": "rounds", "response_format": {"type": "json_object"}}, "response_format"),
+    ],
+)
+def test_what_the_rounds_loop_cannot_carry_is_a_400(model: ServedModel, fields: dict[str, Any], param: str) -> None:
     with pytest.raises(RequestError) as err:
-        rewrite(model, max_tokens=300, **body)
-    assert err.value.param == "probe_every" and err.value.code == "unsupported_value"
-    assert "--legacy-server" in err.value.message and "BudgetForcingEngine" in err.value.message
+        rewrite(model, max_tokens=300, max_thinking_tokens=20, **fields)
+    assert err.value.status == 400 and err.value.param == param, err.value.message
+
+
+def test_orchestrated_text_completions_take_one_prompt(model: ServedModel) -> None:
+    body = {"prompt": ["a", "b"], "max_tokens": 300, "budget_strategy": "rounds", "max_thinking_tokens": 20}
+    with pytest.raises(RequestError) as err:
+        prepare(body, "completions", model, BudgetDefaults())
+    assert err.value.param == "prompt" and "2 requests" in err.value.message
 
 
 class _Board:
@@ -141,7 +166,7 @@ class _Board:
 
 
 def test_report_gains_the_keys_of_the_modes_used(model: ServedModel) -> None:
-    from budgetforce.serving.annotate import Annotator
+    from budgetforce.serving.annotate import Annotator, BoardRow
 
     tok = model.tokenizer
     lead = tok.encode("Be brief.", add_special_tokens=False)
@@ -164,14 +189,37 @@ def test_report_gains_the_keys_of_the_modes_used(model: ServedModel) -> None:
     assert annotate(max_answer_tokens=4)["answer_truncated"] is False
     assert annotate(thinking_intervention="Something else.")["intervened"] is False
     assert annotate(alpha_moment_tokens=50)["scheduled_waits"] is None  # no stats board
-    assert annotate((_Board(), 1, 7), alpha_moment_tokens=50)["scheduled_waits"] == 2
+    assert annotate(BoardRow(_Board(), 1, 7), alpha_moment_tokens=50)["scheduled_waits"] == 2
+
+
+def test_an_orchestrated_choice_reports_its_own_sources_counts(model: ServedModel) -> None:
+    """Early exit: the probes are reported apart, an exit counts as a forced end; a choice whose source
+    has not finished (cut by a stop string) says nothing it cannot know."""
+    from budgetforce.budget import Budget
+    from budgetforce.engine import EngineSide, Tally
+    from budgetforce.serving.annotate import Annotator
+    from budgetforce.serving.orchestrate import Orchestrated
+
+    prepared = rewrite(model, max_tokens=300, probe_every=8)
+    run = Orchestrated(prepared.budget, EngineSide(None, model.tokenizer, model.profile.plan(Budget())), model.profile)
+
+    def report() -> dict[str, Any]:
+        body = {"prompt_token_ids": [2, 70, 3, 4], "choices": [{"index": 0, "message": {"content": "x"}, "token_ids": [70, 71, 5, 72, 0]}]}
+        return Annotator(prepared, model, run).json_body(body)["choices"][0]["budget"]
+
+    cut = report()
+    assert (cut["waits_inserted"], cut["probes"], cut["early_exit"], cut["enforced"]) == (None, None, False, None)
+    run.tallies[0] = Tally(waits=0, early_exit=True, probes=2, probe_tokens=8)
+    done = report()
+    assert (done["early_exit"], done["forced_end"], done["probes"], done["probe_tokens"]) == (True, True, 2, 8)
+    assert done["enforced"] is True and done["thinking_tokens"] == 2 and done["waits_inserted"] == 0
 
 
 def test_enforced_reports_what_the_board_and_the_ids_say(model: ServedModel) -> None:
     """`enforced` is true on a healthy board row, false with the row's reason code, and false
     (`max_exceeded`) whenever the ids show the thinking past its maximum, board or not."""
     from budgetforce.forcing import StatsBoard
-    from budgetforce.serving.annotate import Annotator
+    from budgetforce.serving.annotate import Annotator, BoardRow
     from budgetforce.slots import FAIL_STEP, S
 
     ids = [70, 71, 72, 5, 73, 0]  # three thinking tokens, </think>, an answer token, EOS
@@ -187,7 +235,7 @@ def test_enforced_reports_what_the_board_and_the_ids_say(model: ServedModel) -> 
                 board.table[key, S.FAIL] = row[0]
             prepared = rewrite(model, max_tokens=300, **fields)
             body = {"prompt_token_ids": [2, 70, 3, 4], "choices": [{"index": 0, "message": {"content": "x"}, "token_ids": ids}]}
-            return Annotator(prepared, model, (board, key, nonce)).json_body(body)["choices"][0]["budget"]
+            return Annotator(prepared, model, BoardRow(board, key, nonce)).json_body(body)["choices"][0]["budget"]
 
         healthy = report([0], max_thinking_tokens=3)
         assert (healthy["enforced"], healthy["forced_end"], healthy["waits_inserted"]) == (True, True, 0)

@@ -145,7 +145,8 @@ def test_clients_cannot_send_an_engine_plan() -> None:
 
 
 def test_xargs_modes_are_checked_at_the_edge(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stock `vllm serve`: the modes' fields arrive flat in `vllm_xargs`; early exit is refused (a 400),
+    """Stock `vllm serve`: the modes' fields arrive flat in `vllm_xargs`; early exit is refused (a 400)
+    unless the budget layer gave the request its stats-board row (its probes close the thinking there),
     an answer budget gets its maximum thinking written back, and what the tokenizer cannot carry is refused."""
     from transformers import AutoTokenizer
 
@@ -154,11 +155,13 @@ def test_xargs_modes_are_checked_at_the_edge(tiny_r1: Path, monkeypatch: pytest.
 
     tok = AutoTokenizer.from_pretrained(tiny_r1)
     monkeypatch.setattr(admission, "_FRONTEND_PROFILE", [detect_profile(tok).resolve(tok)])
-    with pytest.raises(ValueError, match="--legacy-server") as err:
+    with pytest.raises(ValueError, match="BudgetMiddleware") as err:
         BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={"probe_every": 16}))
     assert "`probe_every`" in str(err.value)
     with pytest.raises(ValueError, match="probe_lead"):
         BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args={"probe_lead": "Answer:"}))
+    probed = {"probe_every": 16, "budgetforce_board": "board", "budgetforce_key": 3}  # the layer's row
+    BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args=probed))
     args: dict[str, Any] = {"max_answer_tokens": 20, "banned_thinking_strings": "Wait"}
     BudgetForcing.validate_params(SamplingParams(max_tokens=64, extra_args=args))
     assert args["max_thinking_tokens"] == 64 - 1 - 20 - 1 and "budgetforce_nonce" in args

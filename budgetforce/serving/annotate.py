@@ -10,11 +10,15 @@ completions, or a chat server without `--reasoning-parser`) it splits the text o
 
 `waits_inserted` comes from the processor's stats board (`budgetforce.stats_board.StatsBoard`, named by
 `BUDGETFORCE_STATS_BOARD`); it is null where the board is absent and for n > 1 (one row per request).
+A request the layer runs itself (`rounds`, early exit: `budgetforce.serving.orchestrate`) has each
+choice's counts from its own source instead, `n` > 1 included.
 
 The modes beyond s1 add keys only to requests that use them (`Budget.report_keys`): an answer
 budget `answer_tokens` (after the close, a forced answer prefix included, end-of-sequence
 excluded) and `answer_truncated`; an intervention `intervened` (its forced ids are in the
-thinking); scheduled waits `scheduled_waits` (from the stats board, as `waits_inserted`).
+thinking); scheduled waits `scheduled_waits` (from the stats board, as `waits_inserted`); early
+exit `early_exit` (agreeing probes closed the thinking, which counts as a forced end), `probes` and
+`probe_tokens` (the side requests, which the usage does not count).
 """
 
 from __future__ import annotations
@@ -24,14 +28,30 @@ from typing import Any
 
 from budgetforce.budget import Budget
 from budgetforce.controller import Phase, ThinkingController, rfind
+from budgetforce.engine import Tally
 from budgetforce.layout import enforcement
 from budgetforce.serving.metrics import record_choice
 from budgetforce.serving.rewrite import Prepared, ServedModel
 from budgetforce.stops import StopCutter
 
 
+@dataclass(frozen=True)
+class BoardRow:
+    """A single-choice request's row on the processor's stats board: its counts once the engine is done."""
+
+    board: Any  # budgetforce.stats_board.StatsBoard
+    key: int
+    nonce: int
+
+    def tally(self, index: int, ids: list[int]) -> Tally | None:
+        del index  # one row, one choice
+        b, key, nonce = self.board, self.key, self.nonce
+        return Tally(waits=b.waits(key, nonce, ids), scheduled=b.scheduled_waits(key, nonce, ids), failure=b.failure(key, nonce))
+
+
 @dataclass
 class _Choice:
+    index: int
     ctl: ThinkingController
     prompt_len: int
     cutter: StopCutter | None
@@ -44,10 +64,11 @@ class _Choice:
 class Annotator:
     """Annotates one request's response: `json_body` for a full response, `chunk` per stream event."""
 
-    def __init__(self, prepared: Prepared, model: ServedModel, stats: tuple[Any, int, int] | None = None) -> None:
+    def __init__(self, prepared: Prepared, model: ServedModel, stats: Any = None) -> None:
         self.p = prepared
         self.model = model
-        self.stats = stats  # (StatsBoard, key, nonce) of a single-choice budgeted request
+        # where each choice's counts come from (`tally(index, ids)`): a `BoardRow`, an orchestrated run
+        self.stats = stats
         self.observer = model.profile.plan(Budget())
         budget = prepared.budget
         self.report_keys = budget.report_keys if budget is not None else ()
@@ -72,7 +93,7 @@ class Annotator:
                 from budgetforce.engine import Splitter  # the engine's reasoning/answer router, on ids
 
                 splitter = Splitter(self.model.tokenizer, ThinkingController(self.observer, prompt))
-            st = self.choices[index] = _Choice(ctl, len(prompt), cutter, splitter)
+            st = self.choices[index] = _Choice(index, ctl, len(prompt), cutter, splitter)
         return st
 
     def _feed(self, st: _Choice, ids: list[int] | None) -> None:
@@ -83,19 +104,22 @@ class Annotator:
             st.ids.extend(ids or ())
 
     def report(self, st: _Choice) -> dict[str, Any]:
+        """A finished choice's `budget` object (the one report builder of the HTTP layer)."""
         budget = self.p.budget
         thinking = st.ctl.thinking_tokens
         hi = budget.max_thinking_tokens if budget is not None else None
         closed = st.ctl.phase is not Phase.THINKING
+        tally = self.stats.tally(st.index, st.ids) if self.stats is not None else None  # None: nobody can say
+        early = tally is not None and tally.early_exit
         out: dict[str, Any] = {
             "thinking_tokens": thinking,
-            "waits_inserted": self._board(st, "waits"),
-            "forced_end": hi is not None and thinking == hi and closed,
+            "waits_inserted": tally.waits if tally is not None else None,
+            "forced_end": (hi is not None and thinking == hi and closed) or early,
             "strategy": budget.strategy if budget is not None else None,
         }
         if budget is None:
             return out
-        out["enforced"], reason = enforcement(self._failure(), thinking, hi)
+        out["enforced"], reason = enforcement(tally.failure if tally is not None else None, thinking, hi)
         if reason is not None:
             out["unenforced_reason"] = reason
         keys = self.report_keys
@@ -106,23 +130,12 @@ class Annotator:
         if "intervened" in keys:
             out["intervened"] = rfind(st.ctl.split(st.ids)[0], self.intervention) >= 0
         if "scheduled_waits" in keys:
-            out["scheduled_waits"] = self._board(st, "scheduled_waits")
+            out["scheduled_waits"] = tally.scheduled if tally is not None else None
+        if "early_exit" in keys:
+            out["early_exit"] = early
+            out["probes"] = tally.probes if tally is not None else None
+            out["probe_tokens"] = tally.probe_tokens if tally is not None else None
         return out
-
-    def _failure(self) -> int | None:
-        """The stats board's `FAIL` code for this request; None where it cannot say (n > 1, no board)."""
-        if self.stats is None or self.p.choices != 1:
-            return None
-        board, key, nonce = self.stats
-        return board.failure(key, nonce)
-
-    def _board(self, st: _Choice, stat: str) -> int | None:
-        """A count the processor keeps on the stats board (`StatsBoard.waits`, `.scheduled_waits`);
-        None where it cannot say (n > 1, no board)."""
-        if self.stats is None or self.p.choices != 1:
-            return None
-        board, key, nonce = self.stats
-        return getattr(board, stat)(key, nonce, st.ids)
 
     def _finish(self, st: _Choice) -> dict[str, Any]:
         st.done = True

@@ -11,6 +11,10 @@ through untouched, so the server is vLLM's, with every endpoint and feature it h
 
 A stream whose every choice a stop string has ended is closed early: the middleware tells vLLM's
 response the client went away, which aborts the engine request, then ends the stream itself.
+
+`budget_strategy: rounds` and early exit (`probe_*`) need engine requests of their own; the
+middleware registers such a request with `orchestrate`, whose wrapper of vLLM's engine client runs
+them when vLLM's route hands the request to the engine.
 """
 
 from __future__ import annotations
@@ -27,12 +31,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from budgetforce.budget import BudgetDefaults
 from budgetforce.wire import BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
-from budgetforce.serving.annotate import Annotator
+from budgetforce.serving.annotate import Annotator, BoardRow
 from budgetforce.serving.metrics import record_rejection
 from budgetforce.serving.rewrite import Prepared, RequestError, ServedModel, prepare
 
 log = logging.getLogger("budgetforce.serving")
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+NO_BOARD_MESSAGE = (
+    "early exit (`probe_every`) closes the thinking through the processor's stats board, which this server "
+    "does not name: start it with `budgetforce serve`, or set `BUDGETFORCE_STATS_BOARD=NAME` in the "
+    "environment of `vllm serve`"
+)
 
 
 class BudgetMiddleware:
@@ -77,17 +86,25 @@ class BudgetMiddleware:
         if prepared is None:
             await self.app(scope, _replay(raw, receive), send)
             return
-        stats = None
+        stats: Any = None
+        release: Any = None
         if prepared.budget is not None and prepared.annotate:
             if prepared.choices > 1 and prepared.body.get("seed") is None:
                 # the processor tells the n choices apart by their seeds (seed, seed+1, ...)
                 prepared.body["seed"] = random.getrandbits(31)
-            board = stats_board()
-            if board is not None and prepared.choices == 1:
-                key, nonce = board.acquire()
-                stats = (board, key, nonce)
-                xargs = prepared.body.setdefault("vllm_xargs", {})
-                xargs.update({BOARD_NAME_KEY: board.name, BOARD_KEY_KEY: key, NONCE_KEY: nonce})
+            if prepared.orchestrated:
+                try:
+                    stats, release = await self._orchestrate(scope, prepared)
+                except RequestError as exc:
+                    await _send_json(send, exc.status, exc.body())
+                    return
+            else:
+                board = stats_board()
+                if board is not None and prepared.choices == 1:
+                    key, nonce = board.acquire()
+                    stats, release = BoardRow(board, key, nonce), lambda: board.release(key)
+                    xargs = prepared.body.setdefault("vllm_xargs", {})
+                    xargs.update({BOARD_NAME_KEY: board.name, BOARD_KEY_KEY: key, NONCE_KEY: nonce})
         new = json.dumps(prepared.body, ensure_ascii=False).encode()
         scope = {**scope, "headers": _with_length(scope["headers"], len(new))}
         if not prepared.annotate:
@@ -97,8 +114,31 @@ class BudgetMiddleware:
             annotator = Annotator(prepared, await self._served(scope), stats)
             await _Exchange(self.app, prepared, annotator).run(scope, new, receive, send)
         finally:
-            if stats is not None:
-                stats[0].release(stats[1])
+            if release is not None:
+                release()
+
+    async def _orchestrate(self, scope: Scope, prepared: Prepared) -> tuple[Any, Any]:
+        """Register a rounds or early-exit request with the layer's engine client (`orchestrate`); its
+        nonce in `vllm_xargs` is how the route's engine call finds it. Returns (stats, release)."""
+        from budgetforce.budget import Budget
+        from budgetforce.engine import EngineSide
+        from budgetforce.serving import orchestrate
+
+        client = getattr(getattr(scope.get("app"), "state", None), "engine_client", None)
+        if client is None:  # a render-only front end, or a vLLM without the attribute
+            param = "budget_strategy" if prepared.budget.strategy == "rounds" else "probe_every"
+            raise RequestError("this server has no engine client for the budget layer's own engine requests", param,
+                               code="unsupported_value", status=501)  # fmt: skip
+        model = await self._served(scope)
+        board = stats_board() if prepared.budget.probe_every is not None else None
+        if prepared.budget.probe_every is not None and board is None:
+            raise RequestError(NO_BOARD_MESSAGE, "probe_every", code="unsupported_value")
+        side = EngineSide(orchestrate.install(client), model.tokenizer, model.profile.plan(Budget()), board)
+        run = orchestrate.Orchestrated(prepared.budget, side, model.profile)
+        nonce = random.getrandbits(62)
+        prepared.body.setdefault("vllm_xargs", {})[NONCE_KEY] = nonce
+        orchestrate.register(nonce, run)
+        return run, lambda: orchestrate.unregister(nonce)
 
     # -- what the layer knows of the server -------------------------------------------------
     def _authorized(self, scope: Scope) -> bool:

@@ -6,6 +6,10 @@
 fits the result to the request's token cap, and writes it into `vllm_xargs`, where
 `budgetforce.vllm:BudgetForcing` reads it. Every mistake is a `RequestError` (HTTP 400 naming the
 field) before anything runs. Nothing here tokenizes a prompt or touches the engine.
+
+`budget_strategy: rounds` and early exit (`probe_*`) are not written into `vllm_xargs`: their
+budget stays on the `Prepared` request (`orchestrated`), whose engine requests the budget layer
+issues itself (`budgetforce.serving.orchestrate`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,7 @@ from pydantic import ValidationError
 
 from budgetforce.budget import (
     BUDGET_REQUEST_FIELDS,
-    EARLY_EXIT_MESSAGE,
     NEW_FIELDS,
-    PROBE_FIELDS,
     Budget,
     BudgetDefaults,
     BudgetError,
@@ -28,15 +30,14 @@ from budgetforce.budget import (
     misspelled_budget_field,
     xarg_budget_fields,
 )
+from budgetforce.engine import plan_for
 from budgetforce.profile import ProfileError
 
 # The keys only budgetforce itself may set in `vllm_xargs` (its own engine's plan, and a stats
 # board's row); the processor's per-request budget keys are `budgetforce.budget.XARG_FIELDS`.
 RESERVED_XARGS = ("budgetforce", "budgetforce_board", "budgetforce_key", "budgetforce_nonce")
-ROUNDS_MESSAGE = (
-    "`budget_strategy` `rounds` (s1's stop-and-resubmit loop) is not available on vLLM's OpenAI server; "
-    "use the default `engine` strategy (same tokens under greedy decoding), or run `rounds` through the "
-    "Python engine (`budgetforce.BudgetForcingEngine`) or `budgetforce serve --legacy-server`"
+ORCHESTRATED_PROMPTS_MESSAGE = (
+    "`budget_strategy: rounds` and early exit (`probe_*`) take one prompt per text completion; send {count} requests"
 )
 N_MESSAGE = (
     "`{param}` asks for {count} choices with a thinking budget; this server forces budgets on one choice "
@@ -95,6 +96,7 @@ class Prepared:
     split_text: bool  # budgetforce splits the text into reasoning and answer (no vLLM parser for it)
     n: int = 1
     annotate: bool = True  # False: only the budget fields were stripped; the response is vLLM's own
+    orchestrated: bool = False  # rounds or early exit: the budget layer issues the engine requests itself
 
 
 def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: BudgetDefaults) -> Prepared | None:
@@ -125,9 +127,6 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
     except ValidationError as exc:
         param, message = validation_message(exc)
         raise RequestError(message, param, code="invalid_value") from None
-    probe = next((k for k in PROBE_FIELDS if getattr(request, k) is not None), None)
-    if probe is not None:  # like `rounds`: it needs budgetforce's own engine loop
-        raise RequestError(EARLY_EXIT_MESSAGE.format(param=probe), probe, code="unsupported_value")
     try:
         resolved = request.resolve(defaults)
     except BudgetError as exc:
@@ -153,10 +152,11 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
     choices = _choices(body, endpoint)
     cap_param, cap = _cap(body, endpoint, model.completion_max_tokens)
     budget = resolved.budget
+    orchestrated = budget is not None and (budget.strategy == "rounds" or budget.probe_every is not None)
     if budget is not None:
-        if budget.strategy == "rounds":
-            raise RequestError(ROUNDS_MESSAGE, "budget_strategy", code="unsupported_strategy")
-        if choices > 1 and not model.child_safe:
+        if orchestrated:
+            _check_orchestrated(body, endpoint, budget, choices)
+        if choices > 1 and not model.child_safe and not orchestrated:  # orchestrated: a source per choice
             param = "n" if _int(body.get("n"), 1) > 1 else "prompt"
             raise RequestError(N_MESSAGE.format(param=param, count=choices), param, code="unsupported_value")
         limit = cap if cap is not None else model.max_model_len - 1
@@ -168,7 +168,13 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
             raise RequestError(str(exc), param) from None
         except BudgetError as exc:
             raise RequestError(str(exc), exc.param) from None
-        xargs.update(budget_xargs(budget))
+        if orchestrated:
+            try:  # what the orchestrated strategies refuse (rounds with probes), before anything runs
+                plan_for(model.profile, budget, limit)
+            except BudgetError as exc:
+                raise RequestError(str(exc), exc.param) from None
+        else:
+            xargs.update(budget_xargs(budget))
     if xargs:
         out["vllm_xargs"] = xargs
     else:
@@ -196,7 +202,33 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
         echo=echo,
         split_text=endpoint == "completions" or not model.reasoning_parser,
         n=max(_int(body.get("n"), 1), 1),
+        orchestrated=orchestrated,
     )
+
+
+def _check_orchestrated(body: dict[str, Any], endpoint: str, budget: Budget, choices: int) -> None:
+    """What the orchestrated strategies cannot carry: a 400 naming the field."""
+    n = max(_int(body.get("n"), 1), 1)
+    if endpoint == "completions" and choices > n:
+        raise RequestError(ORCHESTRATED_PROMPTS_MESSAGE.format(count=choices // n), "prompt", code="unsupported_value")
+    if budget.strategy != "rounds":
+        return
+    if body.get("logprobs") or body.get("top_logprobs") not in (None, 0):
+        param = "logprobs" if body.get("logprobs") else "top_logprobs"
+        raise RequestError(
+            f"`{param}` with `budget_strategy: rounds`: the ids the loop forces have no log-probabilities; "
+            "use the `engine` strategy (the same tokens under greedy decoding)", param, code="unsupported_value",
+        )  # fmt: skip
+    structured = next((k for k in ("structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                                   "guided_grammar") if body.get(k) is not None), None)  # fmt: skip
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
+        structured = "response_format"
+    if structured is not None:
+        raise RequestError(
+            f"`{structured}` with `budget_strategy: rounds`: each round would restart the grammar; "
+            "use the `engine` strategy", structured, code="unsupported_value",
+        )  # fmt: skip
 
 
 def forwarded(endpoint: str, model: ServedModel) -> frozenset[str]:
