@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One measurement call on the lent GPU, after the vLLM bundle's parts were carried (../shared/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: image | v2-children | step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy;
+# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: image | serve-up | serve-bench | v2-children | step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy;
 #        accept: the serving acceptance run, benchmarks/gpu/acceptance.sh, on either bundle)
 # A bundle whose name holds 026 (033) unpacks into /tmp/site026 (/tmp/site033; its unpack.sh edited so), so the stacks fit one machine.
 # Logs and JSON go to $OUT.
@@ -31,6 +31,9 @@ case "$STAGE" in
     [ "$SITE" != /tmp/site026 ] && v032_fixes
     M=/root/r1-image && mkdir -p $M && cp $SHAPE $M/config.json && cp .gpu-tok/* $M/
     SITE=$SITE timeout 590 bash benchmarks/gpu/image_recipe.sh $M 2>&1 | grep -v -i "warn" | tee "$OUT/image_recipe.log" | tail -30 ;;
+  serve-up|serve-bench)  # the HTTP benchmark (benchmarks/gpu/serve_bench.sh): start the servers, then measure
+    [ "$SITE" != /tmp/site026 ] && v032_fixes
+    SITE=$SITE TOK=.gpu-tok bash benchmarks/gpu/serve_bench.sh "${STAGE#serve-}" ;;
   v2-children)  # n > 1 on runner V2: a trace of the adapter inside one in-process engine (v2_children.py)
     [ "$SITE" != /tmp/site026 ] && v032_fixes
     export PYTHONPATH=$PYTHONPATH${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The HTTP benchmark a user would run: `vllm bench serve` against `vllm serve` and `budgetforce
+# serve` on one GPU (benchmarks/gpu/serve_bench.py). Two steps, each one call of run.sh:
+#   up     start three servers with setsid (they outlive the call; ~4 min to healthy) and return:
+#          8101 `vllm serve` (--reasoning-parser deepseek_r1: vLLM's native thinking_token_budget),
+#          8102 `budgetforce serve`, 8103 `budgetforce serve --api-server-count 4`;
+#          all on the R1-Distill-Qwen-1.5B shape, dummy weights, the real tokenizer, 0.18 of the GPU each
+#   bench  wait until they are healthy, then run serve_bench.py (RUNS, CONC, REPS, DEADLINE, PROFILE);
+#          its state stays in /root/sb/state.json, so a later bench call adds to the same table
+# Usage (after the bundle was carried, see run.sh):  bash benchmarks/gpu/run.sh BUNDLE serve-up | serve-bench
+set -uo pipefail
+STEP="$1"
+SB=/root/sb
+export PYTHONUNBUFFERED=1 VLLM_LOGGING_LEVEL=WARNING TOKENIZERS_PARALLELISM=false
+case "$STEP" in
+  up)
+    # [v]llm: the pattern must not match this shell's own command line
+    pkill -f "[v]llm.entrypoints.openai.api_server" 2>/dev/null; pkill -f "[b]udgetforce.cli serve" 2>/dev/null; sleep 3
+    # the servers run from a copy outside the working tree: the next call lays the tree anew
+    rm -rf $SB && mkdir -p $SB/logs && cp -r budgetforce benchmarks $SB/ && cp -r "${TOK:-.gpu-tok}" $SB/tok
+    cd $SB || exit 1
+    export PYTHONPATH="${SITE:-/tmp/site}:$SB${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
+    M=$SB/r1-1.5b && mkdir -p $M && cp benchmarks/shapes/r1-distill-qwen-1.5b.json $M/config.json && cp tok/* $M/
+    COMMON=(--model $M --served-model-name r1 --load-format dummy --max-model-len 2048 --max-num-seqs 256
+            --gpu-memory-utilization "${MEM:-0.18}" --seed 0)
+    setsid python3 -m budgetforce.cli serve --port 8102 "${COMMON[@]}" > $SB/logs/server-bf.log 2>&1 < /dev/null &
+    sleep 15
+    setsid python3 -m vllm.entrypoints.openai.api_server --port 8101 "${COMMON[@]}" --reasoning-parser deepseek_r1 \
+      > $SB/logs/server-vllm.log 2>&1 < /dev/null &
+    sleep 15
+    setsid python3 -m budgetforce.cli serve --port 8103 "${COMMON[@]}" --api-server-count 4 \
+      > $SB/logs/server-bf4.log 2>&1 < /dev/null &
+    echo "three servers starting (logs in $SB/logs)" ;;
+  bench)
+    cd $SB || { echo "no $SB: run the up step first"; exit 1; }
+    export PYTHONPATH="${SITE:-/tmp/site}:$SB${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
+    export PATH="${SITE:-/tmp/site}/bin:$PATH"  # py-spy's binary, carried in the bundle
+    t0=$(date +%s)
+    for port in 8101 8102 8103; do
+      until curl -sf "http://127.0.0.1:$port/health" > /dev/null; do
+        [ $(( $(date +%s) - t0 )) -gt 400 ] && { echo "port $port not healthy after 400 s"; tail -20 $SB/logs/*.log; break; }
+        sleep 3
+      done
+    done
+    echo "servers healthy after $(( $(date +%s) - t0 )) s"
+    api() { pgrep -f "[v]llm.entrypoints.openai.api_server.*--port $1" | head -1; }
+    core() { pgrep -f "[E]ngineCore" | while read -r p; do
+               [ "$(ps -o sid= -p "$p" | tr -d ' ')" = "$(ps -o sid= -p "$1" | tr -d ' ')" ] && echo "$p"; done | head -1; }
+    BF=$(api 8102); VL=$(api 8101)
+    PROFILE_ARGS=()
+    if [ -n "${PROFILE:-}" ] && [ -n "$BF" ]; then  # PROFILE="bf:min:256 bf:none:256": py-spy on API server and engine core
+      for spec in $PROFILE; do PROFILE_ARGS+=("$spec:api=$BF,core=$(core "$BF")"); done
+    fi
+    META=$(python3 -c "import json, torch, vllm, datetime; print(json.dumps({'vllm': vllm.__version__, 'torch': torch.__version__,
+      'device': torch.cuda.get_device_name(), 'date': datetime.date.today().isoformat(),
+      'command': 'bash benchmarks/gpu/run.sh BUNDLE serve-up; bash benchmarks/gpu/run.sh BUNDLE serve-bench',
+      'servers': {'vllm': 'vllm serve (api_server) --reasoning-parser deepseek_r1', 'bf': 'budgetforce serve',
+                  'bf4': 'budgetforce serve --api-server-count 4'},
+      'common': '--load-format dummy --max-model-len 2048 --max-num-seqs 256 --gpu-memory-utilization ${MEM:-0.18} --seed 0'}))" 2>/dev/null | tail -1)
+    timeout "${LIMIT:-560}" python3 benchmarks/gpu/serve_bench.py --tokenizer $SB/tok --state $SB/state.json --out "$OUT" \
+      --target vllm http://127.0.0.1:8101 r1 --target bf http://127.0.0.1:8102 r1 --target bf4 http://127.0.0.1:8103 r1 \
+      --concurrency ${CONC:-256} --reps "${REPS:-3}" --deadline-s "${DEADLINE:-520}" --meta "$META" \
+      --runs ${RUNS:-vllm:none vllm:native bf:none bf:min bf:max bf:worst bf4:none@256 bf4:min@256} \
+      ${PROFILE_ARGS[@]:+--profile "${PROFILE_ARGS[@]}"} 2>&1 | grep -v -i "warn" > "$OUT/serve_bench.log"
+    tail -40 "$OUT/serve_bench.log"
+    mkdir -p "$OUT/logs" && for f in $SB/logs/*.log; do tail -c 2000000 "$f" > "$OUT/logs/$(basename "$f")"; done
+    for port in 8102 8103; do curl -s "http://127.0.0.1:$port/metrics" | grep "^budgetforce" > "$OUT/metrics-$port.txt"; done ;;
+esac
