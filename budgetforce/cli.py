@@ -3,15 +3,12 @@
 `budgetforce serve` runs vLLM's own server with budgetforce's processor and budget layer
 (`budgetforce.serving`); options the CLI does not name pass through to vLLM unchanged
 (`--enable-prefix-caching`, `--max-num-seqs 64`, `--tensor-parallel-size 2`, ...). The budget
-options also read `BUDGETFORCE_*` environment variables. `--legacy-server` runs budgetforce's
-own hand-written server instead (`budgetforce.legacy_server`), whose unknown options are vLLM
-engine arguments.
+options also read `BUDGETFORCE_*` environment variables.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import shlex
 from typing import Annotated, Any
 
@@ -32,48 +29,6 @@ class UsageError(ValueError):
     """A command-line mistake; reported as one line, exit code 2."""
 
 
-def parse_engine_args(extra: list[str], pairs: list[str]) -> dict[str, Any]:
-    """vLLM engine arguments from pass-through options and `key=value` pairs.
-
-    Values are read as JSON when they parse (`8`, `0.5`, `true`, `{"a": 1}`), else as text;
-    a bare `--flag` is True and `--no-flag` is False.
-
-    Example:
-        >>> parse_engine_args(["--max-num-seqs", "8", "--enable-prefix-caching"], ["kv_cache_dtype=fp8"])
-        {'max_num_seqs': 8, 'enable_prefix_caching': True, 'kv_cache_dtype': 'fp8'}
-    """
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(extra):
-        token = extra[i]
-        if not token.startswith("--") or token == "--":
-            raise UsageError(f"unexpected argument {token!r}; engine options look like --name value")
-        name, eq, value = token[2:].partition("=")
-        if not eq and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
-            value, i = extra[i + 1], i + 1
-        key = name.replace("-", "_")
-        if eq or value:
-            out[key] = _value(value)
-        elif key.startswith("no_"):
-            out[key[3:]] = False
-        else:
-            out[key] = True
-        i += 1
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key:
-            raise UsageError(f"`--engine-arg` takes key=value; got {pair!r}")
-        out[key.strip().replace("-", "_")] = _value(value)
-    return out
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _json_option(name: str, text: str | None) -> Any:
     if text is None:
         return None
@@ -83,20 +38,7 @@ def _json_option(name: str, text: str | None) -> Any:
         raise UsageError(f"`{name}` must be JSON: {exc}") from None
 
 
-def check_engine_args(args: dict[str, Any]) -> None:
-    """Reject names vLLM's `AsyncEngineArgs` does not have, before a minute of engine start-up."""
-    import dataclasses
-
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise UsageError(f"unknown engine option(s): {', '.join('--' + u.replace('_', '-') for u in unknown)}")
-
-
 Opt = typer.Option
-LEGACY = "Legacy server only (--legacy-server)."
 
 
 @app.command(
@@ -120,16 +62,13 @@ def serve(
     default_max_thinking_tokens: Annotated[int | None, Opt(help="Maximum for requests without one.")] = None,
     max_thinking_tokens_limit: Annotated[int | None, Opt(help="Largest budget a request may ask for.")] = None,
     default_max_waits: Annotated[int | None, Opt(help="Waits allowed to requests that set none.")] = None,
-    default_budget_strategy: Annotated[str | None, Opt(help="engine (rounds: --legacy-server only).")] = None,
+    default_budget_strategy: Annotated[
+        str | None, Opt(help="engine (the logits processor) or rounds (s1's loop, run by the budget layer).")
+    ] = None,
     reasoning_effort_budgets: Annotated[
         str | None, Opt(help='JSON, e.g. \'{"low": {"max_thinking_tokens": 512}}\'; unnamed levels keep defaults.')
     ] = None,
     dry_run: Annotated[bool, Opt("--dry-run", help="Print the vLLM command line and environment, start nothing.")] = False,
-    legacy_server: Annotated[
-        bool, Opt("--legacy-server", help="budgetforce's own hand-written server (rounds strategy, waits_inserted).")
-    ] = False,
-    profile: Annotated[str | None, Opt(help="Thinking-delimiter preset; default: detected. " + LEGACY)] = None,
-    engine_arg: Annotated[list[str] | None, Opt(help="A vLLM engine argument as key=value. " + LEGACY)] = None,
     log_level: Annotated[str, Opt(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a reasoning model on vLLM's OpenAI-compatible server, with per-request thinking budgets.
@@ -146,17 +85,6 @@ def serve(
     }  # fmt: skip
     try:
         defaults["reasoning_effort_budgets"] = _json_option("--reasoning-effort-budgets", reasoning_effort_budgets)
-        if legacy_server:
-            common = {"model": model, "host": host, "port": port, "api_key": api_key, "served_model_name": served_model_name}
-            _serve_legacy(list(ctx.args), engine_arg or [], {**common, **defaults, "profile": profile}, log_level)
-            return
-        if profile is not None or engine_arg:
-            raise UsageError(
-                "`--profile` and `--engine-arg` belong to --legacy-server; vLLM's processor detects the profile "
-                "from the tokenizer, and vLLM's own flags pass through as they are"
-            )
-        if default_budget_strategy == "rounds":
-            raise UsageError("`--default-budget-strategy rounds` needs --legacy-server (vLLM's server runs `engine`)")
         command, env = _vllm_command(list(ctx.args), model, host, port, api_key, served_model_name, defaults, log_level)
     except UsageError as exc:
         typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)
@@ -213,38 +141,6 @@ def _vllm_command(
     cpu = not launch.has_cuda()
     dtype = launch.cpu_dtype(Path(path)) if cpu else None
     return launch.vllm_command(args, path, parser, cpu=cpu, dtype=dtype), env
-
-
-def _serve_legacy(extra: list[str], pairs: list[str], given: dict[str, Any], log_level: str) -> None:
-    """budgetforce's own server (`budgetforce.legacy_server`): its own flags, the rest as engine arguments."""
-    from pydantic import ValidationError
-
-    from budgetforce.legacy_server.settings import ServerSettings
-
-    try:
-        engine_args = parse_engine_args(extra, pairs)
-        check_engine_args(engine_args)
-        if "served_model_name" in engine_args and given.get("served_model_name") is None:
-            given["served_model_name"] = engine_args.pop("served_model_name")
-        settings = ServerSettings(**{k: v for k, v in given.items() if v is not None}, engine_args=engine_args)
-    except ValidationError as exc:
-        _report_validation(exc)
-    run_server(settings, log_level)
-
-
-def run_server(settings: Any, log_level: str = "info") -> None:
-    import uvicorn
-
-    from budgetforce.legacy_server.app import build_app
-
-    level = getattr(logging, log_level.upper(), logging.INFO)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("budgetforce")
-    root.setLevel(level)
-    root.addHandler(handler)
-    root.propagate = False
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower())
 
 
 try:  # the benchmarks are optional (their dependencies may be missing)

@@ -1,8 +1,8 @@
 """Stop strings that end the answer only: never matched in the thinking, nor in the whitespace opening the answer.
 
 R1-style models write "</think>\\n\\n" before the answer; lm-evaluation-harness's default stop
-"\\n\\n" would otherwise cut every answer to "". Both HTTP layers (`budgetforce.serving` and the
-legacy server) feed the answer text, and only the answer text, through a `StopCutter`.
+"\\n\\n" would otherwise cut every answer to "". The budget layer (`budgetforce.serving`) feeds the
+answer text, and only the answer text, through a `StopCutter`.
 """
 
 from __future__ import annotations

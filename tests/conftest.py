@@ -1,7 +1,8 @@
 """Shared fixtures: tiny models built on the spot, one vLLM CPU engine per test session.
 
 vLLM's engine start costs ~50 s on the CPU, so every test that needs an engine shares one,
-owned by a background event loop; the live server runs on that same loop.
+owned by a background event loop, and every test that needs the tiny model over HTTP shares one
+`budgetforce serve` (`live_server`).
 """
 
 from __future__ import annotations
@@ -102,26 +103,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def live_server(loop: asyncio.AbstractEventLoop, engine: Any) -> Iterator[str]:
-    """A uvicorn server on loopback around the shared engine; yields its base URL (no /v1)."""
-    import uvicorn
-
-    from budgetforce.legacy_server.app import build_app
-    from budgetforce.legacy_server.settings import ServerSettings
-
-    port = free_port()
-    settings = ServerSettings(served_model_name="tiny", max_body_bytes=1 << 20)
-    app = build_app(settings, engine=engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    done = asyncio.run_coroutine_threadsafe(server.serve(), loop)
-    deadline = time.time() + 60
-    while not server.started:
-        if done.done() or time.time() > deadline:
-            raise RuntimeError(f"server did not start: {done.exception() if done.done() else 'timeout'}")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    done.result(timeout=30)
+def live_server(tiny_r1: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`budgetforce serve` on the tiny R1 weights, served as `tiny`, shared by every test file that
+    talks HTTP to it; yields its base URL (no /v1)."""
+    args = ["--model", str(tiny_r1), "--served-model-name", "tiny", "--dtype", "float32", "--max-model-len", "1024",
+            "--enforce-eager", "--seed", "0"]  # fmt: skip
+    with budgetforce_serve(args, tmp_path_factory.mktemp("tiny-serve") / "server.log") as base:
+        yield base
 
 
 @pytest.fixture(scope="session")

@@ -14,26 +14,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from budgetforce.cli import UsageError, app, parse_engine_args
+from budgetforce.cli import app
 
 runner = CliRunner()
-
-
-def test_parse_engine_args() -> None:
-    args = parse_engine_args(
-        ["--max-num-seqs", "8", "--enable-prefix-caching", "--kv-cache-dtype=fp8", "--no-enforce-eager",
-         "--override-generation-config", '{"temperature": 0.6}', "--swap-space", "0.5"],
-        ["data_parallel_size=2", "tokenizer-mode=slow"],
-    )  # fmt: skip
-    assert args == {
-        "max_num_seqs": 8, "enable_prefix_caching": True, "kv_cache_dtype": "fp8", "enforce_eager": False,
-        "override_generation_config": {"temperature": 0.6}, "swap_space": 0.5, "data_parallel_size": 2,
-        "tokenizer_mode": "slow",
-    }  # fmt: skip
-    with pytest.raises(UsageError):
-        parse_engine_args(["stray"], [])
-    with pytest.raises(UsageError):
-        parse_engine_args([], ["novalue"])
 
 
 def test_help_lists_serve_and_bench() -> None:
@@ -42,8 +25,9 @@ def test_help_lists_serve_and_bench() -> None:
     assert "bench" in result.output
     serve_help = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     for option in ("--model", "--host", "--port", "--api-key", "--served-model-name", "--default-max-thinking-tokens",
-                   "--reasoning-effort-budgets", "--dry-run", "--legacy-server", "passes through to vLLM"):  # fmt: skip
+                   "--reasoning-effort-budgets", "--dry-run", "passes through to vLLM"):  # fmt: skip
         assert option in serve_help.output, option
+    assert "--legacy-server" not in serve_help.output
 
 
 def test_serve_runs_vllms_server_with_the_budget_layer() -> None:
@@ -60,6 +44,8 @@ def test_serve_runs_vllms_server_with_the_budget_layer() -> None:
                  "--middleware budgetforce.serving.BudgetMiddleware", "--reasoning-parser deepseek_r1",
                  "--served-model-name budgetforce", "--api-key k", "--host 127.0.0.1 --port 8000"):  # fmt: skip
         assert part in command, part
+    rounds = runner.invoke(app, ["serve", "--dry-run", "--default-budget-strategy", "rounds"])  # the layer runs s1's loop
+    assert rounds.exit_code == 0 and "BUDGETFORCE_DEFAULT_BUDGET_STRATEGY=rounds" in rounds.output, rounds.output
     own_parser = runner.invoke(app, ["serve", "--dry-run", "--reasoning-parser", "qwen3", "--model", "x/y"])
     assert "--reasoning-parser qwen3" in own_parser.output and "deepseek_r1" not in own_parser.output
 
@@ -67,14 +53,9 @@ def test_serve_runs_vllms_server_with_the_budget_layer() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["serve", "--legacy-server", "--no-such-engine-option", "3"], "unknown engine option(s): --no-such-engine-option"),
-        (["serve", "--legacy-server", "--engine-arg", "oops"], "takes key=value"),
-        (["serve", "--profile", "s1"], "--legacy-server"),
-        (["serve", "--default-budget-strategy", "rounds"], "--legacy-server"),
         (["serve", "--default-min-thinking-tokens", "10", "--default-max-thinking-tokens", "5"], "exceeds"),
         (["serve", "--default-budget-strategy", "fast"], "--default-budget-strategy"),
         (["serve", "--port", "70000"], "--port"),
-        (["serve", "--legacy-server", "--port", "70000"], "--port"),
         (["serve", "--reasoning-effort-budgets", "{low"], "must be JSON"),
         (["serve", "--reasoning-effort-budgets", '{"huge": {}}'], "reasoning-effort-budgets"),
     ],
@@ -103,15 +84,10 @@ def test_default_model_builds_a_tiny_one_until_the_student_exists(
 
 
 def test_cpu_engine_defaults(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from budgetforce.legacy_server.app import CPU_KV_CACHE_BYTES, engine_kwargs
-    from budgetforce.serving.launch import vllm_command
+    from budgetforce.serving.launch import CPU_KV_CACHE_BYTES, cpu_dtype, vllm_command
 
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    assert engine_kwargs(tiny_r1, {}) == {
-        "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES, "dtype": "float32", "max_num_batched_tokens": 65536,
-    }
-    explicit = {"gpu_memory_utilization": 0.05, "dtype": "bfloat16", "max_num_batched_tokens": 4096}
-    assert engine_kwargs(tiny_r1, explicit) == explicit
+    assert cpu_dtype(tiny_r1) == "float32"
     cpu = vllm_command([], str(tiny_r1), "deepseek_r1", cpu=True, dtype="float32")
     assert cpu[-6:] == ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES), "--dtype", "float32",
                         "--max-num-batched-tokens", "65536"]  # fmt: skip
@@ -134,3 +110,15 @@ def test_scaled_front_ends_run_through_vllms_cli() -> None:
     ]  # fmt: skip
     assert vllm_command(["--data-parallel-size=2"], "m", None, cpu=False)[2] == "budgetforce.serving.vllm_cli"
     assert vllm_command(["--api-server-count", "1"], "m", None, cpu=False)[2] == VLLM_SERVER
+
+
+def test_reasoning_parser_only_where_vllm_sees_the_close(tiny_r1: Path) -> None:
+    """vLLM's parsers split detokenized text: a close that is a special token (the tiny model's) is
+    skipped there, so `budgetforce serve` names no parser and the budget layer splits on the ids."""
+    from budgetforce.serving.launch import reasoning_parser_for
+
+    student = Path(__file__).resolve().parents[1] / "budgetforce" / "student" / "model"
+    assert reasoning_parser_for(str(student)) == "deepseek_r1"  # its `</think>` stays in the text
+    assert reasoning_parser_for(str(tiny_r1)) is None
+    result = CliRunner().invoke(app, ["serve", "--model", str(tiny_r1), "--dry-run"])
+    assert result.exit_code == 0 and "--reasoning-parser" not in result.output

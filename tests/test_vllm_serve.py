@@ -1,7 +1,8 @@
-"""Budget forcing inside a stock `vllm serve` (CPU build), driven through `vllm_xargs`.
+"""Budget forcing inside a stock `vllm serve` (CPU build) with the documented two flags, driven
+through `vllm_xargs` and through the budget layer's own strategies (rounds, early exit).
 
 The reference is budgetforce's own engine and server on the same tiny R1 weights: under greedy
-decoding (and for a seeded sampled request) the plugin must emit the same token ids. A logit
+decoding (and for a seeded sampled request) the processor must emit the same token ids. A logit
 bias on `</think>` makes the random model try to close, so waits and forced ends really happen.
 """
 
@@ -23,6 +24,7 @@ from budgetforce import Budget
 
 pytestmark = pytest.mark.server
 PROCESSOR = "budgetforce.vllm:BudgetForcing"
+MIDDLEWARE = "budgetforce.serving.BudgetMiddleware"
 START_TIMEOUT_S = 180
 MAX_TOKENS = 120
 BIAS = 5.0
@@ -40,7 +42,7 @@ def serve_command(model: Path, port: int) -> list[str]:
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model), "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
-        "--logits-processors", PROCESSOR, "--reasoning-parser", "deepseek_r1",
+        "--logits-processors", PROCESSOR, "--middleware", MIDDLEWARE, "--reasoning-parser", "deepseek_r1",
         "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--seed", "0",
         "--gpu-memory-utilization", "0.1", "--max-num-batched-tokens", "65536",
     ]  # fmt: skip
@@ -53,8 +55,9 @@ def _vllm_serve_process(tiny_r1: Path, tmp_path_factory: pytest.TempPathFactory)
 
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    env = {k: v for k, v in os.environ.items() if k != "BUDGETFORCE_VLLM_PLUGIN"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETFORCE_")}
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    env["BUDGETFORCE_STATS_BOARD"] = f"budgetforce-test-{port}"  # as docs/vllm-serve.md says, for waits and probes
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             serve_command(tiny_r1, port), stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -155,6 +158,35 @@ def test_text_matches_budgetforce_server(client: Any, live_server_url: str) -> N
         served_reasoning = served["message"]["reasoning"].rstrip("\ufffd")
         assert served_reasoning == mine["message"]["reasoning_content"].rstrip("\ufffd"), budget
         assert served["finish_reason"] == mine["finish_reason"]
+
+
+def test_rounds_and_early_exit_through_vllm_serve(client: Any, engine: Any) -> None:
+    """`vllm serve --middleware`: s1's loop equals the processor token for token under greedy decoding
+    (waits and forced ends included); answer probes run, close the thinking, are reported, not billed."""
+    bias = {str(engine.profile.think_end[0]): BIAS}
+    for budget in BUDGETS:
+        served = serve_chat(client, engine, budget, temperature=0.0, seed=0)
+        rounds = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=MAX_TOKENS, logit_bias=bias, temperature=0.0, seed=0,
+            extra_body={**budget, "budget_strategy": "rounds", "return_token_ids": True, "skip_special_tokens": False},
+        ).model_dump()["choices"][0]  # fmt: skip
+        assert rounds["token_ids"] == served["choices"][0]["token_ids"], budget
+        assert rounds["budget"]["strategy"] == "rounds" and rounds["budget"]["enforced"] is True
+    exits = 0
+    for seed in range(4):
+        out = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=1.0, seed=seed,
+            extra_body={"max_thinking_tokens": 100, "probe_every": 8, "probe_agree": 1, "probe_lead": " the answer is",
+                        "probe_max_tokens": 4, "return_token_ids": True},
+        )  # fmt: skip
+        choice = out.choices[0]
+        report = choice.model_extra["budget"]
+        assert report["probes"] >= 1 and report["probe_tokens"] >= 1, report
+        assert out.usage.completion_tokens == len(choice.model_extra["token_ids"])  # the probes' tokens are apart
+        if report["early_exit"]:
+            exits += 1
+            assert report["forced_end"] is True and 8 <= report["thinking_tokens"] < 100, report
+    assert exits >= 1, "no probe ever closed a thinking"
 
 
 @pytest.mark.parametrize(

@@ -128,7 +128,14 @@ def reasoning_parser_for(model: str, tokenizer: str | None = None) -> str | None
     from budgetforce.profile import detect_profile
 
     tok = AutoTokenizer.from_pretrained(tokenizer or model)
-    return REASONING_PARSERS.get(detect_profile(tok, model).name, "deepseek_r1")
+    profile = detect_profile(tok, model)
+    # vLLM's parsers split the detokenized text, where special tokens are skipped: a model whose
+    # close is a special token would get its whole output as reasoning. The budget layer then
+    # splits on the token ids itself.
+    close = tok.encode(profile.think_end, add_special_tokens=False)
+    if profile.think_end not in tok.decode(close, skip_special_tokens=True):
+        return None
+    return REASONING_PARSERS.get(profile.name, "deepseek_r1")
 
 
 def has_cuda() -> bool:

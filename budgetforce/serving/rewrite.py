@@ -134,7 +134,8 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
     kept = forwarded(endpoint, model)
     echo = endpoint == "completions" and body.get("echo") is True
     stops = [] if echo else _stops(body.get("stop"))  # an echoed text holds the prompt: vLLM's stop rules
-    if resolved.budget is None and not stops and not resolved.hide_reasoning:
+    own_split = endpoint == "chat" and not model.reasoning_parser  # vLLM would not split the thinking out
+    if resolved.budget is None and not stops and not resolved.hide_reasoning and not own_split:
         # No budget, no stop strings: what `vllm serve` does, minus the budget fields (vLLM would
         # apply `thinking_token_budget` and `reasoning_effort` its own way).
         ours = [k for k in body if k in BUDGET_REQUEST_FIELDS and k != "include_reasoning" and k not in kept]
