@@ -42,7 +42,7 @@ def _bare_package() -> None:
 
 
 def _plan(kind: str, i: int) -> Any:
-    from budgetforce.controller import ForcingPlan
+    from budgetforce.core.controller import ForcingPlan
 
     base = dict(think_start=(START,), think_end=(END,), eos=frozenset({EOS}), waits=((WAIT,),))
     if kind == "mixed+modes":  # s1 rows in an engine where an eighth of the rows use every mode
@@ -107,7 +107,7 @@ def main() -> None:
     args = ap.parse_args()
     _bare_package()
     sys.path.insert(0, str(args.baseline_dir))
-    new = importlib.import_module("budgetforce.slots")
+    new = importlib.import_module("budgetforce.vllm.slots")
     old = importlib.import_module("budgetforce_base.slots")
     dev = torch.device(args.device)
     runs: dict[tuple[str, str], list[float]] = {}

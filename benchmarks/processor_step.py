@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from budgetforce.controller import ForcingPlan
-from budgetforce.slots import ForcingSlots
+from budgetforce.core.controller import ForcingPlan
+from budgetforce.vllm.slots import ForcingSlots
 
 VOCAB = 151_936  # DeepSeek-R1-Distill-Qwen's
 START, END, EOS, WAIT = 151648, 151649, 151643, 14190
@@ -112,7 +112,7 @@ def bench_v1(device: str, batch: int, mode: str, steps: int, warmup: int) -> dic
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from budgetforce.forcing import BudgetForcingLogitsProcessor, plan_to_args
+    from budgetforce.vllm.forcing import BudgetForcingLogitsProcessor, plan_to_args
 
     dev = torch.device(device)
     proc = BudgetForcingLogitsProcessor(SimpleNamespace(model_config=None), dev, is_pin_memory=dev.type == "cuda")  # type: ignore[arg-type]

@@ -128,7 +128,7 @@ def run_hf(model_path: Path, problems: list[Problem], rows: tuple[Row, ...], dev
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from budgetforce.profile import detect_profile
+    from budgetforce.core.profile import detect_profile
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
@@ -151,7 +151,7 @@ def _hf_batch(model, prompt_ids, row: Row, profile, device: str, seed: int, tok)
     import torch
 
     from budgetforce import Budget
-    from budgetforce.slots import F, ForcingSlots, seed_key
+    from budgetforce.vllm.slots import F, ForcingSlots, seed_key
 
     gen = torch.Generator(device=device).manual_seed(seed)
     b = len(prompt_ids)

@@ -79,7 +79,7 @@ class Bench:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from budgetforce.engine import BudgetForcingEngine
+        from budgetforce.vllm.engine import BudgetForcingEngine
 
         common = dict(
             load_format="dummy", dtype="bfloat16", max_model_len=self.args.input_len + self.args.new_tokens + 64,

@@ -1,8 +1,8 @@
 """budgetforce: s1-style thinking budgets (minimum and maximum) enforced inside vLLM."""
 
-from budgetforce.budget import Budget, BudgetError
-from budgetforce.controller import ForcingPlan, ThinkingController
-from budgetforce.profile import PRESETS, Profile, ProfileError, detect_profile, get_profile
+from budgetforce.core.budget import Budget, BudgetError
+from budgetforce.core.controller import ForcingPlan, ThinkingController
+from budgetforce.core.profile import PRESETS, Profile, ProfileError, detect_profile, get_profile
 
 __all__ = [
     "PRESETS",
@@ -20,7 +20,7 @@ __all__ = [
 
 def __getattr__(name: str):  # the engine pulls in vLLM: import it only when asked for
     if name in ("BudgetForcingEngine", "BudgetStats", "Completion", "Delta"):
-        from budgetforce import engine
+        from budgetforce.vllm import engine
 
         return getattr(engine, name)
     raise AttributeError(name)

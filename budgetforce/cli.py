@@ -1,7 +1,7 @@
 """`budgetforce serve` (vLLM's OpenAI-compatible server with thinking budgets), `bench` and `distill`.
 
 `budgetforce serve` runs vLLM's own server with budgetforce's processor and budget layer
-(`budgetforce.serving`); options the CLI does not name pass through to vLLM unchanged
+(`budgetforce.server`); options the CLI does not name pass through to vLLM unchanged
 (`--enable-prefix-caching`, `--max-num-seqs 64`, `--tensor-parallel-size 2`, ...). The budget
 options also read `BUDGETFORCE_*` environment variables.
 """
@@ -95,7 +95,7 @@ def serve(
         typer.echo(" ".join(f"{k}={v}" for k, v in env.items()))
         typer.echo(shlex.join(command))
         return
-    from budgetforce.serving.launch import exec_server
+    from budgetforce.server.launch import exec_server
 
     exec_server(command, env)
 
@@ -112,10 +112,10 @@ def _vllm_command(
     passthrough: list[str], model: str | None, host: str, port: int, api_key: str | None,
     served_model_name: str | None, defaults: dict[str, Any], log_level: str,
 ) -> tuple[list[str], dict[str, str]]:  # fmt: skip
-    """vLLM's server command line and the middleware's environment (see `budgetforce.serving.launch`)."""
+    """vLLM's server command line and the middleware's environment (see `budgetforce.server.launch`)."""
     from pathlib import Path
 
-    from budgetforce.serving import launch
+    from budgetforce.server import launch
     from budgetforce.student import default_model
 
     env = launch.budget_environment(defaults)

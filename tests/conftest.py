@@ -74,7 +74,7 @@ def run(loop: asyncio.AbstractEventLoop) -> Callable[[Coroutine[Any, Any, T]], T
 
 
 def _start_engine(run: Callable, path: Path, **kwargs: Any) -> Any:
-    from budgetforce.engine import BudgetForcingEngine
+    from budgetforce.vllm.engine import BudgetForcingEngine
 
     async def make() -> Any:
         return BudgetForcingEngine.from_model(path, served_model_name="tiny", **{**ENGINE_KWARGS, **kwargs})

@@ -181,7 +181,7 @@ def test_points_with_a_shared_label_are_refused() -> None:
 
 
 def test_bench_knows_every_mode_field_and_report_key_of_the_server() -> None:
-    from budgetforce.budget import NEW_FIELDS, REPORT_KEYS
+    from budgetforce.core.budget import NEW_FIELDS, REPORT_KEYS
 
     assert set(MODE_FIELD_NAMES) == set(NEW_FIELDS)
     assert set(MODE_REPORT_KEYS) == {key for keys in REPORT_KEYS.values() for key in keys}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from budgetforce.budget import (
+from budgetforce.core.budget import (
     BUDGET_FIELD_NAMES,
     XARG_FIELDS,
     Budget,
@@ -225,8 +225,8 @@ def test_xargs_are_flat_and_a_string_is_a_one_element_list() -> None:
 def test_engine_stats_have_every_report_key() -> None:
     from dataclasses import fields
 
-    from budgetforce.budget import REPORT_KEYS
-    from budgetforce.engine import BudgetStats
+    from budgetforce.core.budget import REPORT_KEYS
+    from budgetforce.vllm.engine import BudgetStats
 
     keys = {k for ks in REPORT_KEYS.values() for k in ks}
     assert keys <= {f.name for f in fields(BudgetStats)}

@@ -41,7 +41,7 @@ def test_serve_runs_vllms_server_with_the_budget_layer() -> None:
     assert env == "BUDGETFORCE_DEFAULT_MAX_THINKING_TOKENS=64"
     for part in ("-m vllm.entrypoints.openai.api_server --model", "budgetforce/student/model", "--max-num-seqs 8",
                  "--logits-processors budgetforce.vllm:BudgetForcing my.mod:Proc",
-                 "--middleware budgetforce.serving.BudgetMiddleware", "--reasoning-parser deepseek_r1",
+                 "--middleware budgetforce.server.BudgetMiddleware", "--reasoning-parser deepseek_r1",
                  "--served-model-name budgetforce", "--api-key k", "--host 127.0.0.1 --port 8000"):  # fmt: skip
         assert part in command, part
     rounds = runner.invoke(app, ["serve", "--dry-run", "--default-budget-strategy", "rounds"])  # the layer runs s1's loop
@@ -84,7 +84,7 @@ def test_default_model_builds_a_tiny_one_until_the_student_exists(
 
 
 def test_cpu_engine_defaults(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from budgetforce.serving.launch import CPU_KV_CACHE_BYTES, cpu_dtype, vllm_command
+    from budgetforce.server.launch import CPU_KV_CACHE_BYTES, cpu_dtype, vllm_command
 
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     assert cpu_dtype(tiny_r1) == "float32"
@@ -94,28 +94,28 @@ def test_cpu_engine_defaults(tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> 
     mine = ["--gpu-memory-utilization", "0.05", "--dtype=bfloat16", "--max_num_batched_tokens", "4096"]
     assert vllm_command(mine, str(tiny_r1), None, cpu=True, dtype="float32")[3:] == [
         "--model", str(tiny_r1), *mine, "--logits-processors", "budgetforce.vllm:BudgetForcing",
-        "--middleware", "budgetforce.serving.BudgetMiddleware",
+        "--middleware", "budgetforce.server.BudgetMiddleware",
     ]  # fmt: skip
     assert vllm_command([], "m", None, cpu=False)[-4:] == [
-        "--logits-processors", "budgetforce.vllm:BudgetForcing", "--middleware", "budgetforce.serving.BudgetMiddleware"
+        "--logits-processors", "budgetforce.vllm:BudgetForcing", "--middleware", "budgetforce.server.BudgetMiddleware"
     ]
 
 
 def test_scaled_front_ends_run_through_vllms_cli() -> None:
     """`--api-server-count`/`--data-parallel-size` above 1 need `vllm serve` (the module entry runs one API server)."""
-    from budgetforce.serving.launch import VLLM_SERVER, vllm_command
+    from budgetforce.server.launch import VLLM_SERVER, vllm_command
 
     assert vllm_command(["--api-server-count", "4"], "m", None, cpu=False)[1:5] == [
-        "-m", "budgetforce.serving.vllm_cli", "serve", "--model",
+        "-m", "budgetforce.server.vllm_cli", "serve", "--model",
     ]  # fmt: skip
-    assert vllm_command(["--data-parallel-size=2"], "m", None, cpu=False)[2] == "budgetforce.serving.vllm_cli"
+    assert vllm_command(["--data-parallel-size=2"], "m", None, cpu=False)[2] == "budgetforce.server.vllm_cli"
     assert vllm_command(["--api-server-count", "1"], "m", None, cpu=False)[2] == VLLM_SERVER
 
 
 def test_reasoning_parser_only_where_vllm_sees_the_close(tiny_r1: Path) -> None:
     """vLLM's parsers split detokenized text: a close that is a special token (the tiny model's) is
     skipped there, so `budgetforce serve` names no parser and the budget layer splits on the ids."""
-    from budgetforce.serving.launch import reasoning_parser_for
+    from budgetforce.server.launch import reasoning_parser_for
 
     student = Path(__file__).resolve().parents[1] / "budgetforce" / "student" / "model"
     assert reasoning_parser_for(str(student)) == "deepseek_r1"  # its `</think>` stays in the text

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from budgetforce import Budget, BudgetError
-from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController
+from budgetforce.core.controller import Action, ForcingPlan, Phase, ThinkingController
 
 # Ids of a made-up vocabulary: R1 closes with one token, s1 with three ("<|im_start|>answer\n").
 START, END, EOS, WAIT, HMM, COMMA, X, Y = 5, 6, 2, 9, 10, 11, 20, 21

@@ -371,7 +371,7 @@ def test_gpu_dockerfile_layers_on_a_vllm_image(gpu_image: str) -> None:
         assert "serve" in out and "bench" in out, out
         out = _sh(fs.command(["budgetforce", "serve", "--help"]))
         assert "--default-max-thinking-tokens" in out, out
-        code = "import budgetforce, budgetforce.serving.middleware, vllm; from budgetforce.cli import app; print('ok', vllm.__version__)"
+        code = "import budgetforce, budgetforce.server.middleware, vllm; from budgetforce.cli import app; print('ok', vllm.__version__)"
         out = _sh(fs.command(["python3", "-c", code]))
         assert "ok" in out, out
         # The entrypoint passes a command through as given.

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from budgetforce import Budget, BudgetError
-from budgetforce.controller import ForcingPlan, ThinkingController
+from budgetforce.core.controller import ForcingPlan, ThinkingController
 
 pytestmark = pytest.mark.engine
 BIAS = 5.0  # makes the close the argmax in some contexts, not all (see tinymodel's init range)

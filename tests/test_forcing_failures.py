@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 
-from budgetforce import slots as slots_mod
-from budgetforce.controller import Action, ForcingPlan
-from budgetforce.slots import FAIL_STEP, F, ForcingSlots, S
+from budgetforce.vllm import slots as slots_mod
+from budgetforce.core.controller import Action, ForcingPlan
+from budgetforce.vllm.slots import FAIL_STEP, F, ForcingSlots, S
 
 CLOSE, WAIT, EOS, START = 6, 9, 0, 5
 
@@ -28,11 +28,11 @@ def plan(wait: tuple[int, ...] = (WAIT,), **kw: Any) -> ForcingPlan:
 
 def test_a_kernel_that_cannot_be_imported_stops_the_processor_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue's failure: a kernel module gone from disk. Now the processor refuses to be built."""
-    from budgetforce.forcing import BudgetForcingLogitsProcessor
+    from budgetforce.vllm.forcing import BudgetForcingLogitsProcessor
 
-    monkeypatch.setitem(sys.modules, "budgetforce.slots_kernel", None)  # `import` raises ImportError
+    monkeypatch.setitem(sys.modules, "budgetforce.vllm.slots_kernel", None)  # `import` raises ImportError
     config = SimpleNamespace(model_config=SimpleNamespace(tokenizer="unused", get_vocab_size=lambda: 32))
-    with pytest.raises(RuntimeError, match=r"cannot run its forcing step on cuda.*budgetforce\.slots_kernel"):
+    with pytest.raises(RuntimeError, match=r"cannot run its forcing step on cuda.*budgetforce\.vllm\.slots_kernel"):
         BudgetForcingLogitsProcessor(config, torch.device("cuda"), False)  # type: ignore[arg-type]
     slots_mod.prepare_step(torch.device("cpu"))  # the torch path needs no kernel
 
@@ -64,7 +64,7 @@ def test_a_failing_step_hits_only_its_row(monkeypatch: pytest.MonkeyPatch, caplo
 
     monkeypatch.setattr(slots_mod, "_step_torch", poisoned)
     before = failing.failures.total
-    with caplog.at_level(logging.ERROR, logger="budgetforce.slots"):
+    with caplog.at_level(logging.ERROR, logger="budgetforce.vllm.slots"):
         for tok in (11, 12, 13):
             got = _batch(failing, [0, 1, 2], [tok] * 3)
             want = _batch(healthy, [0, 1, 2], [tok] * 3)
@@ -81,7 +81,7 @@ def test_a_failing_step_hits_only_its_row(monkeypatch: pytest.MonkeyPatch, caplo
 POISON = """
 import os
 if os.environ.get("BF_TEST_POISON_TOKEN"):  # a fault injected into the engine-core process (tests only)
-    from budgetforce import slots
+    from budgetforce.vllm import slots
     token, real = int(os.environ["BF_TEST_POISON_TOKEN"]), slots._step_torch
     def poisoned(sl, logits, row_keys, *rest):
         keys = row_keys[row_keys >= 0].long()
@@ -138,7 +138,7 @@ def test_vllm_xargs_beyond_the_tables_are_refused(tiny_r1: Any) -> None:
     """The same limits on a stock `vllm serve` (`validate_params`): a ValueError, vLLM's 400."""
     from vllm import SamplingParams
 
-    from budgetforce.forcing import Admission
+    from budgetforce.vllm.forcing import Admission
 
     too_many = SamplingParams(max_tokens=300, extra_args={"min_thinking_tokens": 5, "wait_strings": [f"w{i}" for i in range(9)]})
     with pytest.raises(ValueError, match="wait_strings"):

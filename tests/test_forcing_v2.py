@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from budgetforce.controller import ForcingPlan, ThinkingController
-from budgetforce.forcing import plan_to_args
+from budgetforce.core.controller import ForcingPlan, ThinkingController
+from budgetforce.vllm.forcing import plan_to_args
 
 v2 = pytest.importorskip("vllm.v1.worker.gpu.sample.logits_processor")
 from vllm import SamplingParams  # noqa: E402

@@ -9,13 +9,20 @@ import re
 from pathlib import Path
 from typing import get_args
 
-ROOT = Path(__file__).resolve().parents[1] / "budgetforce"
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / "budgetforce"
+SERVER = REPO / "server"  # installed as budgetforce.server (pyproject's package-dir)
 
 
 def _module(path: Path) -> str:
-    rel = path.relative_to(ROOT.parent).with_suffix("")
-    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    base, prefix = (SERVER, ("budgetforce", "server")) if path.is_relative_to(SERVER) else (ROOT, ("budgetforce",))
+    rel = path.relative_to(base).with_suffix("")
+    parts = prefix + (rel.parts[:-1] if rel.name == "__init__" else rel.parts)
     return ".".join(parts)
+
+
+def _sources() -> dict[str, Path]:
+    return {_module(p): p for d in (ROOT, SERVER) for p in d.rglob("*.py")}
 
 
 def _top_level_imports(path: Path, name: str) -> set[str]:
@@ -39,7 +46,7 @@ def _top_level_imports(path: Path, name: str) -> set[str]:
 
 
 def test_no_import_cycle_inside_budgetforce() -> None:
-    modules = {_module(p): p for p in ROOT.rglob("*.py")}
+    modules = _sources()
     graph = {m: {d for d in _top_level_imports(p, m) if d in modules and d != m} for m, p in modules.items()}
     state: dict[str, int] = {}
 
@@ -57,14 +64,52 @@ def test_no_import_cycle_inside_budgetforce() -> None:
 
 
 def test_the_kernel_names_its_columns() -> None:
-    source = (ROOT / "slots_kernel.py").read_text()
+    source = (ROOT / "vllm" / "slots_kernel.py").read_text()
     assert not re.search(r"\b(sp|stp) \+ \d", source), "literal column offsets in the kernel"
     assert not re.search(r"modes & \d", source), "literal mode bits in the kernel"
-    assert "from budgetforce.slots import" not in source.split("if TYPE_CHECKING:")[0]
+    assert "from budgetforce.vllm.slots import" not in source.split("if TYPE_CHECKING:")[0]
 
 
 def test_one_vocabulary_of_modes() -> None:
-    from budgetforce.budget import Mode as RequestMode
-    from budgetforce.layout import Mode
+    from budgetforce.core.budget import Mode as RequestMode
+    from budgetforce.core.layout import Mode
 
     assert {m.name.lower() for m in Mode} == set(get_args(RequestMode))
+
+
+LAYERS = {  # a layer may import itself and the layers listed for it, never the ones above it
+    "budgetforce.core": (),
+    "budgetforce.vllm": ("budgetforce.core",),
+    "budgetforce.server": ("budgetforce.core", "budgetforce.vllm"),
+    "budgetforce.bench": ("budgetforce.core", "budgetforce.vllm", "budgetforce.student"),
+    "budgetforce.distill": ("budgetforce.core", "budgetforce.vllm", "budgetforce.bench", "budgetforce.student"),
+    "budgetforce.student": ("budgetforce.core", "budgetforce.vllm", "budgetforce.tinymodel"),
+}
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every import of the file, at any depth (a lazy import is a dependency too)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+    return out
+
+
+def test_dependencies_point_one_way() -> None:
+    """core -> engine adapters (vllm/) -> server/, bench/, distill/ -> cli: no import goes back up,
+    and the core imports neither vLLM nor torch."""
+    for module, path in _sources().items():
+        layer = next((name for name in LAYERS if module == name or module.startswith(name + ".")), None)
+        if layer is None:  # budgetforce, budgetforce.cli, budgetforce.tinymodel: the top, free to import
+            continue
+        allowed = (layer, *LAYERS[layer])
+        for dep in _all_imports(path):
+            if dep.startswith("budgetforce.") or dep == "budgetforce":
+                assert dep != "budgetforce" and any(dep == a or dep.startswith(a + ".") for a in allowed), (
+                    f"{module} imports {dep}"
+                )
+            if layer == "budgetforce.core":
+                assert dep.split(".")[0] not in ("vllm", "torch", "triton"), f"the core module {module} imports {dep}"

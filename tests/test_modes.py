@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from budgetforce import Budget
-from budgetforce.controller import Action, ForcingError, ForcingPlan, Phase, ThinkingController
+from budgetforce.core.controller import Action, ForcingError, ForcingPlan, Phase, ThinkingController
 
 START, END, EOS, WAIT, HMM, COMMA, BREAK, IV1, IV2 = 5, 6, 2, 9, 10, 11, 14, 16, 17
 R1 = dict(think_start=(START,), think_end=(END,), eos=frozenset({EOS}), waits=((WAIT,),))

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import pytest
 
 from budgetforce import Budget
-from budgetforce.controller import ThinkingController
+from budgetforce.core.controller import ThinkingController
 
 pytestmark = pytest.mark.engine
 PROMPTS = [[{"role": "user", "content": f"question {i}: how many apples {i * 7} bags"}] for i in range(8)]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from budgetforce import Budget, ProfileError, detect_profile, get_profile
-from budgetforce.profile import detect_from_template
+from budgetforce.core.profile import detect_from_template
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"tokenizer fixtures not found at {FIXTURES}")
@@ -131,7 +131,7 @@ def test_banned_strings_ban_each_first_token_once(student) -> None:
 
 def test_too_many_banned_tokens_is_a_client_error(student) -> None:
     from budgetforce import BudgetError
-    from budgetforce.profile import PlanError
+    from budgetforce.core.profile import PlanError
 
     _, resolved = student
     words = ("Wait", "Hmm", "Alternatively", "But", "So", "Let", "Check")
@@ -142,7 +142,7 @@ def test_too_many_banned_tokens_is_a_client_error(student) -> None:
 
 
 def test_intervention_is_the_encoded_text(student) -> None:
-    from budgetforce.profile import PlanError
+    from budgetforce.core.profile import PlanError
 
     tok, resolved = student
     plan = resolved.plan(Budget(thinking_intervention="Let me check.", intervention_at=7))
@@ -164,7 +164,7 @@ def test_answer_budget_and_schedule_reach_the_plan(student) -> None:
 
 
 def test_break_tokens_are_cached_and_checked(student) -> None:
-    from budgetforce.profile import PlanError
+    from budgetforce.core.profile import PlanError
 
     tok, resolved = student
     lines = resolved.break_tokens(("\n",))
@@ -193,7 +193,7 @@ def test_qwen_paragraph_breaks_are_byte_level_tokens() -> None:
 
 def test_vocabulary_decodes_what_is_not_byte_level() -> None:
     """A vocabulary not written in the byte alphabet (SentencePiece-like) is decoded token by token."""
-    from budgetforce.profile import Vocabulary
+    from budgetforce.core.profile import Vocabulary
 
     pieces = {0: "<eos>", 1: "▁Wait", 2: "<0x0A>", 3: ".\n\n", 4: "\n\n", 5: "▁so"}
     text = {0: "", 1: " Wait", 2: "\n", 3: ".\n\n", 4: "\n\n", 5: " so"}

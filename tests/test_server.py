@@ -63,7 +63,7 @@ def test_chat_with_budget(client: OpenAI) -> None:
 
 def test_split_and_usage_match_the_engine(client: OpenAI, engine: Any, run: Callable) -> None:
     """Same seed through the server and straight through budgetforce's engine: same prompt, same ids, same split."""
-    from budgetforce.budget import Budget
+    from budgetforce.core.budget import Budget
 
     budget = Budget(max_thinking_tokens=10)
     direct = run(engine.generate(MESSAGES, budget, max_tokens=30, seed=11, temperature=0.7))
@@ -202,7 +202,7 @@ def test_stop_string_skips_the_whitespace_that_opens_the_answer(client: OpenAI) 
 
 
 def test_stop_cutter_passes_the_answers_opening_whitespace() -> None:
-    from budgetforce.stops import StopCutter as _StopCutter
+    from budgetforce.core.stops import StopCutter as _StopCutter
 
     cutter = _StopCutter(["\n\n", "\nThe"])
     pieces = [cutter.push(t) for t in ["\n", "\n  The answer", " is 4.\n", "\nMore"]]

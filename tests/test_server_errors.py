@@ -173,7 +173,7 @@ def test_unknown_fields_are_ignored_and_unknown_routes_404(live_server_url: str)
 def test_failed_finish_reasons_are_errors_not_stop() -> None:
     """vLLM's `abort` and `error` (a KV load failure, ...) end the sources with `GenerationFailed`, which
     the budget layer hands back to vLLM's route as vLLM's own finish reason (a 5xx or an error event)."""
-    from budgetforce.engine import GenerationFailed, _finish
+    from budgetforce.vllm.engine import GenerationFailed, _finish
 
     assert [_finish(r) for r in ("stop", "length", "repetition")] == ["stop", "length", "stop"]
     for reason in ("abort", "error"):

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from budgetforce.budget import BudgetDefaults
-from budgetforce.serving.rewrite import RequestError, ServedModel, prepare
+from budgetforce.core.budget import BudgetDefaults
+from budgetforce.server.rewrite import RequestError, ServedModel, prepare
 
 CHAT_FIELDS = frozenset({"messages", "model", "max_tokens", "max_completion_tokens", "stop", "n", "seed", "stream",
                          "vllm_xargs", "thinking_token_budget", "reasoning_effort", "include_reasoning",
@@ -19,7 +19,7 @@ HELLO = [{"role": "user", "content": "hi"}]
 def model() -> ServedModel:
     from transformers import AutoTokenizer
 
-    from budgetforce.profile import detect_profile
+    from budgetforce.core.profile import detect_profile
     from budgetforce.student import STUDENT_PATH
 
     tok = AutoTokenizer.from_pretrained(STUDENT_PATH)
@@ -166,7 +166,7 @@ class _Board:
 
 
 def test_report_gains_the_keys_of_the_modes_used(model: ServedModel) -> None:
-    from budgetforce.serving.annotate import Annotator, BoardRow
+    from budgetforce.server.annotate import Annotator, BoardRow
 
     tok = model.tokenizer
     lead = tok.encode("Be brief.", add_special_tokens=False)
@@ -195,10 +195,10 @@ def test_report_gains_the_keys_of_the_modes_used(model: ServedModel) -> None:
 def test_an_orchestrated_choice_reports_its_own_sources_counts(model: ServedModel) -> None:
     """Early exit: the probes are reported apart, an exit counts as a forced end; a choice whose source
     has not finished (cut by a stop string) says nothing it cannot know."""
-    from budgetforce.budget import Budget
-    from budgetforce.engine import EngineSide, Tally
-    from budgetforce.serving.annotate import Annotator
-    from budgetforce.serving.orchestrate import Orchestrated
+    from budgetforce.core.budget import Budget
+    from budgetforce.vllm.engine import EngineSide, Tally
+    from budgetforce.server.annotate import Annotator
+    from budgetforce.server.orchestrate import Orchestrated
 
     prepared = rewrite(model, max_tokens=300, probe_every=8)
     run = Orchestrated(prepared.budget, EngineSide(None, model.tokenizer, model.profile.plan(Budget())), model.profile)
@@ -218,9 +218,9 @@ def test_an_orchestrated_choice_reports_its_own_sources_counts(model: ServedMode
 def test_enforced_reports_what_the_board_and_the_ids_say(model: ServedModel) -> None:
     """`enforced` is true on a healthy board row, false with the row's reason code, and false
     (`max_exceeded`) whenever the ids show the thinking past its maximum, board or not."""
-    from budgetforce.forcing import StatsBoard
-    from budgetforce.serving.annotate import Annotator, BoardRow
-    from budgetforce.slots import FAIL_STEP, S
+    from budgetforce.vllm.forcing import StatsBoard
+    from budgetforce.server.annotate import Annotator, BoardRow
+    from budgetforce.vllm.slots import FAIL_STEP, S
 
     ids = [70, 71, 72, 5, 73, 0]  # three thinking tokens, </think>, an answer token, EOS
     board = StatsBoard(create=True)
@@ -251,7 +251,7 @@ def test_enforced_reports_what_the_board_and_the_ids_say(model: ServedModel) -> 
 
 def test_budgets_beyond_the_forcing_tables_are_400s_naming_the_field(model: ServedModel) -> None:
     """Nine wait strings, or an answer prefix of more than 64 tokens, cannot be forced: refused up front."""
-    from budgetforce.limits import LIMITS
+    from budgetforce.core.limits import LIMITS
 
     with pytest.raises(RequestError) as err:
         rewrite(model, max_tokens=300, min_thinking_tokens=10, wait_strings=[f"Wait {i}" for i in range(9)])
@@ -275,7 +275,7 @@ def test_reasoning_effort_reaches_vllm_only_under_its_effort_map(model: ServedMo
     table keyed by the effort the client sent; without the map vLLM never sees it."""
     import dataclasses
 
-    from budgetforce.budget import EffortBudget
+    from budgetforce.core.budget import EffortBudget
 
     mapped = dataclasses.replace(model, effort_map=True)
     defaults = BudgetDefaults(reasoning_effort_budgets={"medium": EffortBudget(max_thinking_tokens=300)})

@@ -15,8 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController
-from budgetforce.slots import FORCE_LOGIT, NS, F, ForcingSlots, S, uniform
+from budgetforce.core.controller import Action, ForcingPlan, Phase, ThinkingController
+from budgetforce.vllm.slots import FORCE_LOGIT, NS, F, ForcingSlots, S, uniform
 
 V = 40
 START, END, EOS, WAIT, HMM, COMMA = 5, 6, 2, 9, 10, 11

@@ -165,7 +165,7 @@ def test_chat_template_opens_thinking_with_r1_tokens(tokenizer):
 
 
 def test_profile_detection_sees_an_r1_distill(tokenizer):
-    from budgetforce.profile import detect_profile
+    from budgetforce.core.profile import detect_profile
 
     assert detect_profile(tokenizer, str(STUDENT_PATH)).name == "r1-distill-qwen"
 

@@ -13,7 +13,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
 from budgetforce import Budget
-from budgetforce.forcing import EXTRA_KEY, plan_to_args
+from budgetforce.vllm.forcing import EXTRA_KEY, plan_to_args
 from budgetforce.vllm import (
     ASYNC_PLUGIN_ERROR,
     PLUGIN_ENV,
@@ -81,7 +81,7 @@ def test_enabled_plugin_budgets_xargs_only(tiny_r1: Path, monkeypatch: pytest.Mo
     assert 1 not in plugin.rows  # budgetforce's engine plan belongs to its named processor
 
 
-@pytest.mark.parametrize("named", [["budgetforce.forcing:BudgetForcingLogitsProcessor"], [BudgetForcing]])
+@pytest.mark.parametrize("named", [["budgetforce.vllm.forcing:BudgetForcingLogitsProcessor"], [BudgetForcing]])
 def test_enabled_plugin_stands_aside_for_named_processor(
     tiny_r1: Path, monkeypatch: pytest.MonkeyPatch, named: list[Any]
 ) -> None:
@@ -106,7 +106,7 @@ def test_runner_v2_builds_the_v2_adapter(tiny_r1: Path, monkeypatch: pytest.Monk
     and speculative decoding is refused at start-up."""
     from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_by_fqcns
 
-    from budgetforce.forcing_v2 import BudgetForcingV2
+    from budgetforce.vllm.forcing_v2 import BudgetForcingV2
 
     assert _load_v2_logitsprocs_by_fqcns(["budgetforce.vllm:BudgetForcing", ENTRY_POINT]) == [
         BudgetForcing, BudgetForcingPlugin,
@@ -150,8 +150,8 @@ def test_xargs_modes_are_checked_at_the_edge(tiny_r1: Path, monkeypatch: pytest.
     an answer budget gets its maximum thinking written back, and what the tokenizer cannot carry is refused."""
     from transformers import AutoTokenizer
 
-    from budgetforce import admission
-    from budgetforce.profile import detect_profile
+    from budgetforce.vllm import admission
+    from budgetforce.core.profile import detect_profile
 
     tok = AutoTokenizer.from_pretrained(tiny_r1)
     monkeypatch.setattr(admission, "_FRONTEND_PROFILE", [detect_profile(tok).resolve(tok)])

@@ -24,7 +24,7 @@ from budgetforce import Budget
 
 pytestmark = pytest.mark.server
 PROCESSOR = "budgetforce.vllm:BudgetForcing"
-MIDDLEWARE = "budgetforce.serving.BudgetMiddleware"
+MIDDLEWARE = "budgetforce.server.BudgetMiddleware"
 START_TIMEOUT_S = 180
 MAX_TOKENS = 120
 BIAS = 5.0
@@ -154,7 +154,7 @@ def test_text_matches_budgetforce_server(client: Any, live_server_url: str) -> N
         ).model_dump()["choices"][0]
         mine = own.chat.completions.create(**common, seed=0, extra_body=budget).model_dump()["choices"][0]
         # vLLM ends a reasoning cut inside a character with U+FFFD (as `tokenizer.decode` does);
-        # budgetforce's decoder drops the incomplete character (budgetforce/decoding.py).
+        # budgetforce's decoder drops the incomplete character (budgetforce/core/decoding.py).
         served_reasoning = served["message"]["reasoning"].rstrip("\ufffd")
         assert served_reasoning == mine["message"]["reasoning_content"].rstrip("\ufffd"), budget
         assert served["finish_reason"] == mine["finish_reason"]

@@ -21,6 +21,8 @@ done
 export PYTHONUNBUFFERED=1 VLLM_LOGGING_LEVEL=WARNING TOKENIZERS_PARALLELISM=false
 # the servers run from a copy outside the working tree: the next call lays the tree anew
 rm -rf /root/bf && mkdir -p /root/bf && cp -r budgetforce benchmarks /root/bf/ && cp -r "${TOK:-.gpu-tok}" /root/bf/tok
+# run from a copy without installing: server/ goes where the wheel puts it (budgetforce.server)
+cp -r server /root/bf/budgetforce/server
 cd /root/bf
 export PYTHONPATH="${SITE:-/tmp/site}:/root/bf${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
 MODEL=/root/bf/r1-1.5b && mkdir -p $MODEL && cp benchmarks/shapes/r1-distill-qwen-1.5b.json $MODEL/config.json && cp tok/* $MODEL/
@@ -31,7 +33,7 @@ declare -A PID; PID[8001]=$!
 sleep 15
 BUDGETFORCE_STATS_BOARD=bf-stock-board setsid python3 -m vllm.entrypoints.openai.api_server --model $MODEL \
   --served-model-name r1 --port 8002 "${COMMON[@]}" --logits-processors budgetforce.vllm:BudgetForcing \
-  --middleware budgetforce.serving.BudgetMiddleware --reasoning-parser deepseek_r1 \
+  --middleware budgetforce.server.BudgetMiddleware --reasoning-parser deepseek_r1 \
   > "$OUT/server-vllm-$LABEL.log" 2>&1 < /dev/null &
 PID[8002]=$!
 sleep 15

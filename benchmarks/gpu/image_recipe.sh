@@ -53,10 +53,10 @@ cp "$CONSTRAINTS" "$LOG/base-constraints.txt"
 echo "$(wc -l < "$CONSTRAINTS") packages pinned: $(grep -E '^(vllm|torch|transformers|fastapi|pydantic)==' "$CONSTRAINTS" | tr '\n' ' ')"
 
 step "2. the budgetforce wheel"
-# what the Dockerfile's wheel stage copies (pyproject.toml, README.md, budgetforce/); no network,
+# what the Dockerfile's wheel stage copies (pyproject.toml, README.md, budgetforce/, server/); no network,
 # so the build uses the base's setuptools instead of an isolated one
 mkdir -p "$WORK/src" "$WORK/wheels" && cp "$ROOT/pyproject.toml" "$ROOT/README.md" "$WORK/src/" \
-  && cp -r "$ROOT/budgetforce" "$WORK/src/" && find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
+  && cp -r "$ROOT/budgetforce" "$ROOT/server" "$WORK/src/" && find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
 WHEELS="$WORK/wheels"
 PIP_NO_INDEX=1 python3 -m pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir "$WHEELS" "$WORK/src" \
   > "$LOG/wheel.log" 2>&1 || { tail -30 "$LOG/wheel.log"; fail "pip wheel"; }
@@ -70,7 +70,7 @@ step "3. the Dockerfile's install (its runtime stage's RUN, unchanged but for th
     && python3 -m pip install -c "$CONSTRAINTS" "$WHEELS"/budgetforce-*.whl \
     && python3 -m pip install --no-deps --force-reinstall "$WHEELS"/budgetforce-*.whl \
     && rm "$CONSTRAINTS" \
-    && python3 -B -c "import budgetforce.cli, budgetforce.serving.middleware, vllm; print('vllm', vllm.__version__)"
+    && python3 -B -c "import budgetforce.cli, budgetforce.server.middleware, vllm; print('vllm', vllm.__version__)"
 ) > "$LOG/install.log" 2>&1 || { tail -40 "$LOG/install.log"; fail "the Dockerfile's install"; }
 tail -1 "$LOG/install.log"
 grep -i "Successfully installed\|already satisfied: budgetforce\|Not uninstalling" "$LOG/install.log" | head -5

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from budgetforce import Budget  # noqa: E402
-from budgetforce.engine import BudgetForcingEngine  # noqa: E402
+from budgetforce.vllm.engine import BudgetForcingEngine  # noqa: E402
 from budgetforce.student import STUDENT_PATH  # noqa: E402
 from budgetforce.student.task import heldout_problems  # noqa: E402
 

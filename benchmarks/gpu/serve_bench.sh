@@ -17,7 +17,8 @@ case "$STEP" in
     # [v]llm: the pattern must not match this shell's own command line
     pkill -f "[v]llm.entrypoints.openai.api_server" 2>/dev/null; pkill -f "[b]udgetforce.cli serve" 2>/dev/null; sleep 3
     # the servers run from a copy outside the working tree: the next call lays the tree anew
-    rm -rf $SB && mkdir -p $SB/logs && cp -r budgetforce benchmarks $SB/ && cp -r "${TOK:-.gpu-tok}" $SB/tok
+    rm -rf $SB && mkdir -p $SB/logs && cp -r budgetforce benchmarks $SB/ && cp -r "${TOK:-.gpu-tok}" $SB/tok \
+      && cp -r server $SB/budgetforce/server  # where the wheel puts it (budgetforce.server)
     cd $SB || exit 1
     export PYTHONPATH="${SITE:-/tmp/site}:$SB${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
     M=$SB/r1-1.5b && mkdir -p $M && cp benchmarks/shapes/r1-distill-qwen-1.5b.json $M/config.json && cp tok/* $M/

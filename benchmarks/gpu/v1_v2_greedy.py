@@ -27,8 +27,8 @@ def child(shape: str, tokenizer: str) -> None:
 
     from benchmarks.throughput import model_dir
     from budgetforce import Budget
-    from budgetforce.forcing import plan_to_args
-    from budgetforce.profile import detect_profile
+    from budgetforce.vllm.forcing import plan_to_args
+    from budgetforce.core.profile import detect_profile
 
     path = model_dir(Path(shape), Path(tokenizer))
     llm = LLM(model=str(path), load_format="dummy", dtype="bfloat16", max_model_len=1024, seed=0,

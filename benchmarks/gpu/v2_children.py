@@ -30,14 +30,14 @@ def main() -> None:
 
     from vllm import LLM, SamplingParams
 
-    from budgetforce.stats_board import StatsBoard
-    from budgetforce.wire import BOARD_ENV, BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
+    from budgetforce.vllm.stats_board import StatsBoard
+    from budgetforce.vllm.wire import BOARD_ENV, BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
 
     os.environ[BOARD_ENV] = "bf-children-board"  # as a server's budget layer sets it
     board = StatsBoard.shared(os.environ[BOARD_ENV])
 
-    from budgetforce import forcing_v2
-    from budgetforce.layout import F
+    from budgetforce.vllm import forcing_v2
+    from budgetforce.core.layout import F
 
     trace: list[dict[str, Any]] = []
     budget_left = {"steps": 0}

@@ -12,9 +12,9 @@ import sys
 
 import torch
 
-from budgetforce.controller import ForcingPlan
-from budgetforce.slots import NS, F, ForcingSlots, S, _step_torch
-from budgetforce.slots_kernel import step_cuda
+from budgetforce.core.controller import ForcingPlan
+from budgetforce.vllm.slots import NS, F, ForcingSlots, S, _step_torch
+from budgetforce.vllm.slots_kernel import step_cuda
 
 V = 48
 START, END, EOS, WAIT, HMM, COMMA = 5, 6, 2, 9, 10, 11

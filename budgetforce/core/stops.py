@@ -1,7 +1,7 @@
 """Stop strings that end the answer only: never matched in the thinking, nor in the whitespace opening the answer.
 
 R1-style models write "</think>\\n\\n" before the answer; lm-evaluation-harness's default stop
-"\\n\\n" would otherwise cut every answer to "". The budget layer (`budgetforce.serving`) feeds the
+"\\n\\n" would otherwise cut every answer to "". The budget layer (`budgetforce.server`) feeds the
 answer text, and only the answer text, through a `StopCutter`.
 """
 

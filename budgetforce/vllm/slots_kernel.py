@@ -6,7 +6,7 @@ returns at its first load, so requests without a budget cost one tiny program ea
 no host sync and no pass over the vocabulary.
 """
 
-# ruff: noqa: F821 - F_*, S_* and MODE_* are made below from budgetforce.layout (one declaration of the layout)
+# ruff: noqa: F821 - F_*, S_* and MODE_* are made below from budgetforce.core.layout (one declaration of the layout)
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -15,15 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
-from budgetforce.controller import Action, Phase
-from budgetforce.draws import SCHEDULE_SALT
-from budgetforce.layout import FORCE_LOGIT, NF, NS, F, Mode, S
+from budgetforce.core.controller import Action, Phase
+from budgetforce.core.draws import SCHEDULE_SALT
+from budgetforce.core.layout import FORCE_LOGIT, NF, NS, F, Mode, S
 
 if TYPE_CHECKING:
-    from budgetforce.slots import ForcingSlots
+    from budgetforce.vllm.slots import ForcingSlots
 
 # The layout's names as kernel constants (`F_PHASE`, `S_WAITS`, `MODE_NOWAIT`, ...): the kernel reads
-# the state table through them, so a column moves in budgetforce.layout alone.
+# the state table through them, so a column moves in budgetforce.core.layout alone.
 globals().update({f"F_{m.name}": tl.constexpr(int(m)) for m in F})
 globals().update({f"S_{m.name}": tl.constexpr(int(m)) for m in S})
 globals().update({f"MODE_{m.name}": tl.constexpr(int(m)) for m in Mode})

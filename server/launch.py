@@ -2,17 +2,17 @@
 
 The command line it runs is `vllm serve` (as `python -m vllm.entrypoints.openai.api_server`, which
 every vLLM release has; with `--api-server-count` or `--data-parallel-size` above 1, which that entry
-point ignores, as vLLM's CLI through `budgetforce.serving.vllm_cli`) plus two flags, `--logits-processors budgetforce.vllm:BudgetForcing` and
-`--middleware budgetforce.serving.BudgetMiddleware`, a `--reasoning-parser` matching the model's
+point ignores, as vLLM's CLI through `budgetforce.server.vllm_cli`) plus two flags, `--logits-processors budgetforce.vllm:BudgetForcing` and
+`--middleware budgetforce.server.BudgetMiddleware`, a `--reasoning-parser` matching the model's
 thinking delimiters when none is given, and CPU-friendly defaults on a machine without CUDA.
 Every other flag passes through to vLLM untouched. Budget defaults reach the middleware as
-`BUDGETFORCE_*` environment variables (`budgetforce.budget.BudgetDefaults`).
+`BUDGETFORCE_*` environment variables (`budgetforce.core.budget.BudgetDefaults`).
 
 Example:
     >>> vllm_command(["--max-num-seqs", "8"], model="org/r1-distill", reasoning_parser="deepseek_r1",
     ...              cpu=False)[3:]                                                 # doctest: +NORMALIZE_WHITESPACE
     ['--model', 'org/r1-distill', '--max-num-seqs', '8', '--logits-processors', 'budgetforce.vllm:BudgetForcing',
-     '--middleware', 'budgetforce.serving.BudgetMiddleware', '--reasoning-parser', 'deepseek_r1']
+     '--middleware', 'budgetforce.server.BudgetMiddleware', '--reasoning-parser', 'deepseek_r1']
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("budgetforce.serving")
+log = logging.getLogger("budgetforce.server")
 
 PROCESSOR = "budgetforce.vllm:BudgetForcing"
-MIDDLEWARE = "budgetforce.serving.BudgetMiddleware"  # vLLM imports `module.attr` (a dot, not a colon)
+MIDDLEWARE = "budgetforce.server.BudgetMiddleware"  # vLLM imports `module.attr` (a dot, not a colon)
 VLLM_SERVER = "vllm.entrypoints.openai.api_server"
 # vLLM's CLI (`vllm serve`), for the front-end flags the module entry point above ignores (it runs one
 # API server process): through budgetforce's shim, which also runs it on vLLM's CPU build
-VLLM_CLI = ("budgetforce.serving.vllm_cli", "serve")
+VLLM_CLI = ("budgetforce.server.vllm_cli", "serve")
 SCALED_FLAGS = ("api-server-count", "data-parallel-size")
 CPU_KV_CACHE_BYTES = 1 << 30
 # vLLM's reasoning parser for each profile's delimiters; s1's `<|im_start|>think` has none, so
@@ -125,7 +125,7 @@ def reasoning_parser_for(model: str, tokenizer: str | None = None) -> str | None
     """vLLM's reasoning parser for the model's thinking delimiters (detected from its tokenizer)."""
     from transformers import AutoTokenizer
 
-    from budgetforce.profile import detect_profile
+    from budgetforce.core.profile import detect_profile
 
     tok = AutoTokenizer.from_pretrained(tokenizer or model)
     profile = detect_profile(tok, model)
@@ -149,7 +149,7 @@ def has_cuda() -> bool:
 
 def budget_environment(defaults: dict[str, Any]) -> dict[str, str]:
     """`BUDGETFORCE_*` variables for the middleware, validated here so mistakes stop the start at once."""
-    from budgetforce.budget import BudgetDefaults
+    from budgetforce.core.budget import BudgetDefaults
 
     given = {k: v for k, v in defaults.items() if v is not None}
     BudgetDefaults(**given)  # raises pydantic's ValidationError, which the CLI reports
@@ -160,7 +160,7 @@ def exec_server(cmd: list[str], env: dict[str, str]) -> None:  # pragma: no cove
     """Become the vLLM server (signals, exit status and logs are vLLM's own)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    from budgetforce.wire import BOARD_ENV
+    from budgetforce.vllm.wire import BOARD_ENV
 
     # the stats board's name, fixed before vLLM starts: its engine accepts this one and no other
     board = {BOARD_ENV: os.environ.get(BOARD_ENV) or f"budgetforce-{os.getpid()}-{os.urandom(4).hex()}"}

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 
-from budgetforce.draws import SCHEDULE_SALT, draw24
+from budgetforce.core.draws import SCHEDULE_SALT, draw24
 
 
 class Phase(IntEnum):

@@ -1,7 +1,7 @@
 """Thinking budgets on vLLM's own OpenAI-compatible server: a budget layer, not a server of its own.
 
     vllm serve MODEL --logits-processors budgetforce.vllm:BudgetForcing \\
-        --middleware budgetforce.serving.BudgetMiddleware --reasoning-parser deepseek_r1
+        --middleware budgetforce.server.BudgetMiddleware --reasoning-parser deepseek_r1
 
 or `budgetforce serve`, which starts vLLM's server with those flags. `rewrite` turns a request's
 budget fields into `vllm_xargs` (400s before anything runs), `annotate` adds the per-choice
@@ -16,7 +16,7 @@ __all__ = ["BudgetMiddleware"]
 
 def __getattr__(name: str):  # the middleware pulls in Starlette: import it only when asked for
     if name == "BudgetMiddleware":
-        from budgetforce.serving.middleware import BudgetMiddleware
+        from budgetforce.server.middleware import BudgetMiddleware
 
         return BudgetMiddleware
     raise AttributeError(name)

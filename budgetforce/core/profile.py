@@ -10,9 +10,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from budgetforce.budget import DEFAULT_PARAGRAPH_BREAKS, Budget, BudgetError
-from budgetforce.controller import ForcingPlan, ends_inside
-from budgetforce.limits import LIMITS
+from budgetforce.core.budget import DEFAULT_PARAGRAPH_BREAKS, Budget, BudgetError
+from budgetforce.core.controller import ForcingPlan, ends_inside
+from budgetforce.core.limits import LIMITS
 
 _BREAK_CACHE = 64  # break-string tuples whose tokens a profile remembers (clients choose them)
 
@@ -113,7 +113,7 @@ class ResolvedProfile:
 
         Raises:
             ProfileError: a wait string without tokens; `PlanError` (naming the request field)
-                for a budget whose strings do not fit the processor's tables (`budgetforce.limits`).
+                for a budget whose strings do not fit the processor's tables (`budgetforce.core.limits`).
         """
         waits = budget.wait_strings or self.profile.wait_strings
         wait_ids = tuple(self.encode(w) for w in waits)

@@ -8,9 +8,9 @@ exactly as budgetforce's engine does. The layer then adds, per choice, the `budg
 answer) at the request's stop strings. Where vLLM has no reasoning parser for the text (text
 completions, or a chat server without `--reasoning-parser`) it splits the text on the ids itself.
 
-`waits_inserted` comes from the processor's stats board (`budgetforce.stats_board.StatsBoard`, named by
+`waits_inserted` comes from the processor's stats board (`budgetforce.vllm.stats_board.StatsBoard`, named by
 `BUDGETFORCE_STATS_BOARD`); it is null where the board is absent and for n > 1 (one row per request).
-A request the layer runs itself (`rounds`, early exit: `budgetforce.serving.orchestrate`) has each
+A request the layer runs itself (`rounds`, early exit: `budgetforce.server.orchestrate`) has each
 choice's counts from its own source instead, `n` > 1 included.
 
 The modes beyond s1 add keys only to requests that use them (`Budget.report_keys`): an answer
@@ -26,20 +26,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from budgetforce.budget import Budget
-from budgetforce.controller import Phase, ThinkingController, rfind
-from budgetforce.engine import Tally
-from budgetforce.layout import enforcement
-from budgetforce.serving.metrics import record_choice
-from budgetforce.serving.rewrite import Prepared, ServedModel
-from budgetforce.stops import StopCutter
+from budgetforce.core.budget import Budget
+from budgetforce.core.controller import Phase, ThinkingController, rfind
+from budgetforce.vllm.engine import Tally
+from budgetforce.core.layout import enforcement
+from budgetforce.server.metrics import record_choice
+from budgetforce.server.rewrite import Prepared, ServedModel
+from budgetforce.core.stops import StopCutter
 
 
 @dataclass(frozen=True)
 class BoardRow:
     """A single-choice request's row on the processor's stats board: its counts once the engine is done."""
 
-    board: Any  # budgetforce.stats_board.StatsBoard
+    board: Any  # budgetforce.vllm.stats_board.StatsBoard
     key: int
     nonce: int
 
@@ -55,7 +55,7 @@ class _Choice:
     ctl: ThinkingController
     prompt_len: int
     cutter: StopCutter | None
-    splitter: Any = None  # budgetforce.engine.Splitter when the layer splits the text itself
+    splitter: Any = None  # budgetforce.vllm.engine.Splitter when the layer splits the text itself
     tokens: int = 0
     done: bool = False
     ids: list[int] = field(default_factory=list)
@@ -90,7 +90,7 @@ class Annotator:
             cutter = StopCutter(self.p.stops) if self.p.stops else None
             splitter = None
             if self.p.split_text and not self.p.echo:
-                from budgetforce.engine import Splitter  # the engine's reasoning/answer router, on ids
+                from budgetforce.vllm.engine import Splitter  # the engine's reasoning/answer router, on ids
 
                 splitter = Splitter(self.model.tokenizer, ThinkingController(self.observer, prompt))
             st = self.choices[index] = _Choice(index, ctl, len(prompt), cutter, splitter)

@@ -1,7 +1,7 @@
 """`BudgetMiddleware`: thinking budgets on vLLM's own OpenAI-compatible server, as pure ASGI middleware.
 
     vllm serve MODEL --logits-processors budgetforce.vllm:BudgetForcing \\
-        --middleware budgetforce.serving.BudgetMiddleware --reasoning-parser deepseek_r1
+        --middleware budgetforce.server.BudgetMiddleware --reasoning-parser deepseek_r1
 
 (`budgetforce serve` adds both flags itself.) It touches only `POST /v1/chat/completions` and
 `POST /v1/completions`: the request body is rewritten by `rewrite.prepare` (budget fields into
@@ -29,13 +29,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from budgetforce.budget import BudgetDefaults
-from budgetforce.wire import BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
-from budgetforce.serving.annotate import Annotator, BoardRow
-from budgetforce.serving.metrics import record_rejection
-from budgetforce.serving.rewrite import Prepared, RequestError, ServedModel, prepare
+from budgetforce.core.budget import BudgetDefaults
+from budgetforce.vllm.wire import BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
+from budgetforce.server.annotate import Annotator, BoardRow
+from budgetforce.server.metrics import record_rejection
+from budgetforce.server.rewrite import Prepared, RequestError, ServedModel, prepare
 
-log = logging.getLogger("budgetforce.serving")
+log = logging.getLogger("budgetforce.server")
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 NO_BOARD_MESSAGE = (
     "early exit (`probe_every`) closes the thinking through the processor's stats board, which this server "
@@ -49,7 +49,7 @@ class BudgetMiddleware:
 
     The served model's profile and tokenizer are loaded on the first budgeted request (in a
     thread) from the app's `vllm_config`; operator defaults come from `BUDGETFORCE_*` variables
-    (`budgetforce.budget.BudgetDefaults`).
+    (`budgetforce.core.budget.BudgetDefaults`).
     """
 
     def __init__(self, app: ASGIApp, defaults: BudgetDefaults | None = None, model: ServedModel | None = None) -> None:
@@ -120,9 +120,9 @@ class BudgetMiddleware:
     async def _orchestrate(self, scope: Scope, prepared: Prepared) -> tuple[Any, Any]:
         """Register a rounds or early-exit request with the layer's engine client (`orchestrate`); its
         nonce in `vllm_xargs` is how the route's engine call finds it. Returns (stats, release)."""
-        from budgetforce.budget import Budget
-        from budgetforce.engine import EngineSide
-        from budgetforce.serving import orchestrate
+        from budgetforce.core.budget import Budget
+        from budgetforce.vllm.engine import EngineSide
+        from budgetforce.server import orchestrate
 
         client = getattr(getattr(scope.get("app"), "state", None), "engine_client", None)
         if client is None:  # a render-only front end, or a vLLM without the attribute
@@ -169,8 +169,8 @@ def stats_board() -> Any:
     serve` before vLLM starts, so the engine accepts that name and no other; shared by every API
     server process), or None."""
     if not _BOARD:
-        from budgetforce.stats_board import StatsBoard
-        from budgetforce.wire import BOARD_ENV
+        from budgetforce.vllm.stats_board import StatsBoard
+        from budgetforce.vllm.wire import BOARD_ENV
 
         name = os.environ.get(BOARD_ENV)
         board = None
@@ -206,8 +206,8 @@ def served_model(state: Any) -> ServedModel:
     """The served model's profile, tokenizer and limits, from the vLLM app's state (blocking: run in a thread)."""
     from transformers import AutoTokenizer
 
-    from budgetforce.admission import set_frontend_profile
-    from budgetforce.profile import detect_profile
+    from budgetforce.vllm.admission import set_frontend_profile
+    from budgetforce.core.profile import detect_profile
 
     config = state.vllm_config.model_config
     name = config.tokenizer
@@ -263,7 +263,7 @@ def _child_safe(vllm_config: Any) -> bool:
     processor keys its state by the two. On runner V2 this was traced inside the engine on the H200
     (benchmarks/gpu/v2_children.py, benchmarks/results/2026-12-02-h200/v2-children/): the n = 3 choices
     equal three n = 1 requests with seeds seed, seed+1, seed+2, each forced to its maximum."""
-    from budgetforce import wire
+    from budgetforce.vllm import wire
 
     del vllm_config  # the runner no longer matters; kept so the layer can refuse per engine again
     return bool(getattr(wire, "XARGS_CHILD_SAFE", False))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from budgetforce.budget import Budget, xarg_budget_fields
-from budgetforce.controller import ForcingPlan
+from budgetforce.core.budget import Budget, xarg_budget_fields
+from budgetforce.core.controller import ForcingPlan
 
 EXTRA_KEY = "budgetforce"  # SamplingParams.extra_args[EXTRA_KEY] holds a serialised ForcingPlan
 NONCE_KEY = "budgetforce_nonce"  # set on vllm_xargs budgets at admission: a request's identity
@@ -89,7 +89,7 @@ def budget_from_xargs(extra_args: dict[str, Any] | None) -> Budget | None:
     """A `Budget` from a stock `vllm serve` request's `vllm_xargs`, or None when it sets none.
 
     The fields arrive flat (strings, numbers, lists); a single string where a list belongs is a
-    one-element list (`budgetforce.budget.xarg_budget_fields`).
+    one-element list (`budgetforce.core.budget.xarg_budget_fields`).
     """
     fields = xarg_budget_fields(extra_args)
     return Budget.model_validate(fields) if fields else None

@@ -1,4 +1,4 @@
-"""`python -m budgetforce.serving.vllm_cli serve …`: vLLM's own `vllm` command, on every vLLM build.
+"""`python -m budgetforce.server.vllm_cli serve …`: vLLM's own `vllm` command, on every vLLM build.
 
 `budgetforce serve` runs vLLM's server through vLLM's CLI (`vllm serve`), which is what gives
 `--api-server-count`, `--data-parallel-size` and the rest their meaning; the deprecated module

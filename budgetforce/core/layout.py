@@ -1,6 +1,6 @@
 """The device layout of the forcing state: its columns, mode bits and failure codes, declared once.
 
-`budgetforce.slots` (torch) and `budgetforce.slots_kernel` (Triton, as named constexprs) both read
+`budgetforce.vllm.slots` (torch) and `budgetforce.vllm.slots_kernel` (Triton, as named constexprs) both read
 the state table through these names, and the frontend reads the stats table through `S`; nothing
 here imports torch, so the serving layer can name a failure without loading the engine's side.
 
@@ -68,7 +68,7 @@ NF = 40
 class Mode(IntFlag):
     """The modes beyond s1 a row uses (`F.MODES` bits): the kernel touches no other mode's state.
 
-    Named as the request's modes (`budgetforce.budget.Mode`, upper-cased): `Mode["NOWAIT"]`.
+    Named as the request's modes (`budgetforce.core.budget.Mode`, upper-cased): `Mode["NOWAIT"]`.
     """
 
     NOWAIT = 1

@@ -27,9 +27,9 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
-from budgetforce.forcing import EXTRA_KEY, BudgetForcingLogitsProcessor
-from budgetforce.forcing_v2 import BudgetForcingV2
-from budgetforce.profile import ProfileError
+from budgetforce.vllm.forcing import EXTRA_KEY, BudgetForcingLogitsProcessor
+from budgetforce.vllm.forcing_v2 import BudgetForcingV2
+from budgetforce.core.profile import ProfileError
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig

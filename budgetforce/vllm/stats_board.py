@@ -10,10 +10,10 @@ import tempfile
 import numpy as np
 import torch
 
-from budgetforce.controller import Action
-from budgetforce.layout import NS, S
-from budgetforce.wire import BOARD_KEYS, CAPACITY
-from budgetforce.wire import split_words as _split
+from budgetforce.core.controller import Action
+from budgetforce.core.layout import NS, S
+from budgetforce.vllm.wire import BOARD_KEYS, CAPACITY
+from budgetforce.vllm.wire import split_words as _split
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ prompt with the model's chat template, builds the sampling parameters, and write
 full or streamed. The budget layer takes over only at the route's one call into the engine,
 `engine_client.generate`: `install` wraps that method once per API server process, and a request
 the middleware registered (`register`, by the nonce it puts into `vllm_xargs`) runs budgetforce's
-own sources (`budgetforce.engine.rounds_source`, `engine_source` with its answer prober) on the
+own sources (`budgetforce.vllm.engine.rounds_source`, `engine_source` with its answer prober) on the
 real client, their pieces handed back to the route as vLLM's `RequestOutput`s. Every other request
 goes straight to vLLM.
 
@@ -24,11 +24,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from budgetforce.budget import Budget
-from budgetforce.engine import EngineSide, GenerationFailed, Tally, engine_source, plan_for, rounds_source
-from budgetforce.wire import BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
+from budgetforce.core.budget import Budget
+from budgetforce.vllm.engine import EngineSide, GenerationFailed, Tally, engine_source, plan_for, rounds_source
+from budgetforce.vllm.wire import BOARD_KEY_KEY, BOARD_NAME_KEY, NONCE_KEY
 
-log = logging.getLogger("budgetforce.serving")
+log = logging.getLogger("budgetforce.server")
 # `SamplingParams` fields the rounds loop carries into each continuation (it sets the rest per round)
 ROUND_FIELDS = (
     "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
@@ -43,7 +43,7 @@ class Orchestrated:
 
     budget: Budget
     side: EngineSide
-    profile: Any  # budgetforce.profile.ResolvedProfile
+    profile: Any  # budgetforce.core.profile.ResolvedProfile
     tallies: dict[int, Tally] = field(default_factory=dict)
 
     def tally(self, index: int, ids: list[int]) -> Tally | None:
@@ -172,7 +172,7 @@ async def _outputs(run: Orchestrated, prompt: Any, params: Any, request_id: str,
 
 def _xargs(budget: Budget) -> Any:
     """The budget and its stats-board row as `vllm_xargs`: what vLLM's served processor reads."""
-    from budgetforce.serving.rewrite import budget_xargs
+    from budgetforce.server.rewrite import budget_xargs
 
     def xargs(plan: Any, board: str | None, key: int, nonce: int) -> dict[str, Any]:
         row = {BOARD_NAME_KEY: board, BOARD_KEY_KEY: key, NONCE_KEY: nonce} if board is not None else {}
@@ -201,7 +201,7 @@ class _Choice:
     strategy's text, ids and logprobs are vLLM's own."""
 
     def __init__(self, index: int, tokenizer: Any, params: Any, prompt_ids: list[int], whole: bool) -> None:
-        from budgetforce.decoding import IncrementalDecoder
+        from budgetforce.core.decoding import IncrementalDecoder
 
         self.index = index
         self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens=params.skip_special_tokens, context=prompt_ids)

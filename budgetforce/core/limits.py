@@ -1,13 +1,13 @@
 """The processor's table sizes: one table for the request schema, the profile and the device.
 
-Every budgeted request's plan is written into fixed-size device tables (`budgetforce.slots`).
+Every budgeted request's plan is written into fixed-size device tables (`budgetforce.vllm.slots`).
 A plan beyond them could not be forced, so the same numbers bound the request fields
-(`budgetforce.budget`, in strings) and the plan (`check`, in tokens, when the profile turns
+(`budgetforce.core.budget`, in strings) and the plan (`check`, in tokens, when the profile turns
 the strings into ids): a budget that does not fit is a 400 naming the field, never a request
 that runs unforced.
 
 Example:
-    >>> from budgetforce.controller import ForcingPlan
+    >>> from budgetforce.core.controller import ForcingPlan
     >>> plan = ForcingPlan(think_start=(1,), think_end=(2,), eos=frozenset({3}), waits=((4,),) * 9,
     ...                    answer_prefix=(), min_thinking=10, max_thinking=None, max_waits=None)
     >>> LIMITS.check(plan)
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from budgetforce.controller import ForcingPlan
+    from budgetforce.core.controller import ForcingPlan
 
 
 @dataclass(frozen=True)

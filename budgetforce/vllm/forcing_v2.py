@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from budgetforce.admission import Admission
+from budgetforce.vllm.admission import Admission
 
 try:
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2Base

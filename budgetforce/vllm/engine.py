@@ -7,7 +7,7 @@ the wait ids, resubmit) on the same engine, relying on prefix caching. Both are 
 
 The generation sources (`engine_source`, `rounds_source`, the answer prober) take an `EngineSide`:
 any vLLM engine client, so the budget layer on vLLM's own server runs the same loops on its
-`engine_client` (`budgetforce.serving.orchestrate`).
+`engine_client` (`budgetforce.server.orchestrate`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from budgetforce.budget import Budget, BudgetError
-from budgetforce.controller import Action, ForcingPlan, Phase, ThinkingController, rfind
-from budgetforce.decoding import IncrementalDecoder
-from budgetforce.layout import enforcement
-from budgetforce.profile import Profile, ResolvedProfile, detect_profile, get_profile
-from budgetforce.slots import seed_key
+from budgetforce.core.budget import Budget, BudgetError
+from budgetforce.core.controller import Action, ForcingPlan, Phase, ThinkingController, rfind
+from budgetforce.core.decoding import IncrementalDecoder
+from budgetforce.core.layout import enforcement
+from budgetforce.core.profile import Profile, ResolvedProfile, detect_profile, get_profile
+from budgetforce.vllm.slots import seed_key
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class BudgetStats:
     probes: int = 0  # answer probes run (side requests, not counted in the usage)
     probe_tokens: int = 0  # tokens the probes generated
     enforced: bool | None = True  # False: the budget was not (fully) forced; None: unknown (no stats board)
-    unenforced_reason: str | None = None  # why not: `max_exceeded`, or a `budgetforce.layout.FAIL_REASONS` code
+    unenforced_reason: str | None = None  # why not: `max_exceeded`, or a `budgetforce.core.layout.FAIL_REASONS` code
 
 
 @dataclass(slots=True)
@@ -114,7 +114,7 @@ class BudgetForcingEngine:
     """
 
     def __init__(self, llm: Any, tokenizer: Any, profile: ResolvedProfile, model_name: str, max_model_len: int) -> None:
-        from budgetforce.stats_board import StatsBoard
+        from budgetforce.vllm.stats_board import StatsBoard
 
         self.llm = llm
         self.tokenizer = tokenizer
@@ -300,7 +300,7 @@ class EngineSide:
     client: Any
     tokenizer: Any
     observer: ForcingPlan
-    board: Any = None  # budgetforce.stats_board.StatsBoard
+    board: Any = None  # budgetforce.vllm.stats_board.StatsBoard
 
 
 # (new ids, the finish reason once finished, vLLM's `RequestOutput` delta: None for ids the frontend forced)
@@ -325,7 +325,7 @@ async def engine_source(
     is told the budget and its stats-board row (default: budgetforce's engine plan; the budget layer
     sends `vllm_xargs`, which `budgetforce.vllm:BudgetForcing` reads). Fills ``tally`` before the
     last piece. ``kwargs`` go to the client's `generate`."""
-    from budgetforce.wire import plan_to_args
+    from budgetforce.vllm.wire import plan_to_args
 
     extra_args = extra_args or plan_to_args
     board = side.board

@@ -15,7 +15,7 @@ preempted and resumed finds its state where it left it). Each decoding step, `st
    a few column writes per row (no pass over the vocabulary);
 4. writes the request's stats row (waits, pending decision) for the frontend.
 
-On CUDA one Triton kernel does all of this (`budgetforce.slots_kernel`); elsewhere the same rules
+On CUDA one Triton kernel does all of this (`budgetforce.vllm.slots_kernel`); elsewhere the same rules
 run as plain torch ops. Nothing here imports vLLM, and nothing raises inside `step()`: a row
 whose forced token did not come out (a user's logit bias, a stop string) turns inert (`FAIL`,
 counted by `count_failures`), and the request continues unforced; a step that fails is retried
@@ -34,12 +34,12 @@ import logging
 
 import torch
 
-from budgetforce.controller import Action, ForcingPlan, Phase, ends_inside, schedule_p24
-from budgetforce.layout import (  # the device layout, declared once (re-exported: F, S, NF, NS, ...)
+from budgetforce.core.controller import Action, ForcingPlan, Phase, ends_inside, schedule_p24
+from budgetforce.core.layout import (  # the device layout, declared once (re-exported: F, S, NF, NS, ...)
     FAIL_ADMISSION, FAIL_BLOCKED, FAIL_REASONS, FAIL_STEP, FORCE_LOGIT, INT32_MAX, NF, NS, NS_ENGINE, F, Mode, S,
 )  # fmt: skip  # noqa: F401
-from budgetforce.limits import LIMITS, TableLimits
-from budgetforce.draws import M32, SCHEDULE_SALT, draw24, mix32
+from budgetforce.core.limits import LIMITS, TableLimits
+from budgetforce.core.draws import M32, SCHEDULE_SALT, draw24, mix32
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class ForcingSlots:
 
     def _step(self, logits, row_keys, history, row_hist, row_base, row_len, window) -> None:  # noqa: ANN001
         if logits.is_cuda and self.kernel:
-            from budgetforce.slots_kernel import step_cuda
+            from budgetforce.vllm.slots_kernel import step_cuda
 
             step_cuda(self, logits, row_keys, history, row_hist, row_base, row_len, window is not None)
             return
@@ -348,7 +348,7 @@ def prepare_step(device: torch.device) -> None:
     if device.type != "cuda":
         return
     try:
-        from budgetforce.slots_kernel import step_cuda
+        from budgetforce.vllm.slots_kernel import step_cuda
 
         slots = ForcingSlots(2, device)
         plan = ForcingPlan(think_start=(1,), think_end=(2,), eos=frozenset({3}), waits=((4, 5),), answer_prefix=(6,),
@@ -368,13 +368,13 @@ def prepare_step(device: torch.device) -> None:
     except Exception as e:  # noqa: BLE001 - anything here means the step could not run under load
         raise RuntimeError(
             f"budgetforce cannot run its forcing step on {device}: {type(e).__name__}: {e}. "
-            "The Triton kernel (budgetforce.slots_kernel) must import and compile at start-up; check that "
+            "The Triton kernel (budgetforce.vllm.slots_kernel) must import and compile at start-up; check that "
             "budgetforce is installed completely (pip install --force-reinstall budgetforce) and that Triton "
             "works with this torch."
         ) from e
 
 
-# -- the counter-based RNG (identical in torch and Triton; see budgetforce.draws) ----------
+# -- the counter-based RNG (identical in torch and Triton; see budgetforce.core.draws) ----------
 SEED_MASK = (1 << 62) - 1  # seeds are taken modulo 2**62 (two 31-bit words)
 
 

@@ -2,14 +2,14 @@
 
 `prepare` reads the budget fields of a request (budgetforce's own, vLLM's `thinking_token_budget`,
 `reasoning_effort`, Anthropic's `thinking`, OpenRouter's `reasoning`, and budget keys already in
-`vllm_xargs`), resolves them with the one precedence order (`budgetforce.budget.BudgetRequest`),
+`vllm_xargs`), resolves them with the one precedence order (`budgetforce.core.budget.BudgetRequest`),
 fits the result to the request's token cap, and writes it into `vllm_xargs`, where
 `budgetforce.vllm:BudgetForcing` reads it. Every mistake is a `RequestError` (HTTP 400 naming the
 field) before anything runs. Nothing here tokenizes a prompt or touches the engine.
 
 `budget_strategy: rounds` and early exit (`probe_*`) are not written into `vllm_xargs`: their
 budget stays on the `Prepared` request (`orchestrated`), whose engine requests the budget layer
-issues itself (`budgetforce.serving.orchestrate`).
+issues itself (`budgetforce.server.orchestrate`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from budgetforce.budget import (
+from budgetforce.core.budget import (
     BUDGET_REQUEST_FIELDS,
     NEW_FIELDS,
     Budget,
@@ -30,11 +30,11 @@ from budgetforce.budget import (
     misspelled_budget_field,
     xarg_budget_fields,
 )
-from budgetforce.engine import plan_for
-from budgetforce.profile import ProfileError
+from budgetforce.vllm.engine import plan_for
+from budgetforce.core.profile import ProfileError
 
 # The keys only budgetforce itself may set in `vllm_xargs` (its own engine's plan, and a stats
-# board's row); the processor's per-request budget keys are `budgetforce.budget.XARG_FIELDS`.
+# board's row); the processor's per-request budget keys are `budgetforce.core.budget.XARG_FIELDS`.
 RESERVED_XARGS = ("budgetforce", "budgetforce_board", "budgetforce_key", "budgetforce_nonce")
 ORCHESTRATED_PROMPTS_MESSAGE = (
     "`budget_strategy: rounds` and early exit (`probe_*`) take one prompt per text completion; send {count} requests"
@@ -65,7 +65,7 @@ class RequestError(Exception):
 class ServedModel:
     """What the budget layer needs to know of the served model (see `BudgetMiddleware`)."""
 
-    profile: Any  # budgetforce.profile.ResolvedProfile
+    profile: Any  # budgetforce.core.profile.ResolvedProfile
     tokenizer: Any
     max_model_len: int
     chat_fields: frozenset[str]  # vLLM's request fields: anything else unknown may be a misspelling
@@ -245,7 +245,7 @@ def forwarded(endpoint: str, model: ServedModel) -> frozenset[str]:
 
 
 def budget_xargs(budget: Budget) -> dict[str, Any]:
-    """A budget as the processor's `vllm_xargs` (`budgetforce.wire.budget_from_xargs` reads them back)."""
+    """A budget as the processor's `vllm_xargs` (`budgetforce.vllm.wire.budget_from_xargs` reads them back)."""
     out: dict[str, Any] = {"min_thinking_tokens": budget.min_thinking_tokens}
     if budget.max_thinking_tokens is not None:
         out["max_thinking_tokens"] = budget.max_thinking_tokens

@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from budgetforce.budget import EARLY_EXIT_MESSAGE, PROBE_FIELDS, Budget, BudgetError
-from budgetforce.controller import ForcingPlan
-from budgetforce.layout import FAIL_ADMISSION, FAIL_STEP, NS, S
-from budgetforce.profile import ProfileError
-from budgetforce.slots import ForcingSlots, count_event, prepare_step, seed_key
-from budgetforce.stats_board import StatsBoard
-from budgetforce.wire import (
+from budgetforce.core.budget import EARLY_EXIT_MESSAGE, PROBE_FIELDS, Budget, BudgetError
+from budgetforce.core.controller import ForcingPlan
+from budgetforce.core.layout import FAIL_ADMISSION, FAIL_STEP, NS, S
+from budgetforce.core.profile import ProfileError
+from budgetforce.vllm.slots import ForcingSlots, count_event, prepare_step, seed_key
+from budgetforce.vllm.stats_board import StatsBoard
+from budgetforce.vllm.wire import (
     BOARD_ENV, BOARD_KEY_KEY, BOARD_KEYS, BOARD_NAME_KEY, CAPACITY, EXTRA_KEY, NONCE_KEY, OWN_KEYS, PROFILE_ENV,
     budget_from_xargs, plan_from_args,
 )  # fmt: skip
-from budgetforce.wire import split_words as _split
+from budgetforce.vllm.wire import split_words as _split
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -241,7 +241,7 @@ class Admission:
         """The served model's profile, for `vllm_xargs` budgets (loaded on first use)."""
         from transformers import AutoTokenizer
 
-        from budgetforce.profile import detect_profile, get_profile
+        from budgetforce.core.profile import detect_profile, get_profile
 
         tok = AutoTokenizer.from_pretrained(self._model)
         name = os.environ.get(PROFILE_ENV)
@@ -264,7 +264,7 @@ def _frontend_profile() -> Any:
             from transformers import AutoTokenizer
             from vllm.config import get_current_vllm_config
 
-            from budgetforce.profile import detect_profile
+            from budgetforce.core.profile import detect_profile
 
             name = get_current_vllm_config().model_config.tokenizer
             tok = AutoTokenizer.from_pretrained(name)

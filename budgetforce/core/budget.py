@@ -10,14 +10,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from budgetforce.limits import LIMITS
+from budgetforce.core.limits import LIMITS
 
 Strategy = Literal["engine", "rounds"]
 WaitDecay = Literal["linear", "constant"]
 Mode = Literal["nowait", "intervention", "answer_budget", "scheduled_waits", "early_exit"]
 
 # Limits in strings and characters. The token-level ones are the processor's table sizes
-# (`budgetforce.limits.LIMITS`), checked where the strings become tokens (`ResolvedProfile.plan`).
+# (`budgetforce.core.limits.LIMITS`), checked where the strings become tokens (`ResolvedProfile.plan`).
 MAX_BANNED_STRINGS = 32
 MAX_INTERVENTION_CHARS = 4096
 MAX_BREAK_STRINGS = 8
@@ -51,7 +51,7 @@ REPORT_KEYS: dict[Mode, tuple[str, ...]] = {
 }
 EARLY_EXIT_MESSAGE = (
     "early exit by answer probes (`{param}`) needs a frontend that probes: budgetforce's budget layer "
-    "(`budgetforce serve`, or `vllm serve --middleware budgetforce.serving.BudgetMiddleware`) or its Python "
+    "(`budgetforce serve`, or `vllm serve --middleware budgetforce.server.BudgetMiddleware`) or its Python "
     "engine (`budgetforce.BudgetForcingEngine`); the logits processor alone cannot. Drop the `probe_*` "
     "fields, or add the budget layer"
 )
@@ -300,7 +300,7 @@ def budget_error(exc: ValidationError) -> BudgetError:
 
 
 # -- a request's budget fields, and the one precedence order ---------------------------------------
-# Everything below is what the HTTP layer (`budgetforce.serving`) and the benchmarks share: which
+# Everything below is what the HTTP layer (`budgetforce.server`) and the benchmarks share: which
 # fields a request may carry, how they map onto one `Budget`, and the operator's defaults. It knows
 # nothing of vLLM or HTTP.
 
