@@ -45,8 +45,8 @@ from budgetforce.bench.types import (
     SamplerBase,
     SamplerResponse,
     SingleEvalResult,
-    Strategy,
 )
+from budgetforce.core.budget import Strategy
 
 logger = logging.getLogger(__name__)
 

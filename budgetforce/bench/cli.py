@@ -22,7 +22,8 @@ from rich.table import Table
 from budgetforce.bench import accuracy, load
 from budgetforce.bench.evals import EVAL_NAMES, load_eval
 from budgetforce.bench.sampler import ChatSampler, budget_fields, served_model
-from budgetforce.bench.types import Backend, BenchError, BudgetSettings, Strategy
+from budgetforce.bench.types import Backend, BenchError, BudgetSettings
+from budgetforce.core.budget import Strategy
 
 app = typer.Typer(help="Benchmarks: accuracy vs thinking budget (s1 sweep) and HTTP load.", no_args_is_help=True)
 console = Console()

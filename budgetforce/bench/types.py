@@ -13,13 +13,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, create_model, model_validator
+
+from budgetforce.core.budget import MODES, REPORT_KEYS, Budget, check_min_max, optional_fields
 
 Message = dict[str, str]  # keys role, content
 MessageList = list[Message]
-Strategy = Literal["engine", "rounds"]
 Backend = Literal["budgetforce", "vllm"]
-WaitDecay = Literal["linear", "constant"]
 
 
 class BenchError(Exception):
@@ -28,18 +28,10 @@ class BenchError(Exception):
 
 # The thinking modes beyond s1 that the budgetforce server takes as top-level request fields
 # (README, "Thinking modes beyond s1"): per mode, the fields that belong to it, its switches first.
-MODE_FIELDS: dict[str, tuple[str, ...]] = {
-    "nowait": ("banned_thinking_strings",),
-    "intervention": ("thinking_intervention", "intervention_at"),
-    "answer_budget": ("max_answer_tokens",),
-    "scheduled_waits": ("alpha_moment_tokens", "alpha", "wait_probability", "wait_decay", "paragraph_breaks"),
-    "early_exit": ("probe_every", "probe_agree", "probe_lead", "probe_max_tokens"),
-}
+MODE_FIELDS: dict[str, tuple[str, ...]] = {mode: (*on, *qualifiers) for mode, (on, qualifiers) in MODES.items()}
 MODE_FIELD_NAMES = tuple(name for names in MODE_FIELDS.values() for name in names)
 # What the modes add to a choice's `budget` report; kept per sample and summarised per point.
-MODE_REPORT_KEYS = (
-    "scheduled_waits", "answer_tokens", "answer_truncated", "intervened", "early_exit", "probes", "probe_tokens",
-)  # fmt: skip
+MODE_REPORT_KEYS = tuple(key for keys in REPORT_KEYS.values() for key in keys)
 
 LABEL_TEXT_CHARS = 24  # longer free text (an intervention, a probe lead) is cut in labels, with a digest
 LABEL_LIST_CHARS = 40  # likewise a long list of strings (banned strings, paragraph breaks)
@@ -73,48 +65,22 @@ def label_list(values: tuple[str, ...], limit: int = LABEL_LIST_CHARS) -> str:
     return "|".join(shown)
 
 
-class BudgetSettings(BaseModel):
+class _SettingsBase(BaseModel):
     """One point of a sweep: the per-request thinking budget, as the budgetforce server takes it.
 
     s1's fields (minimum, maximum, waits, wait strings, answer prefix, strategy) and the fields of
     the thinking modes beyond s1 (`MODE_FIELDS`: banned strings, an intervention, an answer
-    budget, AlphaOne's scheduled waits, early exit by answer probes). The mode fields are checked
-    only loosely here (types, signs); the server validates their combinations. All fields None
-    means "no budget" (the unconstrained baseline).
+    budget, AlphaOne's scheduled waits, early exit by answer probes). The fields are
+    `budgetforce.core.budget.Budget`'s, derived from it (optional: None = not sent, with its
+    ranges); the server validates their combinations. All fields None means "no budget" (the
+    unconstrained baseline).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    min_thinking_tokens: int | None = Field(default=None, ge=0)
-    max_thinking_tokens: int | None = Field(default=None, ge=0)
-    max_waits: int | None = Field(default=None, ge=0)
-    wait_strings: tuple[str, ...] | None = None
-    answer_prefix: str | None = None
-    strategy: Strategy | None = None
-    # NoWait
-    banned_thinking_strings: tuple[str, ...] | None = None
-    # Thinking Intervention
-    thinking_intervention: str | None = None
-    intervention_at: int | None = Field(default=None, ge=0)
-    # Elastic Reasoning
-    max_answer_tokens: int | None = Field(default=None, ge=0)
-    # AlphaOne
-    alpha_moment_tokens: int | None = Field(default=None, ge=0)
-    alpha: float | None = Field(default=None, allow_inf_nan=False)
-    wait_probability: float | None = Field(default=None, allow_inf_nan=False)
-    wait_decay: WaitDecay | None = None
-    paragraph_breaks: tuple[str, ...] | None = None
-    # Early exit by answer probes
-    probe_every: int | None = Field(default=None, ge=0)
-    probe_agree: int | None = Field(default=None, ge=0)
-    probe_lead: str | None = None
-    probe_max_tokens: int | None = Field(default=None, ge=0)
-
     @model_validator(mode="after")
-    def _min_not_above_max(self) -> BudgetSettings:
-        lo, hi = self.min_thinking_tokens, self.max_thinking_tokens
-        if lo is not None and hi is not None and lo > hi:
-            raise ValueError(f"`min_thinking_tokens` ({lo}) exceeds `max_thinking_tokens` ({hi})")
+    def _min_not_above_max(self) -> Any:
+        check_min_max(self.min_thinking_tokens, self.max_thinking_tokens)  # type: ignore[attr-defined]
         return self
 
     @property
@@ -202,6 +168,12 @@ class BudgetSettings(BaseModel):
         lo = self.min_thinking_tokens or 0
         hi = self.max_thinking_tokens
         return thinking_tokens >= lo and (hi is None or thinking_tokens <= hi)
+
+
+BudgetSettings = create_model(
+    "BudgetSettings", __base__=_SettingsBase, __module__=__name__, __doc__=_SettingsBase.__doc__,
+    **optional_fields(Budget),
+)  # fmt: skip
 
 
 @dataclass

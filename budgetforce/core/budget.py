@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import difflib
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from functools import reduce
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from budgetforce.core.limits import LIMITS
@@ -41,7 +45,6 @@ MODES: dict[Mode, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 NEW_FIELDS = tuple(f for switches, qualifiers in MODES.values() for f in (*switches, *qualifiers))
 PROBE_FIELDS = (*MODES["early_exit"][0], *MODES["early_exit"][1])
-LIST_FIELDS = ("wait_strings", "banned_thinking_strings", "paragraph_breaks")
 # What each mode adds to a choice's `budget` report (both HTTP layers).
 REPORT_KEYS: dict[Mode, tuple[str, ...]] = {
     "answer_budget": ("answer_tokens", "answer_truncated"),
@@ -73,6 +76,37 @@ class FieldError(ValueError):
         self.param = param
 
 
+def check_min_max(lo: int | None, hi: int | None) -> None:
+    """The one rule between a minimum and a maximum: the minimum is not above it."""
+    if lo is not None and hi is not None and lo > hi:
+        raise FieldError(
+            "min_thinking_tokens",
+            f"`min_thinking_tokens` ({lo}) exceeds `max_thinking_tokens` ({hi}); lower the minimum or raise the maximum",
+        )
+
+
+def optional_fields(model: type[BaseModel], lists: bool = False, rename: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``model``'s fields as optional ones, for `pydantic.create_model`: default None (the field unset),
+    the same constraints and descriptions; with ``lists``, tuples become lists (a strict model
+    takes JSON arrays as lists only). How the request schema and the bench's settings derive
+    from `Budget` instead of copying it.
+    """
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        annotation = _as_list(field.annotation) if lists else field.annotation
+        out[(rename or {}).get(name, name)] = (annotation | None, FieldInfo.merge_field_infos(field, default=None))
+    return out
+
+
+def _as_list(annotation: Any) -> Any:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return list[args[0]]  # type: ignore[valid-type]
+    if origin in (Union, UnionType):
+        return reduce(operator.or_, [_as_list(a) for a in args])
+    return annotation
+
+
 class Budget(BaseModel):
     """What one request asks of its thinking: s1's minimum and maximum, and the modes beyond s1.
 
@@ -93,65 +127,80 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    min_thinking_tokens: int = Field(0, ge=0, description="Thinking tokens before a close is allowed.")
+    min_thinking_tokens: int = Field(
+        0, ge=0, description="Thinking tokens before the model may close its thinking; an earlier close is replaced "
+        "by a wait string (s1 budget forcing).",
+    )  # fmt: skip
     max_thinking_tokens: int | None = Field(
-        None, ge=0, description="Thinking tokens at which the end of thinking is forced; 0 = no thinking."
-    )
+        None, ge=0, description="Thinking tokens at which the end of thinking is forced; 0 = no thinking. Must leave "
+        "room for an answer within `max_completion_tokens`.",
+    )  # fmt: skip
     max_waits: int | None = Field(
-        None, ge=0, description="How many closes below the minimum may be replaced (s1's NUM_IGNORE); None = no limit."
+        None, ge=0, description="How many early closes may be replaced by a wait string (s1's NUM_IGNORE); null = no limit."
     )
-    wait_strings: tuple[str, ...] | None = Field(
+    wait_strings: tuple[NonEmptyStr, ...] | None = Field(
         None, min_length=1, max_length=LIMITS.wait_strings,
-        description="Continuations that replace an early close, used in rotation.",
+        description="Continuations that replace an early close, in rotation (default: the model profile's, e.g. "
+        f'"Wait"; at most {LIMITS.wait_strings}, each at most {LIMITS.forced_tokens} tokens).',
+    )  # fmt: skip
+    answer_prefix: str | None = Field(
+        None, max_length=MAX_INTERVENTION_CHARS,
+        description="Text forced after a forced end of thinking (default: the profile's; with the close at most "
+        f"{LIMITS.forced_tokens} tokens).",
+    )  # fmt: skip
+    strategy: Strategy = Field(
+        "engine", description="`engine`: a logits processor inside vLLM's batch; `rounds`: s1's stop-and-resubmit loop."
     )
-    answer_prefix: str | None = Field(None, description="Text forced after a forced end of thinking.")
-    strategy: Strategy = Field("engine", description="`engine` (logits processor) or `rounds` (s1's loop).")
     # NoWait (arXiv 2506.08343)
     banned_thinking_strings: tuple[NonEmptyStr, ...] | None = Field(
         None, min_length=1, max_length=MAX_BANNED_STRINGS,
-        description="Strings whose tokens are never sampled while thinking (each with and without a leading "
-        "space, capitalised and lower-case).",
+        description="NoWait: strings never written while thinking (their first tokens are banned, with and without "
+        'a leading space, capitalised and lower-case; at most 16 tokens in all), e.g. ["Wait", "Hmm"].',
     )  # fmt: skip
     # Thinking Intervention (arXiv 2503.24370)
     thinking_intervention: InterventionText | None = Field(
-        None, description="Text forced into the thinking once it holds `intervention_at` tokens."
+        None, description="Thinking Intervention: text forced into the thinking (at most 64 tokens)."
     )
-    intervention_at: int = Field(0, ge=0, description="Thinking tokens before the intervention (0: at the start).")
+    intervention_at: int = Field(
+        0, ge=0, description="Thinking tokens before `thinking_intervention` is forced (default 0: at once)."
+    )
     # Elastic Reasoning (arXiv 2505.05315)
     max_answer_tokens: int | None = Field(
-        None, ge=0, description="Answer tokens after the close (a forced answer prefix included); then EOS is forced."
-    )
+        None, ge=0, description="Elastic Reasoning: answer tokens after the close (a forced answer prefix included), "
+        "then the end of sequence is forced; without a maximum thinking, the thinking gets what the answer leaves "
+        "of the token cap.",
+    )  # fmt: skip
     # AlphaOne (arXiv 2505.24863)
     alpha_moment_tokens: int | None = Field(
-        None, ge=1, description="Scheduled waits come only before this many thinking tokens (the alpha moment)."
-    )
-    alpha: Alpha | None = Field(None, description="The alpha moment as a fraction of `max_thinking_tokens`.")
+        None, ge=1, description="AlphaOne: waits are scheduled after paragraph breaks before this many thinking "
+        "tokens (the alpha moment); past it a wait the model starts becomes the close.",
+    )  # fmt: skip
+    alpha: Alpha | None = Field(
+        None, description="AlphaOne: the alpha moment as a fraction of `max_thinking_tokens` (instead of "
+        "`alpha_moment_tokens`).",
+    )  # fmt: skip
     wait_probability: Probability = Field(0.3, description="Chance of a scheduled wait after a paragraph break.")
     wait_decay: WaitDecay = Field(
         "linear", description="`linear`: the chance falls to 0 at the alpha moment; `constant`: it stays."
     )
     paragraph_breaks: tuple[NonEmptyStr, ...] | None = Field(
         None, min_length=1, max_length=MAX_BREAK_STRINGS,
-        description='Texts that end a paragraph; a token ending with one may be followed by a wait (default "\\n\\n").',
+        description='Texts that end a paragraph for scheduled waits (default ["\\n\\n"]).',
     )  # fmt: skip
-    # Early exit by answer probes (Dynasor-CoT, DEER): carried out by budgetforce's Python engine
-    probe_every: int | None = Field(None, ge=1, description="Thinking tokens between answer probes.")
-    probe_agree: int = Field(2, ge=1, description="Consecutive agreeing probes that close the thinking.")
+    # Early exit by answer probes (Dynasor-CoT, DEER): run by the budget layer and the Python engine
+    probe_every: int | None = Field(
+        None, ge=1, description="Early exit: thinking tokens between answer probes (the budget layer and the "
+        "Python engine; not the processor alone).",
+    )  # fmt: skip
+    probe_agree: int = Field(2, ge=1, description="Agreeing probes in a row that end thinking.")
     probe_lead: ProbeLead | None = Field(
-        None, description="Answer lead-in appended after the close in a probe (None: the engine's default)."
+        None, description="Answer lead-in a probe writes after the close (default: the engine's)."
     )
     probe_max_tokens: ProbeTokens = Field(16, description="Tokens one probe may generate.")
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Budget:
-        if self.max_thinking_tokens is not None and self.min_thinking_tokens > self.max_thinking_tokens:
-            raise FieldError(
-                "min_thinking_tokens",
-                f"`min_thinking_tokens` ({self.min_thinking_tokens}) exceeds `max_thinking_tokens` "
-                f"({self.max_thinking_tokens}); lower the minimum or raise the maximum",
-            )
-        if self.wait_strings is not None and any(not w for w in self.wait_strings):
-            raise FieldError("wait_strings", "`wait_strings` must not contain empty strings")
+        check_min_max(self.min_thinking_tokens, self.max_thinking_tokens)
         return self
 
     @model_validator(mode="after")
@@ -268,7 +317,11 @@ class Budget(BaseModel):
             )
 
 
-XARG_FIELDS = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix", *NEW_FIELDS)
+LIST_FIELDS = tuple(n for n, f in Budget.model_fields.items() if _as_list(f.annotation) != f.annotation)
+# The request's name of a `Budget` field where it differs, and the fields `resolve` computes itself.
+REQUEST_NAMES = {"strategy": "budget_strategy"}
+RESOLVED = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "strategy")
+XARG_FIELDS = tuple(name for name in Budget.model_fields if name != "strategy")  # `vllm_xargs` carries no strategy
 
 
 def xarg_budget_fields(xargs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -308,10 +361,7 @@ Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]  # 
 
 # The budget fields a misspelled unknown field is compared with, and the other APIs' token caps,
 # which resemble them but are not misspellings (e.g. `max_completion_tokens` on /v1/completions).
-BUDGET_FIELD_NAMES = (
-    "min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait_strings", "answer_prefix", "budget_strategy",
-    "thinking_token_budget", *NEW_FIELDS,
-)  # fmt: skip
+BUDGET_FIELD_NAMES = (*(REQUEST_NAMES.get(n, n) for n in Budget.model_fields), "thinking_token_budget")
 NOT_BUDGET_FIELDS = frozenset({"max_completion_tokens", "max_tokens", "min_tokens", "max_new_tokens", "min_new_tokens"})
 
 
@@ -466,8 +516,11 @@ class ResolvedBudget:
         return budget
 
 
-class BudgetRequest(BaseModel):
+class _RequestBase(BaseModel):
     """A request's budget fields: budgetforce's own and the other APIs' (top-level, so `extra_body` carries them).
+
+    budgetforce's own are `Budget`'s fields, derived from it (optional, the same constraints and
+    descriptions; `strategy` is `budget_strategy` here); the other APIs' are declared below.
 
     Precedence, per field (minimum and maximum separately): the explicit fields
     (`min_thinking_tokens`, `max_thinking_tokens`) > `thinking_token_budget` (vLLM) >
@@ -484,37 +537,6 @@ class BudgetRequest(BaseModel):
 
     model_config = ConfigDict(strict=True)
 
-    min_thinking_tokens: int | None = Field(
-        None,
-        ge=0,
-        description="Thinking tokens before the model may close its thinking; an earlier close "
-        "is replaced by a wait string (s1 budget forcing).",
-    )
-    max_thinking_tokens: int | None = Field(
-        None,
-        ge=0,
-        description="Thinking tokens at which the end of thinking is forced; 0 = no thinking. "
-        "Must leave room for an answer within `max_completion_tokens`.",
-    )
-    max_waits: int | None = Field(
-        None, ge=0, description="How many early closes may be replaced by a wait string; null = no limit."
-    )
-    wait_strings: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        None,
-        min_length=1,
-        max_length=LIMITS.wait_strings,
-        description="Continuations that replace an early close, in rotation "
-        f'(default: the model profile\'s, e.g. "Wait"; at most {LIMITS.wait_strings}, each at most '
-        f"{LIMITS.forced_tokens} tokens).",
-    )
-    answer_prefix: str | None = Field(
-        None, max_length=4096,
-        description=f"Text forced after a forced end of thinking (default: the profile's; with the close at most "
-        f"{LIMITS.forced_tokens} tokens).",
-    )
-    budget_strategy: Strategy | None = Field(
-        None, description="`engine`: a logits processor inside vLLM's batch; `rounds`: s1's stop-and-resubmit loop."
-    )
     # Compatibility with other servers' budget fields, mapped onto the same budget.
     thinking_token_budget: int | None = Field(None, ge=-1, description="vLLM's maximum thinking tokens; -1 = unset.")
     reasoning_effort: Effort | None = Field(
@@ -525,58 +547,9 @@ class BudgetRequest(BaseModel):
         None, description="OpenRouter-style `{effort, max_tokens, exclude, enabled}`."
     )
     include_reasoning: bool = Field(True, description="vLLM's switch; false leaves the reasoning text out.")
-    # The modes beyond s1 (`Budget` holds their rules; null = off, or the default).
-    banned_thinking_strings: list[NonEmptyStr] | None = Field(
-        None, min_length=1, max_length=MAX_BANNED_STRINGS,
-        description="NoWait: strings never written while thinking (their first tokens are banned, with and without "
-        "a leading space, capitalised and lower-case; at most 16 tokens in all), e.g. [\"Wait\", \"Hmm\"].",
-    )  # fmt: skip
-    thinking_intervention: InterventionText | None = Field(
-        None, description="Thinking Intervention: text forced into the thinking (at most 64 tokens)."
-    )
-    intervention_at: int | None = Field(
-        None, ge=0, description="Thinking tokens before `thinking_intervention` is forced (default 0: at once)."
-    )
-    max_answer_tokens: int | None = Field(
-        None, ge=0, description="Elastic Reasoning: answer tokens after the close, then the end of sequence is "
-        "forced; without a maximum thinking, the thinking gets what the answer leaves of the token cap.",
-    )  # fmt: skip
-    alpha_moment_tokens: int | None = Field(
-        None, ge=1, description="AlphaOne: waits are scheduled after paragraph breaks before this many thinking "
-        "tokens (the alpha moment); past it a wait the model starts becomes the close.",
-    )  # fmt: skip
-    alpha: Alpha | None = Field(
-        None, description="AlphaOne: the alpha moment as a fraction of `max_thinking_tokens` (instead of "
-        "`alpha_moment_tokens`).",
-    )  # fmt: skip
-    wait_probability: Probability | None = Field(
-        None, description="Chance of a scheduled wait after a paragraph break (default 0.3)."
-    )
-    wait_decay: WaitDecay | None = Field(
-        None, description="`linear` (default): the chance falls to 0 at the alpha moment; `constant`: it stays."
-    )
-    paragraph_breaks: list[NonEmptyStr] | None = Field(
-        None, min_length=1, max_length=MAX_BREAK_STRINGS,
-        description='Texts that end a paragraph for scheduled waits (default ["\\n\\n"]).',
-    )  # fmt: skip
-    probe_every: int | None = Field(
-        None, ge=1, description="Early exit: thinking tokens between answer probes (the budget layer and the "
-        "Python engine; not the processor alone).",
-    )  # fmt: skip
-    probe_agree: int | None = Field(None, ge=1, description="Agreeing probes in a row that end thinking (default 2).")
-    probe_lead: ProbeLead | None = Field(
-        None, description="Answer lead-in a probe writes after the close (default: the engine's)."
-    )
-    probe_max_tokens: ProbeTokens | None = Field(None, description="Tokens one probe may generate (default 16).")
-
     @model_validator(mode="after")
-    def _min_not_above_max(self) -> BudgetRequest:
-        lo, hi = self.min_thinking_tokens, self.max_thinking_tokens
-        if lo is not None and hi is not None and lo > hi:
-            raise FieldError(
-                "min_thinking_tokens",
-                f"`min_thinking_tokens` ({lo}) exceeds `max_thinking_tokens` ({hi}); lower the minimum or raise the maximum",
-            )
+    def _min_not_above_max(self) -> Any:
+        check_min_max(self.min_thinking_tokens, self.max_thinking_tokens)  # type: ignore[attr-defined]
         return self
 
     def resolve(self, defaults: BudgetDefaults) -> ResolvedBudget:
@@ -601,21 +574,14 @@ class BudgetRequest(BaseModel):
             lo = min(lo or 0, hi)
         strategy = self.budget_strategy or defaults.default_budget_strategy
         max_waits = self.max_waits if self.max_waits is not None else defaults.default_max_waits
-        modes = {k: getattr(self, k) for k in NEW_FIELDS if getattr(self, k) is not None}  # set ones only: see Budget
-        for name in LIST_FIELDS:
-            if name in modes:
-                modes[name] = tuple(modes[name])
+        # the rest passes as given; set ones only, so a mode's qualifier without the mode is refused (see Budget)
+        given = {name: getattr(self, REQUEST_NAMES.get(name, name)) for name in Budget.model_fields if name not in RESOLVED}
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
         if lo_src is None and (self.alpha is not None or self.alpha_moment_tokens is not None):
             lo = 0  # scheduled waits replace s1's minimum: the server's minimum gives way, a client's is refused
         try:
             budget = Budget(
-                min_thinking_tokens=lo or 0,
-                max_thinking_tokens=hi,
-                max_waits=max_waits,
-                wait_strings=tuple(self.wait_strings) if self.wait_strings else None,
-                answer_prefix=self.answer_prefix,
-                strategy=strategy,
-                **modes,
+                min_thinking_tokens=lo or 0, max_thinking_tokens=hi, max_waits=max_waits, strategy=strategy, **given
             )
         except ValidationError as exc:
             raise budget_error(exc) from None
@@ -647,6 +613,10 @@ class BudgetRequest(BaseModel):
         return levels
 
 
+BudgetRequest = create_model(  # the schema of a request's budget fields: `Budget`'s, plus the other APIs'
+    "BudgetRequest", __base__=_RequestBase, __module__=__name__, __doc__=_RequestBase.__doc__,
+    **optional_fields(Budget, lists=True, rename=REQUEST_NAMES),
+)  # fmt: skip
 BUDGET_REQUEST_FIELDS = frozenset(BudgetRequest.model_fields)
 
 
