@@ -52,7 +52,11 @@ class Admission:
     """Request admission shared by both runners' adapters: plans, keys, nonces and the slots.
 
     The slots are created on the first budgeted request (the device is known by then).
+    ``engine_plans`` False leaves budgetforce's own engine plans alone (`vllm_xargs` budgets only):
+    a plan belongs to the processor budgetforce's engine names, not to a second one beside it.
     """
+
+    engine_plans = True
 
     def _admission_init(self, vllm_config: Any, device: torch.device) -> None:
         prepare_step(device)  # a broken install stops the engine here, not under load
@@ -128,6 +132,8 @@ class Admission:
         args = params.extra_args or {}
         temperature = float(params.temperature)
         seed = params.seed if params.seed is not None else random.getrandbits(62)
+        if EXTRA_KEY in args and not self.engine_plans:
+            return None
         try:
             if EXTRA_KEY in args:  # budgetforce's own engine: its board is trusted (it made the plan)
                 a = args[EXTRA_KEY]

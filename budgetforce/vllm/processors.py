@@ -10,9 +10,10 @@ are refused with HTTP 400 by `validate_params`, requests without them are left u
 exit (`probe_*`) needs a frontend that probes, so it is a 400 here. The delimiters
 and wait strings come from the served model's profile, detected from its tokenizer.
 
-Both classes serve both of vLLM's runners: constructed by runner V1 (`vllm_config, device,
-is_pin_memory`) they are `BudgetForcingLogitsProcessor`s; constructed by Model Runner V2
-(`vllm_config, req_states`; vLLM >= 0.31, the default on CUDA) they become `BudgetForcingV2`.
+The names vLLM loads are thin: one adapter class per runner does the work
+(`BudgetForcingLogitsProcessor` for runner V1, `BudgetForcingV2` for Model Runner V2, vLLM >= 0.31,
+the default on CUDA), and constructing a named class returns the adapter of the runner that
+constructs it (`build`, the one factory).
 Speculative decoding is refused at start-up. See docs/vllm-serve.md.
 """
 
@@ -26,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
+from vllm.v1.sample.logits_processor import LogitsProcessor as _V1Base
 
+from budgetforce.vllm.admission import Admission
 from budgetforce.vllm.forcing import EXTRA_KEY, BudgetForcingLogitsProcessor
 from budgetforce.vllm.forcing_v2 import BudgetForcingV2
 from budgetforce.core.profile import ProfileError
@@ -61,33 +64,45 @@ def _runner_v1(args: tuple[Any, ...]) -> bool:
     return len(args) == 2
 
 
-def _refuse_spec_decode(vllm_config: Any) -> None:
+def build(vllm_config: VllmConfig, args: tuple[Any, ...], engine_plans: bool) -> Admission:
+    """The factory: the adapter of the runner that constructs us (`BudgetForcingLogitsProcessor` on
+    runner V1, `BudgetForcingV2` on Model Runner V2). ``engine_plans`` False admits `vllm_xargs`
+    budgets only, and then the served model must have a known profile (checked now, not on the
+    first budgeted request). Speculative decoding is refused (one forced token per request per step).
+    """
     if getattr(vllm_config, "speculative_config", None) is not None:
         raise RuntimeError(SPEC_DECODE_ERROR)
+    adapter = BudgetForcingLogitsProcessor if _runner_v1(args) else BudgetForcingV2
+    proc = adapter(vllm_config, *args)
+    proc.engine_plans = engine_plans
+    if not engine_plans:
+        try:
+            _ = proc._profile
+        except ProfileError as e:
+            raise RuntimeError(f"budgetforce cannot force budgets on {proc._model}: {e}") from None
+    return proc
 
 
-class _ClientBudgetsOnly:
-    """Admission of `vllm_xargs` budgets only: budgetforce's engine plans belong to its own processor."""
+class _Named(_V1Base, *_RUNNER_V2_BASES):  # type: ignore[misc]
+    """What vLLM loads by name: a subclass of both runners' interfaces (each loader checks its own);
+    constructing one returns `build`'s adapter for the runner that constructs it."""
 
-    def _admit(self, params: SamplingParams) -> Any:
-        if EXTRA_KEY in (params.extra_args or {}):
-            return None
-        return super()._admit(params)  # type: ignore[misc]
+    engine_plans = False
+
+    def __new__(cls, vllm_config: VllmConfig, *args: Any) -> Any:
+        return build(vllm_config, args, cls.engine_plans)
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        Admission.validate_params(sampling_params)
 
 
-class _V2(_ClientBudgetsOnly, BudgetForcingV2):
-    """Runner V2's instance of `BudgetForcing`."""
-
-
-class BudgetForcing(_ClientBudgetsOnly, BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
+class BudgetForcing(_Named):
     """The processor for `vllm serve --logits-processors budgetforce.vllm:BudgetForcing`.
 
-    Budgets arrive as `vllm_xargs`; see `BudgetForcingLogitsProcessor` for the mechanism. It
-    declares both runners' interfaces: runner V1 gets this class, Model Runner V2 a
-    `BudgetForcingV2` (chosen by the constructor's arguments).
-
-    The profile (delimiters, default wait string) is detected from the served model's
-    tokenizer when the engine starts; a model it does not recognise stops the start.
+    Budgets arrive as `vllm_xargs`; see `BudgetForcingLogitsProcessor` for the mechanism. The
+    profile (delimiters, default wait string) is detected from the served model's tokenizer when
+    the engine starts; a model it does not recognise stops the start.
 
     Args:
         vllm_config: The engine's config (the served model's tokenizer gives the profile).
@@ -98,19 +113,6 @@ class BudgetForcing(_ClientBudgetsOnly, BudgetForcingLogitsProcessor, *_RUNNER_V
         a request without budget xargs samples exactly as in plain vLLM.
     """
 
-    def __new__(cls, vllm_config: VllmConfig, *args: Any) -> Any:
-        if _runner_v1(args):
-            return super().__new__(cls)
-        _refuse_spec_decode(vllm_config)
-        proc = _V2(vllm_config, *args)
-        _check_profile(proc)
-        return proc
-
-    def __init__(self, vllm_config: VllmConfig, *args: Any) -> None:
-        _refuse_spec_decode(vllm_config)
-        super().__init__(vllm_config, *args)
-        _check_profile(self)
-
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         """Also refuses `vllm_xargs.budgetforce`: the engine plan's key, which no client can fill correctly."""
@@ -119,44 +121,43 @@ class BudgetForcing(_ClientBudgetsOnly, BudgetForcingLogitsProcessor, *_RUNNER_V
                 f"`vllm_xargs.{EXTRA_KEY}` is reserved for budgetforce's own engine; "
                 "pass `min_thinking_tokens`, `max_thinking_tokens`, `max_waits`, ... instead"
             )
-        super().validate_params(sampling_params)
+        Admission.validate_params(sampling_params)
 
 
-class EngineForcing(BudgetForcingLogitsProcessor, *_RUNNER_V2_BASES):
+class EngineForcing(_Named):
     """The processor `BudgetForcingEngine` registers: its plans (and `vllm_xargs`) on either runner."""
 
-    def __new__(cls, vllm_config: VllmConfig, *args: Any) -> Any:
-        _refuse_spec_decode(vllm_config)
-        return super().__new__(cls) if _runner_v1(args) else BudgetForcingV2(vllm_config, *args)
+    engine_plans = True
 
 
-def _check_profile(proc: Any) -> None:
-    """A model without a known profile fails at startup, not on its first budgeted request."""
-    try:
-        _ = proc._profile
-    except ProfileError as e:
-        raise RuntimeError(f"budgetforce cannot force budgets on {proc._model}: {e}") from None
+class _Inert(_V1Base, *_RUNNER_V2_BASES):  # type: ignore[misc]
+    """The plugin when it is not enabled, on either runner: adds no rows, changes nothing."""
 
-
-class _InertV2(*_RUNNER_V2_BASES):  # type: ignore[misc]
-    """The plugin on runner V2 when it is not enabled: adds no rows, changes nothing."""
+    enabled = False
+    rows: dict[int, Any] = {}
 
     def __init__(self, *args: Any) -> None:
-        self.enabled = False
+        pass
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         return False
 
-    def apply(self, logits: torch.Tensor, ctx: Any) -> torch.Tensor:
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        pass
+
+    def apply(self, logits: torch.Tensor, *ctx: Any) -> torch.Tensor:
         return logits
 
+    def is_argmax_invariant(self) -> bool:
+        return True  # it changes nothing, so greedy rows may skip it
 
-class BudgetForcingPlugin(BudgetForcing):
+
+class BudgetForcingPlugin(_Named):
     """The `vllm.logits_processors` entry point: inert unless `BUDGETFORCE_VLLM_PLUGIN=1`.
 
-    vLLM loads an installed entry point into every engine of the environment, so this class
-    adds no rows, validates nothing and returns the logits untouched unless the variable is
-    set. Even then it stands aside where a `BudgetForcingLogitsProcessor` is configured by name
+    vLLM loads an installed entry point into every engine of the environment, so this is an
+    inert processor (no rows, no validation, the logits untouched) unless the variable is set.
+    Even then it stands aside where a budget-forcing processor is configured by name
     (budgetforce's own engine, or `--logits-processors`), never acts on budgetforce's engine
     plans, and refuses async scheduling on runner V1 (see `ASYNC_PLUGIN_ERROR`).
 
@@ -166,35 +167,16 @@ class BudgetForcingPlugin(BudgetForcing):
     """
 
     def __new__(cls, vllm_config: VllmConfig, *args: Any) -> Any:
-        enabled = plugin_enabled() and not _named_processor(vllm_config)
-        if not _runner_v1(args):
-            return BudgetForcing.__new__(BudgetForcing, vllm_config, *args) if enabled else _InertV2()
-        return object.__new__(cls)
-
-    def __init__(self, vllm_config: VllmConfig, *args: Any) -> None:
-        self.enabled = plugin_enabled() and not _named_processor(vllm_config)
-        self._rows = {}
-        self.slots = None
-        if not self.enabled:
-            return
-        if getattr(vllm_config.scheduler_config, "async_scheduling", False):
+        if not plugin_enabled() or _named_processor(vllm_config):
+            return _Inert()
+        if _runner_v1(args) and getattr(vllm_config.scheduler_config, "async_scheduling", False):
             raise RuntimeError(ASYNC_PLUGIN_ERROR)
-        super().__init__(vllm_config, *args)
+        return build(vllm_config, args, engine_plans=False)
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         if plugin_enabled():  # budgetforce's own engine plans pass: its named processor reads them
-            super(BudgetForcing, cls).validate_params(sampling_params)
-
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if self.enabled:
-            super().update_state(batch_update)
-
-    def apply(self, logits: torch.Tensor, *ctx: Any) -> torch.Tensor:
-        return super().apply(logits) if self.enabled else logits
-
-    def is_argmax_invariant(self) -> bool:
-        return not self.enabled  # inert: it changes nothing, so greedy rows may skip it
+            Admission.validate_params(sampling_params)
 
 
 def plugin_enabled() -> bool:
@@ -214,6 +196,6 @@ def _named_processor(vllm_config: VllmConfig) -> bool:
             except (ImportError, AttributeError):
                 continue  # vLLM reports it when it loads the list itself
             entry = obj
-        if isinstance(entry, type) and issubclass(entry, BudgetForcingLogitsProcessor):
+        if isinstance(entry, type) and issubclass(entry, (BudgetForcingLogitsProcessor, BudgetForcing)):
             return True
     return False
