@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetforce.core.budget import Budget
-from budgetforce.core.controller import Phase, ThinkingController, rfind
-from budgetforce.vllm.engine import Tally
-from budgetforce.core.layout import enforcement
+from budgetforce.core.controller import ThinkingController
+from budgetforce.core.decoding import Splitter
+from budgetforce.core.report import Tally, choice_report
 from budgetforce.server.metrics import record_choice
 from budgetforce.server.rewrite import Prepared, ServedModel
 from budgetforce.core.stops import StopCutter
@@ -55,7 +55,7 @@ class _Choice:
     ctl: ThinkingController
     prompt_len: int
     cutter: StopCutter | None
-    splitter: Any = None  # budgetforce.vllm.engine.Splitter when the layer splits the text itself
+    splitter: Splitter | None = None  # when the layer splits the text itself
     tokens: int = 0
     done: bool = False
     ids: list[int] = field(default_factory=list)
@@ -90,7 +90,6 @@ class Annotator:
             cutter = StopCutter(self.p.stops) if self.p.stops else None
             splitter = None
             if self.p.split_text and not self.p.echo:
-                from budgetforce.vllm.engine import Splitter  # the engine's reasoning/answer router, on ids
 
                 splitter = Splitter(self.model.tokenizer, ThinkingController(self.observer, prompt))
             st = self.choices[index] = _Choice(index, ctl, len(prompt), cutter, splitter)
@@ -104,37 +103,23 @@ class Annotator:
             st.ids.extend(ids or ())
 
     def report(self, st: _Choice) -> dict[str, Any]:
-        """A finished choice's `budget` object (the one report builder of the HTTP layer)."""
+        """A finished choice's `budget` object: the core's report (`choice_report`), in the wire's keys."""
         budget = self.p.budget
-        thinking = st.ctl.thinking_tokens
-        hi = budget.max_thinking_tokens if budget is not None else None
-        closed = st.ctl.phase is not Phase.THINKING
         tally = self.stats.tally(st.index, st.ids) if self.stats is not None else None  # None: nobody can say
-        early = tally is not None and tally.early_exit
-        out: dict[str, Any] = {
-            "thinking_tokens": thinking,
-            "waits_inserted": tally.waits if tally is not None else None,
-            "forced_end": (hi is not None and thinking == hi and closed) or early,
-            "strategy": budget.strategy if budget is not None else None,
-        }
         if budget is None:
-            return out
-        out["enforced"], reason = enforcement(tally.failure if tally is not None else None, thinking, hi)
-        if reason is not None:
-            out["unenforced_reason"] = reason
-        keys = self.report_keys
-        if "answer_tokens" in keys:
-            limit = budget.max_answer_tokens
-            out["answer_tokens"] = st.ctl.answer_tokens
-            out["answer_truncated"] = limit is not None and st.ctl.answer_tokens >= limit
-        if "intervened" in keys:
-            out["intervened"] = rfind(st.ctl.split(st.ids)[0], self.intervention) >= 0
-        if "scheduled_waits" in keys:
-            out["scheduled_waits"] = tally.scheduled if tally is not None else None
-        if "early_exit" in keys:
-            out["early_exit"] = early
-            out["probes"] = tally.probes if tally is not None else None
-            out["probe_tokens"] = tally.probe_tokens if tally is not None else None
+            r = choice_report(st.ctl, st.ids, tally, None)
+            return {"thinking_tokens": r.thinking_tokens, "waits_inserted": r.waits_inserted, "forced_end": False,
+                    "strategy": None}  # fmt: skip
+        r = choice_report(st.ctl, st.ids, tally, budget.strategy, budget.max_thinking_tokens, budget.max_answer_tokens,
+                          self.intervention)  # fmt: skip
+        out: dict[str, Any] = {"thinking_tokens": r.thinking_tokens, "waits_inserted": r.waits_inserted,
+                               "forced_end": r.forced_end, "strategy": r.strategy, "enforced": r.enforced}  # fmt: skip
+        if r.unenforced_reason is not None:
+            out["unenforced_reason"] = r.unenforced_reason
+        extra = {"answer_tokens": r.answer_tokens, "answer_truncated": r.answer_truncated, "intervened": r.intervened,
+                 "scheduled_waits": r.scheduled_waits, "early_exit": r.early_exit, "probes": r.probes,
+                 "probe_tokens": r.probe_tokens}  # fmt: skip
+        out.update({k: extra[k] for k in self.report_keys})
         return out
 
     def _finish(self, st: _Choice) -> dict[str, Any]:

@@ -1,10 +1,13 @@
-"""Incremental detokenisation: token ids in, text deltas out, never re-tokenising."""
+"""Incremental detokenisation: token ids in, text deltas out, never re-tokenising; and the split
+of a choice's ids into its reasoning and its answer text."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from tokenizers.decoders import DecodeStream
+
+from budgetforce.core.controller import Phase, ThinkingController
 
 CONTEXT_IDS = 8  # prompt ids read before a text: enough for the decoder's leading-space rules
 
@@ -51,3 +54,58 @@ class IncrementalDecoder:
         self._held.clear()
         self._stream = DecodeStream(skip_special_tokens=self._skip)
         return text
+
+
+class Splitter:
+    """Routes streamed ids to the reasoning or the answer text, following an observing controller.
+
+    Delimiters are shown nowhere; a forced answer prefix belongs to the answer. Reasoning ids
+    that could be the start of a multi-token close are held back until that is decided.
+    """
+
+    def __init__(self, tokenizer: Any, ctl: ThinkingController) -> None:
+        self.ctl = ctl
+        self._reasoning = IncrementalDecoder(tokenizer)
+        self._answer = IncrementalDecoder(tokenizer)
+        self._held: list[int] = []
+        self.ids: list[int] = []  # everything pushed so far
+
+    def push(self, ids: list[int]) -> tuple[str, str]:
+        self.ids.extend(ids)
+        r_ids: list[int] = []
+        a_ids: list[int] = []
+        closed = ""
+        ctl = self.ctl
+        end = ctl.plan.think_end
+        for t in ids:
+            before = ctl.phase
+            ctl.accept(t)
+            if before is Phase.THINKING and ctl.phase is Phase.THINKING:
+                if t in ctl.plan.eos:
+                    continue
+                self._held.append(t)
+                keep = _close_prefix(self._held, end)
+                r_ids.extend(self._held[: len(self._held) - keep])
+                del self._held[: len(self._held) - keep]
+            elif before is Phase.THINKING:
+                self._held.clear()  # they were the close delimiter
+                closed = self._reasoning.push(r_ids) + self._reasoning.flush()  # the reasoning is complete
+                r_ids = []
+            elif before is Phase.ANSWERING or ctl.phase is Phase.BEFORE:
+                a_ids.append(t)
+        reasoning = closed + (self._reasoning.push(r_ids) if r_ids else "")
+        return reasoning, self._answer.push(a_ids) if a_ids else ""
+
+    def flush(self) -> tuple[str, str]:
+        """At the end: both texts give up what they held back."""
+        held = self._reasoning.push(self._held) if self.ctl.phase is Phase.THINKING else ""
+        self._held = []
+        return held + self._reasoning.flush(), self._answer.flush()
+
+
+def _close_prefix(held: list[int], end: tuple[int, ...]) -> int:
+    """Length of the longest suffix of ``held`` that is a proper prefix of ``end``."""
+    for k in range(min(len(held), len(end) - 1), 0, -1):
+        if tuple(held[-k:]) == end[:k]:
+            return k
+    return 0

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from budgetforce.core.budget import Budget, BudgetError
 from budgetforce.core.controller import Action, ForcingPlan, Phase, ThinkingController, rfind
-from budgetforce.core.decoding import IncrementalDecoder
-from budgetforce.core.layout import enforcement
+from budgetforce.core.decoding import Splitter
+from budgetforce.core.report import BudgetStats, Tally, choice_report
 from budgetforce.core.profile import Profile, ResolvedProfile, detect_profile, get_profile
 from budgetforce.vllm.slots import seed_key
 
@@ -33,35 +33,6 @@ log = logging.getLogger(__name__)
 PROCESSOR_FQCN = "budgetforce.vllm:EngineForcing"
 Messages = Sequence[dict[str, Any]]
 FinishReason = Literal["stop", "length"]  # vLLM's `abort` and `error` raise `GenerationFailed` instead
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetStats:
-    thinking_tokens: int
-    waits_inserted: int | None  # None: the engine could not share it (another node, a failed row)
-    forced_end: bool
-    strategy: str | None  # None: the request had no budget
-    scheduled_waits: int | None = 0  # a wait schedule's insertions (None: not shared, as waits_inserted)
-    answer_tokens: int = 0  # after the close, a forced answer prefix included, end-of-sequence excluded
-    answer_truncated: bool = False  # the answer budget ended the answer
-    intervened: bool = False  # the thinking intervention was written
-    early_exit: bool = False  # agreeing answer probes closed the thinking
-    probes: int = 0  # answer probes run (side requests, not counted in the usage)
-    probe_tokens: int = 0  # tokens the probes generated
-    enforced: bool | None = True  # False: the budget was not (fully) forced; None: unknown (no stats board)
-    unenforced_reason: str | None = None  # why not: `max_exceeded`, or a `budgetforce.core.layout.FAIL_REASONS` code
-
-
-@dataclass(slots=True)
-class Tally:
-    """What a generation source knows at its end, beyond the token ids (the budget report reads it)."""
-
-    waits: int | None = 0
-    scheduled: int | None = 0
-    early_exit: bool = False
-    probes: int = 0
-    probe_tokens: int = 0
-    failure: int | None = 0  # the stats board's `FAIL` code (0: forced; None: the board lacks the row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,21 +229,9 @@ class BudgetForcingEngine:
         raise GenerationFailed("error")  # a source ends with a finish reason; this is a bug
 
     def _stats(self, splitter: Splitter, plan: ForcingPlan | None, strategy: str | None, tally: Tally) -> BudgetStats:
-        obs = splitter.ctl  # an observer: it follows the spans as generated, forcing nothing
-        thinking, answer = obs.thinking_tokens, obs.answer_tokens
         if plan is None:
-            return BudgetStats(thinking, tally.waits, False, None, answer_tokens=answer)
-        # the engine forces the close exactly when the span reaches the maximum
-        closed = obs.phase is not Phase.THINKING
-        forced = (plan.max_thinking is not None and thinking == plan.max_thinking and closed) or tally.early_exit
-        reasoning_ids = obs.split(splitter.ids)[0]
-        enforced, reason = enforcement(tally.failure, thinking, plan.max_thinking)
-        return BudgetStats(
-            thinking, tally.waits, forced, strategy, tally.scheduled, answer,
-            plan.max_answer is not None and answer >= plan.max_answer,
-            bool(plan.intervention) and rfind(reasoning_ids, plan.intervention) >= 0,
-            tally.early_exit, tally.probes, tally.probe_tokens, enforced, reason,
-        )
+            return choice_report(splitter.ctl, splitter.ids, tally, None)
+        return choice_report(splitter.ctl, splitter.ids, tally, strategy, plan.max_thinking, plan.max_answer, plan.intervention)
 
 def plan_for(profile: ResolvedProfile, budget: Budget | None, max_tokens: int | None) -> ForcingPlan | None:
     """A request's plan under ``max_tokens``, or None without a budget; raises `BudgetError` for impossible ones."""
@@ -566,58 +525,3 @@ def _finish(reason: str | None) -> FinishReason:
     if reason in ("abort", "error"):
         raise GenerationFailed(reason)
     return "length" if reason == "length" else "stop"  # `stop`, and vLLM's `repetition`
-
-
-class Splitter:
-    """Routes streamed ids to the reasoning or the answer text, following an observing controller.
-
-    Delimiters are shown nowhere; a forced answer prefix belongs to the answer. Reasoning ids
-    that could be the start of a multi-token close are held back until that is decided.
-    """
-
-    def __init__(self, tokenizer: Any, ctl: ThinkingController) -> None:
-        self.ctl = ctl
-        self._reasoning = IncrementalDecoder(tokenizer)
-        self._answer = IncrementalDecoder(tokenizer)
-        self._held: list[int] = []
-        self.ids: list[int] = []  # everything pushed so far
-
-    def push(self, ids: list[int]) -> tuple[str, str]:
-        self.ids.extend(ids)
-        r_ids: list[int] = []
-        a_ids: list[int] = []
-        closed = ""
-        ctl = self.ctl
-        end = ctl.plan.think_end
-        for t in ids:
-            before = ctl.phase
-            ctl.accept(t)
-            if before is Phase.THINKING and ctl.phase is Phase.THINKING:
-                if t in ctl.plan.eos:
-                    continue
-                self._held.append(t)
-                keep = _close_prefix(self._held, end)
-                r_ids.extend(self._held[: len(self._held) - keep])
-                del self._held[: len(self._held) - keep]
-            elif before is Phase.THINKING:
-                self._held.clear()  # they were the close delimiter
-                closed = self._reasoning.push(r_ids) + self._reasoning.flush()  # the reasoning is complete
-                r_ids = []
-            elif before is Phase.ANSWERING or ctl.phase is Phase.BEFORE:
-                a_ids.append(t)
-        reasoning = closed + (self._reasoning.push(r_ids) if r_ids else "")
-        return reasoning, self._answer.push(a_ids) if a_ids else ""
-
-    def flush(self) -> tuple[str, str]:
-        """At the end: both texts give up what they held back."""
-        held = self._reasoning.push(self._held) if self.ctl.phase is Phase.THINKING else ""
-        self._held = []
-        return held + self._reasoning.flush(), self._answer.flush()
-
-
-def _close_prefix(held: list[int], end: tuple[int, ...]) -> int:
-    """Length of the longest suffix of ``held`` that is a proper prefix of ``end``."""
-    for k in range(min(len(held), len(end) - 1), 0, -1):
-        if tuple(held[-k:]) == end[:k]:
-            return k
-    return 0
