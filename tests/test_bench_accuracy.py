@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from typer.testing import CliRunner
 
-from budgetforce.bench import accuracy
+from budgetforce.bench import accuracy, reporting, store, sweep
 from budgetforce.bench.cli import app
 from budgetforce.bench.evals import load_eval
 from budgetforce.bench.sampler import ChatSampler, RequestRejected, budget_fields
@@ -44,20 +44,20 @@ runner = CliRunner()
 
 
 def test_parse_specs() -> None:
-    assert accuracy.parse_int_list("512, 1024", "--max") == [512, 1024]
-    assert accuracy.parse_pairs("256:512,512:1024", "--min-max") == [(256, 512), (512, 1024)]
+    assert sweep.parse_int_list("512, 1024", "--max") == [512, 1024]
+    assert sweep.parse_pairs("256:512,512:1024", "--min-max") == [(256, 512), (512, 1024)]
     for bad in ("512,x", "-1", "1.5"):
         with pytest.raises(BenchError, match="`--max` expects"):
-            accuracy.parse_int_list(bad, "--max")
+            sweep.parse_int_list(bad, "--max")
     for bad in ("256-512", "256:", "a:b"):
         with pytest.raises(BenchError, match="MIN:MAX"):
-            accuracy.parse_pairs(bad, "--min-max")
+            sweep.parse_pairs(bad, "--min-max")
     with pytest.raises(BenchError, match="exceeds"):
-        accuracy.parse_pairs("600:500", "--min-max")
+        sweep.parse_pairs("600:500", "--min-max")
 
 
 def test_sweep_points_cross_wait_strings_and_strategies() -> None:
-    spec = accuracy.SweepSpec(
+    spec = sweep.SweepSpec(
         baseline=True, max_only=[512], min_max=[(256, 512)], waits=[2], wait_strings=["Wait", "Hmm"],
         strategies=["engine", "rounds"],
     )  # fmt: skip
@@ -79,7 +79,7 @@ def test_sweep_points_cross_wait_strings_and_strategies() -> None:
 
 def test_empty_sweep_is_refused() -> None:
     with pytest.raises(BenchError, match="empty sweep"):
-        accuracy.SweepSpec().points(max_tokens=100)
+        sweep.SweepSpec().points(max_tokens=100)
 
 
 def test_budget_fields_per_backend() -> None:
@@ -106,15 +106,15 @@ LONG_INTERVENTION = "I must answer in one sentence and check the arithmetic once
 
 
 def test_parse_point_takes_s1_and_mode_fields() -> None:
-    point = accuracy.parse_point(PROBE_POINT)
+    point = sweep.parse_point(PROBE_POINT)
     assert point == BudgetSettings(
         min_thinking_tokens=128, max_thinking_tokens=256, probe_every=16, probe_agree=2, probe_lead="\n\nThe answer is"
     )
     assert point.label == "min=128,max=256,probe=16x2,lead='\\n\\nThe answer is'"
     assert point.modes == ("early_exit",) and not point.is_baseline and point.has_s1_budget
-    nowait = accuracy.parse_point('{"banned_thinking_strings": ["Wait", "Hmm"], "budget_strategy": "rounds"}')
+    nowait = sweep.parse_point('{"banned_thinking_strings": ["Wait", "Hmm"], "budget_strategy": "rounds"}')
     assert nowait == BudgetSettings(banned_thinking_strings=("Wait", "Hmm"), strategy="rounds")
-    assert accuracy.parse_point("{}").is_baseline
+    assert sweep.parse_point("{}").is_baseline
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_parse_point_takes_s1_and_mode_fields() -> None:
 )
 def test_parse_point_errors_are_readable(spec: str, message: str) -> None:
     with pytest.raises(BenchError) as excinfo:
-        accuracy.parse_point(spec)
+        sweep.parse_point(spec)
     assert message in str(excinfo.value)
 
 
@@ -157,7 +157,7 @@ def test_mode_labels_are_short_stable_and_unique() -> None:
     }  # fmt: skip
     assert {point: point.label for point in expected} == expected
     # the same point always gets the same label (it is the resume key), from any field order
-    assert accuracy.parse_point('{"probe_agree": 2, "probe_every": 16}').label == "probe=16x2"
+    assert sweep.parse_point('{"probe_agree": 2, "probe_every": 16}').label == "probe=16x2"
     # long free text is cut, with a digest of the whole: a shared start does not merge two points
     a = BudgetSettings(thinking_intervention=LONG_INTERVENTION + "then answer.", intervention_at=0)
     b = BudgetSettings(thinking_intervention=LONG_INTERVENTION + "then stop.", intervention_at=0)
@@ -177,7 +177,7 @@ def test_mode_labels_are_short_stable_and_unique() -> None:
 
 def test_points_with_a_shared_label_are_refused() -> None:
     with pytest.raises(BenchError, match="share the label"):
-        accuracy.check_labels([BudgetSettings(wait_strings=("a|b",)), BudgetSettings(wait_strings=("a", "b"))])
+        sweep.check_labels([BudgetSettings(wait_strings=("a|b",)), BudgetSettings(wait_strings=("a", "b"))])
 
 
 def test_bench_knows_every_mode_field_and_report_key_of_the_server() -> None:
@@ -188,8 +188,8 @@ def test_bench_knows_every_mode_field_and_report_key_of_the_server() -> None:
 
 
 def test_point_option_adds_points_after_the_sweep() -> None:
-    extra = [accuracy.parse_point(PROBE_POINT), BudgetSettings(max_thinking_tokens=512)]
-    spec = accuracy.SweepSpec(max_only=[512, 1024], strategies=["engine"], extra=extra)
+    extra = [sweep.parse_point(PROBE_POINT), BudgetSettings(max_thinking_tokens=512)]
+    spec = sweep.SweepSpec(max_only=[512, 1024], strategies=["engine"], extra=extra)
     labels = [p.label for p in spec.points(max_tokens=4096)]
     assert labels == [
         "max=512,strategy=engine",
@@ -197,7 +197,7 @@ def test_point_option_adds_points_after_the_sweep() -> None:
         "min=128,max=256,probe=16x2,lead='\\n\\nThe answer is'",  # as given: not crossed with --strategy
         "max=512",
     ]
-    assert [p.label for p in accuracy.SweepSpec(extra=extra[:1]).points(max_tokens=4096)] == [labels[2]]
+    assert [p.label for p in sweep.SweepSpec(extra=extra[:1]).points(max_tokens=4096)] == [labels[2]]
 
 
 def test_budget_fields_send_modes_and_vllm_refuses_them() -> None:
@@ -210,7 +210,7 @@ def test_budget_fields_send_modes_and_vllm_refuses_them() -> None:
         "paragraph_breaks": ["\n\n"], "banned_thinking_strings": ["Hmm"], "thinking_intervention": "Be brief.",
         "intervention_at": 5, "max_answer_tokens": 64,
     }  # fmt: skip
-    probe = accuracy.parse_point(PROBE_POINT)
+    probe = sweep.parse_point(PROBE_POINT)
     assert budget_fields(probe, "budgetforce") == {
         "min_thinking_tokens": 128, "max_thinking_tokens": 256, "probe_every": 16, "probe_agree": 2,
         "probe_lead": "\n\nThe answer is",
@@ -225,9 +225,9 @@ def test_budget_fields_send_modes_and_vllm_refuses_them() -> None:
 
 def test_scaling_is_the_mean_pairwise_slope() -> None:
     # slopes in points per 1k tokens: (1000->2000) 10, (1000->4000) 10/3, (2000->4000) 0
-    assert accuracy.scaling([(2000, 0.6), (1000, 0.5), (4000, 0.6)]) == pytest.approx((10 + 10 / 3 + 0) / 3)
-    assert accuracy.scaling([(1000, 0.5), (1000, 0.7)]) is None
-    assert accuracy.scaling([(1000, 0.5)]) is None
+    assert reporting.scaling([(2000, 0.6), (1000, 0.5), (4000, 0.6)]) == pytest.approx((10 + 10 / 3 + 0) / 3)
+    assert reporting.scaling([(1000, 0.5), (1000, 0.7)]) is None
+    assert reporting.scaling([(1000, 0.5)]) is None
 
 
 def row(point: BudgetSettings, score: float, tokens: int, waits: int = 0, forced: bool = False) -> dict[str, Any]:
@@ -249,7 +249,7 @@ def test_summary_control_scaling_performance_on_known_numbers() -> None:
         row(large, 1, 2000, waits=1),
         row(large, 1, 3000, waits=2),
     ]
-    summary = accuracy.summarize(rows, [small, large])
+    summary = reporting.summarize(rows, [small, large])
     first, second = summary["points"]
     assert (first["accuracy"], first["mean_thinking_tokens"], first["control"], first["forced_end_rate"]) == (
         0.5,
@@ -267,13 +267,13 @@ def test_summary_control_scaling_performance_on_known_numbers() -> None:
     assert s1["control"] == 0.75
     assert s1["scaling_pct_per_1k_tokens"] == pytest.approx(50 / 1.5)  # +50 points over 1500 tokens
     assert s1["performance"] == 1.0
-    assert "| max=1000 | 2 | 0 | 50.0 |" in accuracy.markdown_table(summary)
+    assert "| max=1000 | 2 | 0 | 50.0 |" in reporting.markdown_table(summary)
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     points = [BudgetSettings(), BudgetSettings(max_thinking_tokens=1000), BudgetSettings(max_thinking_tokens=3000)]
     rows = [row(points[0], 1, 2500), row(points[1], 0, 900), row(points[2], 1, 2000)]
-    paths = accuracy.write_reports(accuracy.summarize(rows, points), tmp_path, "test")
+    paths = reporting.write_reports(reporting.summarize(rows, points), tmp_path, "test")
     assert paths["plot"].read_bytes().startswith(b"\x89PNG")
     assert json.loads(paths["summary"].read_text())["s1"]["all"]["points"] == 2
 
@@ -289,12 +289,12 @@ def mode_row(point: BudgetSettings, score: float, tokens: int, **report: Any) ->
 def test_summary_has_the_modes_columns_only_when_some_point_has_them(tmp_path: Path) -> None:
     s1_point = BudgetSettings(max_thinking_tokens=1000)
     s1_rows = [row(s1_point, 1, 800), row(s1_point, 0, 1000, forced=True)]
-    plain = accuracy.markdown_table(accuracy.summarize(s1_rows, [s1_point]))
+    plain = reporting.markdown_table(reporting.summarize(s1_rows, [s1_point]))
     assert plain.splitlines()[0] == (
         "| point | n | errors | accuracy % | mean think | median think | mean waits | forced end % | control % |"
     )
     probe, alpha, elastic = (
-        accuracy.parse_point(PROBE_POINT),
+        sweep.parse_point(PROBE_POINT),
         BudgetSettings(alpha_moment_tokens=120, wait_probability=0.5),
         BudgetSettings(max_answer_tokens=32),
     )
@@ -310,7 +310,7 @@ def test_summary_has_the_modes_columns_only_when_some_point_has_them(tmp_path: P
         mode_row(elastic, 1, 970, answer_tokens=12, answer_truncated=False),
     ]
     points = [s1_point, probe, alpha, elastic]
-    summary = accuracy.summarize(rows, points)
+    summary = reporting.summarize(rows, points)
     by_point = {e["point"]: e for e in summary["points"]}
     p, a, e = by_point[probe.label], by_point["alpha@120,p=0.5"], by_point["answer<=32"]
     assert (p["accuracy"], p["mean_thinking_tokens"], p["early_exit_rate"], p["mean_probes"]) == (1.0, 192, 0.5, 12)
@@ -320,14 +320,14 @@ def test_summary_has_the_modes_columns_only_when_some_point_has_them(tmp_path: P
     assert by_point["max=1000"]["mean_probes"] is None and by_point["max=1000"]["mode"] == []
     assert summary["s1"]["all"]["points"] == 1  # s1's metrics over s1's points; the modes' series apart
     assert set(summary["s1"]) == {"all", "default", "mode:early_exit", "mode:scheduled_waits", "mode:answer_budget"}
-    table = accuracy.markdown_table(summary)
+    table = reporting.markdown_table(summary)
     header = table.splitlines()[0]
     assert header.endswith(
         "| control % | sched waits | early exit % | probes | probe tok | answer tok | answer cut % |"
     )  # intervened % is left out: no point reports it
     assert "| answer<=32 | 4 | 0 | 50.0 | 945 | 955 | 0 | 0.0 | - | - | - | - | - | 24 | 50.0 |" in table
     assert f"| {probe.label} | 2 | 0 | 100.0 | 192 | 192 | 0 | 0.0 | 100.0 | - | 50.0 | 12 | 60 | - | - |" in table
-    paths = accuracy.write_reports(summary, tmp_path, "modes")
+    paths = reporting.write_reports(summary, tmp_path, "modes")
     assert paths["plot"].read_bytes().startswith(b"\x89PNG")
     assert json.loads(paths["summary"].read_text())["points"][1]["early_exit_rate"] == 0.5
 
@@ -388,7 +388,7 @@ def test_sampler_keeps_the_modes_report_keys_and_sample_rows_write_them() -> Non
         sent.append(json.loads(request.content))
         return httpx.Response(200, json=completion("4", "think", usage_tokens=48, budget=report))
 
-    point = accuracy.parse_point(PROBE_POINT)
+    point = sweep.parse_point(PROBE_POINT)
     result = asyncio.run(mock_sampler(handler)([{"role": "user", "content": "2+2"}], point))
     assert sent[0]["probe_every"] == 16 and sent[0]["probe_lead"] == "\n\nThe answer is"
     assert {key: getattr(result, key) for key in MODE_REPORT_KEYS} == {key: report[key] for key in MODE_REPORT_KEYS}
@@ -485,7 +485,7 @@ def test_sweep_resumes_after_a_crash_and_retries_errors(tmp_path: Path) -> None:
     rows = asyncio.run(accuracy.run_sweep(eval_, first, points, tmp_path, concurrency=2, progress=False))
     assert len(first.calls) == 6 and sum(r["error"] is not None for r in rows) == 2
     # Simulate a crash mid-write: drop the last finished line and leave half a line behind.
-    path = tmp_path / accuracy.SAMPLES_FILE
+    path = tmp_path / store.SAMPLES_FILE
     lines = path.read_text().splitlines(keepends=True)
     good = [line for line in lines if json.loads(line)["error"] is None]
     path.write_text("".join(lines[:-1]) + lines[-1][:20])
@@ -494,7 +494,7 @@ def test_sweep_resumes_after_a_crash_and_retries_errors(tmp_path: Path) -> None:
     redone = {json.loads(line)["key"] for line in lines[-1:]} | {r["key"] for r in map(json.loads, lines) if r["error"]}
     assert {f"{label}|{q.split('+')[0]}|0" for label, q in second.calls} == redone
     assert len(rows) == 6 and all(r["error"] is None for r in rows) and len(good) >= 3
-    summary = accuracy.summarize(rows, points)
+    summary = reporting.summarize(rows, points)
     assert [e["accuracy"] for e in summary["points"]] == [0.0, 1.0]
     third = CountingSampler()
     asyncio.run(accuracy.run_sweep(eval_, third, points, tmp_path, progress=False))
@@ -507,12 +507,12 @@ def test_sweep_of_mode_points_resumes_by_their_labels(tmp_path: Path) -> None:
     points = [
         BudgetSettings(max_thinking_tokens=200, banned_thinking_strings=("Wait",)),
         BudgetSettings(thinking_intervention=start + "then answer.", intervention_at=0),
-        accuracy.parse_point(PROBE_POINT),
+        sweep.parse_point(PROBE_POINT),
     ]
     first = CountingSampler(fail={"1+1"})
     asyncio.run(accuracy.run_sweep(eval_, first, points, tmp_path, progress=False))
     assert len(first.calls) == 6
-    rows = accuracy.read_samples(tmp_path / accuracy.SAMPLES_FILE)
+    rows = store.read_samples(tmp_path / store.SAMPLES_FILE)
     assert {r["point"] for r in rows} == {p.label for p in points}
     assert rows[0]["key"].startswith(rows[0]["point"] + "|")
     # rerun: only the failed samples; then an intervention sharing the cut label's start runs anew
@@ -531,18 +531,18 @@ def test_rejected_request_stops_the_sweep_and_keeps_finished_samples(tmp_path: P
     sampler = CountingSampler(reject={"3+1"})
     with pytest.raises(RequestRejected):
         asyncio.run(accuracy.run_sweep(eval_, sampler, [BudgetSettings()], tmp_path, concurrency=1, progress=False))
-    kept = accuracy.read_samples(tmp_path / accuracy.SAMPLES_FILE)
+    kept = store.read_samples(tmp_path / store.SAMPLES_FILE)
     assert [r["example_id"] for r in kept] == ["0", "1", "2"]
 
 
 def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
-    config = accuracy.RunConfig(
+    config = store.RunConfig(
         eval="gsm8k", model="a", backend="budgetforce", max_tokens=10, temperature=0, prompt_template="{question}"
     )
-    accuracy.check_run_config(tmp_path, config)
-    accuracy.check_run_config(tmp_path, config)
+    store.check_run_config(tmp_path, config)
+    store.check_run_config(tmp_path, config)
     with pytest.raises(BenchError, match="model: 'a' -> 'b'"):
-        accuracy.check_run_config(tmp_path, config.model_copy(update={"model": "b"}))
+        store.check_run_config(tmp_path, config.model_copy(update={"model": "b"}))
 
 
 # --- CLI errors -----------------------------------------------------------------------------
@@ -678,14 +678,14 @@ def test_cli_accuracy_end_to_end_and_resume(imitation_url: str, tmp_path: Path) 
     ]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / accuracy.SUMMARY_FILE).read_text())
+    summary = json.loads((out / reporting.SUMMARY_FILE).read_text())
     by_point = {e["point"]: e for e in summary["points"]}
     assert by_point["max=20"]["accuracy"] == 0.0 and by_point["max=80"]["accuracy"] == 1.0
     assert by_point["min=60,max=80"]["mean_thinking_tokens"] == 60 and by_point["min=60,max=80"]["mean_waits"] == 1
     assert summary["s1"]["all"]["control"] == 1.0 and summary["s1"]["all"]["performance"] == 1.0
-    assert (out / accuracy.PLOT_FILE).exists() and len((out / accuracy.SAMPLES_FILE).read_text().splitlines()) == 16
+    assert (out / reporting.PLOT_FILE).exists() and len((out / store.SAMPLES_FILE).read_text().splitlines()) == 16
     rerun = runner.invoke(app, args)
-    assert rerun.exit_code == 0 and len((out / accuracy.SAMPLES_FILE).read_text().splitlines()) == 16
+    assert rerun.exit_code == 0 and len((out / store.SAMPLES_FILE).read_text().splitlines()) == 16
     other = runner.invoke(app, [*args, "--temperature", "0.5"])
     assert other.exit_code == 2 and "different run" in other.output
 
@@ -702,7 +702,7 @@ def test_cli_accuracy_with_points_alone(imitation_url: str, tmp_path: Path) -> N
     ]  # fmt: skip
     result = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / accuracy.SUMMARY_FILE).read_text())
+    summary = json.loads((out / reporting.SUMMARY_FILE).read_text())
     assert [e["point"] for e in summary["points"]] == ["max=20,probe=16x2,probe_max=4", "answer<=3", "alpha@30,p=0.5"]
     probe, elastic, alpha = summary["points"]
     assert (probe["accuracy"], probe["early_exit_rate"], probe["mean_probes"], probe["mean_probe_tokens"]) == (
@@ -710,16 +710,16 @@ def test_cli_accuracy_with_points_alone(imitation_url: str, tmp_path: Path) -> N
     )  # fmt: skip
     assert (elastic["accuracy"], elastic["mean_answer_tokens"], elastic["answer_truncated_rate"]) == (1.0, 3, 1.0)
     assert (alpha["mean_scheduled_waits"], alpha["mean_probes"]) == (3, None)
-    samples = accuracy.read_samples(out / accuracy.SAMPLES_FILE)
+    samples = store.read_samples(out / store.SAMPLES_FILE)
     assert len(samples) == 9 and all(s["request"]["probe_every"] == 16 for s in samples if "probe" in s["point"])
     assert {s["request"].get("max_answer_tokens") for s in samples if s["point"] == "answer<=3"} == {3}
-    table = (out / accuracy.TABLE_FILE).read_text()
+    table = (out / reporting.TABLE_FILE).read_text()
     assert "early exit %" in table and "answer cut %" in table and "intervened %" not in table
-    assert "early exit %" in result.output and (out / accuracy.PLOT_FILE).exists()
+    assert "early exit %" in result.output and (out / reporting.PLOT_FILE).exists()
     rerun = runner.invoke(app, [*args, "--point", '{"thinking_intervention": "Be brief."}'])
     assert rerun.exit_code == 0, rerun.output
-    assert len(accuracy.read_samples(out / accuracy.SAMPLES_FILE)) == 12  # only the new point ran
-    summary = json.loads((out / accuracy.SUMMARY_FILE).read_text())
+    assert len(store.read_samples(out / store.SAMPLES_FILE)) == 12  # only the new point ran
+    summary = json.loads((out / reporting.SUMMARY_FILE).read_text())
     assert summary["s1"]["all"]["points"] == 0 and summary["s1"]["mode:intervention"]["points"] == 1
     assert summary["points"][-1]["point"] == "intervene='Be brief.'" and summary["points"][-1]["intervened_rate"] == 1
 
@@ -759,11 +759,11 @@ def test_gsm8k_eval_prompts_ask_for_a_boxed_answer() -> None:
 
 def test_every_sample_gets_its_own_stable_seed() -> None:
     """Repeats of one problem draw differently; a resumed sample draws what it would have drawn."""
-    from budgetforce.bench.accuracy import sample_seed
+    from budgetforce.bench.store import sample_seed
 
     point = BudgetSettings(min_thinking_tokens=10)
     example = Example("e1", "1+1", "2")
-    keys = [accuracy.sample_key(point, example, r) for r in range(8)]
+    keys = [store.sample_key(point, example, r) for r in range(8)]
     seeds = [sample_seed(k) for k in keys]
     assert len(set(seeds)) == 8
     assert seeds == [sample_seed(k) for k in keys]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from budgetforce.bench import accuracy
+from budgetforce.bench import reporting, store
 from budgetforce.bench.cli import app
 
 pytestmark = pytest.mark.server
@@ -27,7 +27,7 @@ def test_bench_accuracy_live(live_server_url: str, tmp_path: Path) -> None:
     ]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    rows = accuracy.read_samples(out / accuracy.SAMPLES_FILE)
+    rows = store.read_samples(out / store.SAMPLES_FILE)
     assert len(rows) == 6 and all(r["error"] is None for r in rows)
     assert all(r["thinking_tokens"] is not None for r in rows)
     for r in rows:
@@ -35,11 +35,11 @@ def test_bench_accuracy_live(live_server_url: str, tmp_path: Path) -> None:
             assert r["thinking_tokens"] <= 16 and r["request"]["max_thinking_tokens"] == 16
         if r["point"] == "min=8,max=24":
             assert 8 <= r["thinking_tokens"] <= 24
-    summary = json.loads((out / accuracy.SUMMARY_FILE).read_text())
+    summary = json.loads((out / reporting.SUMMARY_FILE).read_text())
     assert summary["s1"]["all"]["control"] == 1.0
-    assert (out / accuracy.PLOT_FILE).exists()
+    assert (out / reporting.PLOT_FILE).exists()
     rerun = runner.invoke(app, args)  # everything done: nothing is sent again
-    assert rerun.exit_code == 0 and len(accuracy.read_samples(out / accuracy.SAMPLES_FILE)) == 6
+    assert rerun.exit_code == 0 and len(store.read_samples(out / store.SAMPLES_FILE)) == 6
 
 
 def test_bench_load_live(live_server_url: str, tmp_path: Path) -> None:

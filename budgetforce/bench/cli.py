@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from budgetforce.bench import accuracy, load
+from budgetforce.bench import accuracy, load, reporting, store, sweep
 from budgetforce.bench.evals import EVAL_NAMES, load_eval
 from budgetforce.bench.sampler import ChatSampler, budget_fields, served_model
 from budgetforce.bench.types import Backend, BenchError, BudgetSettings
@@ -106,7 +106,7 @@ def show_accuracy(summary: dict[str, Any], title: str) -> None:
         return "-" if value is None else f"{value:.1f}"
 
     table = Table(title=title)
-    extra = accuracy.mode_columns(summary)  # the modes' columns, only when some point has them
+    extra = reporting.mode_columns(summary)  # the modes' columns, only when some point has them
     columns = ("point", "n", "err", "acc %", "mean think", "median think", "waits", "forced %", "control %")
     for column in (*columns, *(header for _, header, _ in extra)):
         table.add_column(column, justify="left" if column == "point" else "right", overflow="fold")
@@ -193,18 +193,18 @@ def accuracy_command(
 
     async def main() -> dict[str, Any]:
         checked_backend = check_backend(backend)
-        spec = accuracy.SweepSpec(
+        spec = sweep.SweepSpec(
             baseline=baseline,
-            max_only=accuracy.parse_int_list(max_, "--max"),
-            min_only=accuracy.parse_int_list(min_, "--min"),
-            min_max=accuracy.parse_pairs(min_max, "--min-max"),
-            waits=accuracy.parse_int_list(waits, "--waits", "0,1,2,4"),
+            max_only=sweep.parse_int_list(max_, "--max"),
+            min_only=sweep.parse_int_list(min_, "--min"),
+            min_max=sweep.parse_pairs(min_max, "--min-max"),
+            waits=sweep.parse_int_list(waits, "--waits", "0,1,2,4"),
             waits_min=waits_min,
             waits_max=waits_max,
             wait_strings=wait_string or [],
             strategies=check_strategies(strategy or []),
             answer_prefix=answer_prefix,
-            extra=[accuracy.parse_point(text) for text in point_json or []],
+            extra=[sweep.parse_point(text) for text in point_json or []],
         )
         points = spec.points(max_tokens)
         for point in points:
@@ -214,15 +214,15 @@ def accuracy_command(
         )
         listed_id, root = await served_model(base_url, api_key)
         model_id = model or listed_id
-        config = accuracy.RunConfig(
+        config = store.RunConfig(
             eval=eval_.name, model=model_id, backend=checked_backend, max_tokens=max_tokens, temperature=temperature,
             top_p=top_p, seed=sample_seed, prompt_template=eval_.QUERY_TEMPLATE,
         )  # fmt: skip
         if overwrite:
-            for name in (accuracy.SAMPLES_FILE, accuracy.RUN_FILE):
+            for name in (store.SAMPLES_FILE, store.RUN_FILE):
                 (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        accuracy.check_run_config(out, config)
+        store.check_run_config(out, config)
         sampler = ChatSampler(
             base_url, model_id, checked_backend, max_tokens, temperature, top_p, sample_seed, api_key,
             timeout, retries, count_tokens=tokenizer_counter(tokenizer, root, checked_backend),
@@ -231,14 +231,14 @@ def accuracy_command(
             rows = await accuracy.run_sweep(eval_, sampler, points, out, concurrency, repeats, progress)
         finally:
             await sampler.aclose()
-        summary = accuracy.summarize(rows, points)
+        summary = reporting.summarize(rows, points)
         summary["run"] = config.model_dump()
-        accuracy.write_reports(summary, out, f"{eval_.name} - {model_id}")
+        reporting.write_reports(summary, out, f"{eval_.name} - {model_id}")
         return summary
 
     summary = run_cli(main)
     show_accuracy(summary, f"{summary['run']['eval']} - {summary['run']['model']}")
-    names = (accuracy.SAMPLES_FILE, accuracy.SUMMARY_FILE, accuracy.TABLE_FILE, accuracy.PLOT_FILE)
+    names = (store.SAMPLES_FILE, reporting.SUMMARY_FILE, reporting.TABLE_FILE, reporting.PLOT_FILE)
     console.print("Wrote " + ", ".join(str(out / name) for name in names))
 
 
@@ -274,7 +274,7 @@ def load_command(
 
     async def main() -> dict[str, Any]:
         checked_backend = check_backend(backend)
-        levels = accuracy.parse_int_list(concurrency, "--concurrency", "1,4,16")
+        levels = sweep.parse_int_list(concurrency, "--concurrency", "1,4,16")
         if not levels or min(levels) < 1:
             raise BenchError(f"`--concurrency` needs positive integers like 1,4,16; got {concurrency!r}")
         extra: dict[str, Any] = {}

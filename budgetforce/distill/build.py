@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from budgetforce.bench.accuracy import read_samples
+from budgetforce.bench.store import read_samples
 from budgetforce.bench.types import BenchError
 from budgetforce.distill.generate import SFT_FILE, sft_record
 from budgetforce.distill.problems import ProblemSet

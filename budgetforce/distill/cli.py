@@ -101,7 +101,7 @@ def generate(
     configure_logging(verbose)
 
     async def main() -> dict[str, Any]:
-        from budgetforce.bench import accuracy
+        from budgetforce.bench import store
         from budgetforce.bench.cli import check_backend
         from budgetforce.bench.sampler import ChatSampler, budget_fields, served_model
         from budgetforce.distill import generate as gen
@@ -119,12 +119,12 @@ def generate(
         )  # fmt: skip
         problems = load_problems(spec)
         model_id = model or (await served_model(base_url, api_key))[0]
-        config = accuracy.RunConfig(
+        config = store.RunConfig(
             eval=problems.eval.name, model=model_id, backend=checked, max_tokens=max_tokens, temperature=temperature,
             top_p=top_p, prompt_template=problems.eval.QUERY_TEMPLATE,
         )  # fmt: skip
         if overwrite:
-            for name in (accuracy.SAMPLES_FILE, accuracy.RUN_FILE, gen.SPEC_FILE):
+            for name in (store.SAMPLES_FILE, store.RUN_FILE, gen.SPEC_FILE):
                 (out / name).unlink(missing_ok=True)
         sampler = ChatSampler(
             base_url, model_id, checked, max_tokens, temperature, top_p, None, api_key, timeout, retries

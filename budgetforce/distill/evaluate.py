@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from budgetforce.bench import accuracy
+from budgetforce.bench import accuracy, reporting, store
 from budgetforce.bench.sampler import ChatSampler, served_model
 from budgetforce.bench.types import BenchError, BudgetSettings, Eval
 
@@ -100,14 +100,14 @@ def stop_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # engine processes left behind by a server that died
 
 
-def run_config(eval_: Eval, model_id: str, max_tokens: int) -> accuracy.RunConfig:
-    return accuracy.RunConfig(eval=eval_.name, model=model_id, backend="budgetforce", max_tokens=max_tokens,
+def run_config(eval_: Eval, model_id: str, max_tokens: int) -> store.RunConfig:
+    return store.RunConfig(eval=eval_.name, model=model_id, backend="budgetforce", max_tokens=max_tokens,
                               temperature=0.0, prompt_template=eval_.QUERY_TEMPLATE)  # fmt: skip
 
 
 def table_row(rows: list[dict[str, Any]], budget: BudgetSettings) -> dict[str, Any]:
     """A target's line of the table: accuracy, mean output (completion) and mean thinking tokens."""
-    point = accuracy.summarize(rows, [budget])["points"][0]
+    point = reporting.summarize(rows, [budget])["points"][0]
     graded = [r for r in rows if r.get("error") is None and r.get("completion_tokens") is not None]
     return {
         "n": int(point["n"]),
@@ -118,13 +118,13 @@ def table_row(rows: list[dict[str, Any]], budget: BudgetSettings) -> dict[str, A
     }
 
 
-def finished_rows(eval_: Eval, out_dir: Path, budget: BudgetSettings, config: accuracy.RunConfig) -> list[dict[str, Any]] | None:  # fmt: skip
+def finished_rows(eval_: Eval, out_dir: Path, budget: BudgetSettings, config: store.RunConfig) -> list[dict[str, Any]] | None:  # fmt: skip
     """The target's sample lines when an earlier run with the same settings finished them all, else None."""
-    run_file = out_dir / accuracy.RUN_FILE
+    run_file = out_dir / store.RUN_FILE
     if not run_file.is_file() or json.loads(run_file.read_text()) != config.model_dump():
         return None
-    latest = accuracy.latest_by_key(accuracy.read_samples(out_dir / accuracy.SAMPLES_FILE))
-    keys = [accuracy.sample_key(budget, example, 0) for example in eval_.examples]
+    latest = store.latest_by_key(store.read_samples(out_dir / store.SAMPLES_FILE))
+    keys = [store.sample_key(budget, example, 0) for example in eval_.examples]
     if any(key not in latest or latest[key].get("error") is not None for key in keys):
         return None
     return [latest[key] for key in keys]
@@ -135,7 +135,7 @@ async def evaluate_url(eval_: Eval, url: str, out_dir: Path, max_tokens: int, bu
     """One target through the harness (resuming `out_dir`); its line of the table."""
     model_id, _ = await served_model(url, api_key)
     out_dir.mkdir(parents=True, exist_ok=True)
-    accuracy.check_run_config(out_dir, run_config(eval_, model_id, max_tokens))
+    store.check_run_config(out_dir, run_config(eval_, model_id, max_tokens))
     sampler = ChatSampler(url, model_id, "budgetforce", max_tokens, 0.0, api_key=api_key)
     try:
         rows = await accuracy.run_sweep(eval_, sampler, [budget], out_dir, concurrency, 1, progress)
@@ -170,7 +170,7 @@ def evaluate_targets(eval_: Eval, targets: list[tuple[str, str]], out_dir: Path,
     for name, where in targets:
         target_dir = out_dir / name
         if overwrite:
-            for stale in (accuracy.SAMPLES_FILE, accuracy.RUN_FILE):
+            for stale in (store.SAMPLES_FILE, store.RUN_FILE):
                 (target_dir / stale).unlink(missing_ok=True)
         if where.startswith(("http://", "https://")):
             rows[name] = asyncio.run(evaluate_url(eval_, where, target_dir, **kwargs))

@@ -29,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from budgetforce.bench import accuracy
+from budgetforce.bench import accuracy, store
 from budgetforce.bench.sampler import split_reasoning
 from budgetforce.bench.types import BenchError, BudgetSettings, SamplerBase
 from budgetforce.distill.problems import ProblemSet, ProblemSpec
@@ -163,7 +163,7 @@ async def generate(
     problems: ProblemSet,
     spec: ProblemSpec,
     sampler: SamplerBase,
-    config: accuracy.RunConfig,
+    config: store.RunConfig,
     out_dir: Path,
     samples_per_problem: int = 4,
     budget: BudgetSettings | None = None,
@@ -175,7 +175,7 @@ async def generate(
     """Sample the teacher (resuming `out_dir`), then rejection-sample; return the report."""
     budget = budget or BudgetSettings()
     out_dir.mkdir(parents=True, exist_ok=True)
-    accuracy.check_run_config(out_dir, config)
+    store.check_run_config(out_dir, config)
     spec_path = out_dir / SPEC_FILE
     if spec_path.exists() and json.loads(spec_path.read_text()) != asdict(spec):
         raise BenchError(f"{out_dir} holds samples of other problems; use another --out, or --overwrite")

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from budgetforce.bench.accuracy import read_samples
+from budgetforce.bench.store import read_samples
 from budgetforce.bench.types import BenchError
 
 logger = logging.getLogger(__name__)
