@@ -281,7 +281,9 @@ async def _read_body(receive: Receive) -> tuple[bytes, bool]:
             return b"".join(chunks), False
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def _replay(body: bytes, receive: Receive, stop: asyncio.Event | None = None) -> Receive:
+    """The app's `receive`: the (rewritten) body once, then the client's messages; once ``stop`` is
+    set, a disconnect, which makes vLLM abort its request (the budget layer ended the stream)."""
     sent = False
 
     async def replay() -> Message:
@@ -289,7 +291,21 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        if stop is None:
+            return await receive()
+        if stop.is_set():
+            return {"type": "http.disconnect"}
+        real = asyncio.ensure_future(receive())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({real, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when vLLM stops listening (cancelled): leave no receive pending
+            stopped.cancel()
+            if not real.done():
+                real.cancel()
+        if not real.cancelled():
+            return real.result()
+        return {"type": "http.disconnect"}
 
     return replay
 
@@ -324,35 +340,11 @@ class _Exchange:
     async def run(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         self.send = send
         try:
-            await self.app(scope, self._receive(body, receive), self._send)
+            await self.app(scope, _replay(body, receive, self.stop_upstream), self._send)
         except Exception:
             if not self.closed:
                 raise
             log.debug("vLLM's response ended after the budget layer closed the stream", exc_info=True)
-
-    def _receive(self, body: bytes, receive: Receive) -> Receive:
-        sent = False
-
-        async def inner() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            if self.stop_upstream.is_set():
-                return {"type": "http.disconnect"}
-            real = asyncio.ensure_future(receive())
-            stop = asyncio.ensure_future(self.stop_upstream.wait())
-            try:
-                await asyncio.wait({real, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:  # also when vLLM stops listening (cancelled): leave no receive pending
-                stop.cancel()
-                if not real.done():
-                    real.cancel()
-            if not real.cancelled():
-                return real.result()
-            return {"type": "http.disconnect"}
-
-        return inner
 
     async def _send(self, message: Message) -> None:
         if self.closed:

@@ -36,6 +36,8 @@ BackendOpt = Annotated[
     str, typer.Option("--backend", help="budgetforce (all budget fields) or vllm (stock `vllm serve`, max only).")
 ]
 ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token, if needed.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
 
 
 def run_cli(coroutine_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -185,8 +187,8 @@ def accuracy_command(
         str | None, typer.Option(help="Count thinking tokens locally when the server does not.")
     ] = None,
     api_key: ApiKey = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    progress: Progress = True,
+    verbose: Verbose = False,
 ) -> None:
     """Sweep thinking budgets over a data set; write samples.jsonl, summary.{json,md} and a plot."""
     configure_logging(verbose)
@@ -266,8 +268,8 @@ def load_command(
     timeout: Annotated[float, typer.Option(min=1.0)] = 600.0,
     out: Annotated[Path | None, typer.Option("--out", help="Write the JSON report here.")] = None,
     api_key: ApiKey = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    progress: Progress = True,
+    verbose: Verbose = False,
 ) -> None:
     """Streamed load at each concurrency level: output tok/s, TTFT and ITL p50/p99, errors."""
     configure_logging(verbose)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, create_model, model_validator
@@ -65,6 +66,39 @@ def label_list(values: tuple[str, ...], limit: int = LABEL_LIST_CHARS) -> str:
     return "|".join(shown)
 
 
+def _part(name: str, fmt: Callable[[Any], str]) -> Callable[[Any], str | None]:
+    """A label part: the field's value formatted, or None when the field is not set."""
+    return lambda point: None if getattr(point, name) is None else fmt(getattr(point, name))
+
+
+def _intervention_part(point: Any) -> str | None:
+    at = "" if point.intervention_at is None else f"@{point.intervention_at}"
+    if point.thinking_intervention is not None:
+        return f"intervene{at}={label_text(point.thinking_intervention)}"
+    return f"intervene{at}" if at else None
+
+
+def _probe_part(point: Any) -> str | None:
+    if point.probe_every is None and point.probe_agree is None:
+        return None
+    every = "?" if point.probe_every is None else str(point.probe_every)
+    return f"probe={every}" + ("" if point.probe_agree is None else f"x{point.probe_agree}")
+
+
+# A point's label, part by part in this order (the labels are resume keys: keep them as they are).
+_S1_PARTS = (_part("min_thinking_tokens", "min={}".format), _part("max_thinking_tokens", "max={}".format),
+             _part("max_waits", "waits={}".format))  # fmt: skip
+_MODE_PARTS = (
+    _part("banned_thinking_strings", lambda v: "nowait=" + label_list(v)), _intervention_part,
+    _part("max_answer_tokens", "answer<={}".format), _part("alpha", lambda v: f"alpha={v!r}"),
+    _part("alpha_moment_tokens", "alpha@{}".format), _part("wait_probability", lambda v: f"p={v!r}"),
+    _part("wait_decay", str), _part("paragraph_breaks", lambda v: "breaks=" + label_list(v)), _probe_part,
+    _part("probe_lead", lambda v: f"lead={label_text(v)}"), _part("probe_max_tokens", "probe_max={}".format),
+)  # fmt: skip
+_TAIL_PARTS = (_part("wait_strings", lambda v: "wait=" + "|".join(v)), _part("answer_prefix", lambda v: f"prefix={v!r}"),
+               _part("strategy", "strategy={}".format))  # fmt: skip
+
+
 class _SettingsBase(BaseModel):
     """One point of a sweep: the per-request thinking budget, as the budgetforce server takes it.
 
@@ -117,51 +151,8 @@ class _SettingsBase(BaseModel):
         >>> print(BudgetSettings(alpha_moment_tokens=120, wait_probability=0.5, paragraph_breaks=["\\n"]).label)
         alpha@120,p=0.5,breaks='\\n'
         """
-        parts: list[str] = []
-        if self.min_thinking_tokens is not None:
-            parts.append(f"min={self.min_thinking_tokens}")
-        if self.max_thinking_tokens is not None:
-            parts.append(f"max={self.max_thinking_tokens}")
-        if self.max_waits is not None:
-            parts.append(f"waits={self.max_waits}")
-        parts += self._mode_label_parts()
-        if self.wait_strings is not None:
-            parts.append("wait=" + "|".join(self.wait_strings))
-        if self.answer_prefix is not None:
-            parts.append(f"prefix={self.answer_prefix!r}")
-        if self.strategy is not None:
-            parts.append(f"strategy={self.strategy}")
-        return ",".join(parts) or "baseline"
-
-    def _mode_label_parts(self) -> list[str]:
-        parts: list[str] = []
-        if self.banned_thinking_strings is not None:
-            parts.append("nowait=" + label_list(self.banned_thinking_strings))
-        if self.thinking_intervention is not None:
-            at = "" if self.intervention_at is None else f"@{self.intervention_at}"
-            parts.append(f"intervene{at}={label_text(self.thinking_intervention)}")
-        elif self.intervention_at is not None:
-            parts.append(f"intervene@{self.intervention_at}")
-        if self.max_answer_tokens is not None:
-            parts.append(f"answer<={self.max_answer_tokens}")
-        if self.alpha is not None:
-            parts.append(f"alpha={self.alpha!r}")
-        if self.alpha_moment_tokens is not None:
-            parts.append(f"alpha@{self.alpha_moment_tokens}")
-        if self.wait_probability is not None:
-            parts.append(f"p={self.wait_probability!r}")
-        if self.wait_decay is not None:
-            parts.append(self.wait_decay)
-        if self.paragraph_breaks is not None:
-            parts.append("breaks=" + label_list(self.paragraph_breaks))
-        if self.probe_every is not None or self.probe_agree is not None:
-            every = "?" if self.probe_every is None else str(self.probe_every)
-            parts.append(f"probe={every}" + ("" if self.probe_agree is None else f"x{self.probe_agree}"))
-        if self.probe_lead is not None:
-            parts.append(f"lead={label_text(self.probe_lead)}")
-        if self.probe_max_tokens is not None:
-            parts.append(f"probe_max={self.probe_max_tokens}")
-        return parts
+        parts = (part(self) for part in (*_S1_PARTS, *_MODE_PARTS, *_TAIL_PARTS))
+        return ",".join(p for p in parts if p is not None) or "baseline"
 
     def within(self, thinking_tokens: int) -> bool:
         """Whether a sample obeyed this budget (the s1 Control indicator)."""
