@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from budgetforce.core.budget import (
     BUDGET_REQUEST_FIELDS,
-    NEW_FIELDS,
+    XARG_FIELDS,
     Budget,
     BudgetDefaults,
     BudgetError,
@@ -245,19 +245,12 @@ def forwarded(endpoint: str, model: ServedModel) -> frozenset[str]:
 
 
 def budget_xargs(budget: Budget) -> dict[str, Any]:
-    """A budget as the processor's `vllm_xargs` (`budgetforce.vllm.wire.budget_from_xargs` reads them back)."""
-    out: dict[str, Any] = {"min_thinking_tokens": budget.min_thinking_tokens}
-    if budget.max_thinking_tokens is not None:
-        out["max_thinking_tokens"] = budget.max_thinking_tokens
-    if budget.max_waits is not None:
-        out["max_waits"] = budget.max_waits
-    if budget.wait_strings:
-        out["wait_strings"] = list(budget.wait_strings)
-    if budget.answer_prefix is not None:
-        out["answer_prefix"] = budget.answer_prefix
-    for name in NEW_FIELDS:  # the modes beyond s1: what the request set (the processor knows the defaults)
+    """A budget as the processor's `vllm_xargs` (`budgetforce.vllm.wire.budget_from_xargs` reads them back):
+    the minimum, and every other field the budget was given (the processor knows the defaults)."""
+    out: dict[str, Any] = {}
+    for name in XARG_FIELDS:
         value = getattr(budget, name)
-        if name in budget.model_fields_set and value is not None:
+        if value is not None and (name == "min_thinking_tokens" or name in budget.model_fields_set):
             out[name] = list(value) if isinstance(value, tuple) else value
     return out
 

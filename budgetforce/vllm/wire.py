@@ -9,7 +9,9 @@ cross vLLM's msgspec boundary unchanged.
 from __future__ import annotations
 
 import random
-from typing import Any
+from dataclasses import fields
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from budgetforce.core.budget import Budget, xarg_budget_fields
 from budgetforce.core.controller import ForcingPlan
@@ -30,59 +32,40 @@ CAPACITY = BOARD_KEYS + OWN_KEYS
 
 
 def plan_to_args(plan: ForcingPlan, board: str | None = None, key: int = -1, nonce: int = 0) -> dict[str, Any]:
-    """Serialise a plan for `SamplingParams.extra_args` (plain lists survive msgspec).
-
+    """Serialise a plan for `SamplingParams.extra_args`: every `ForcingPlan` field as plain lists
+    and numbers (they survive msgspec), so a new plan field needs no edit here.
     ``board``/``key``/``nonce`` name the `StatsBoard` row where the processor reports stats.
     """
-    return {
-        EXTRA_KEY: {
-            "think_start": list(plan.think_start),
-            "think_end": list(plan.think_end),
-            "eos": sorted(plan.eos),
-            "waits": [list(w) for w in plan.waits],
-            "answer_prefix": list(plan.answer_prefix),
-            "min_thinking": plan.min_thinking,
-            "max_thinking": plan.max_thinking,
-            "max_waits": plan.max_waits,
-            "banned": sorted(plan.banned),
-            "intervention": list(plan.intervention),
-            "intervention_at": plan.intervention_at,
-            "max_answer": plan.max_answer,
-            "alpha_moment": plan.alpha_moment,
-            "wait_probability": plan.wait_probability,
-            "wait_decay": plan.wait_decay,
-            "breaks": sorted(plan.breaks),
-            "answer_end": plan.answer_end,
-            "early_exit": plan.early_exit,
-            "board": board,
-            "key": key,
-            "nonce": nonce or random.getrandbits(62),
-        }
-    }
+    body = {f.name: _plain(getattr(plan, f.name)) for f in fields(ForcingPlan)}
+    return {EXTRA_KEY: {**body, "board": board, "key": key, "nonce": nonce or random.getrandbits(62)}}
 
 
 def plan_from_args(args: dict[str, Any]) -> ForcingPlan:
+    """The plan `plan_to_args` wrote, each field back in its declared type; a field it lacks keeps its default."""
     a = args[EXTRA_KEY]
-    return ForcingPlan(
-        think_start=tuple(a["think_start"]),
-        think_end=tuple(a["think_end"]),
-        eos=frozenset(a["eos"]),
-        waits=tuple(tuple(w) for w in a["waits"]),
-        answer_prefix=tuple(a["answer_prefix"]),
-        min_thinking=a["min_thinking"],
-        max_thinking=a["max_thinking"],
-        max_waits=a["max_waits"],
-        banned=frozenset(a.get("banned", ())),
-        intervention=tuple(a.get("intervention", ())),
-        intervention_at=int(a.get("intervention_at", 0)),
-        max_answer=a.get("max_answer"),
-        alpha_moment=int(a.get("alpha_moment", 0)),
-        wait_probability=float(a.get("wait_probability", 0.0)),
-        wait_decay=bool(a.get("wait_decay", True)),
-        breaks=frozenset(a.get("breaks", ())),
-        answer_end=int(a.get("answer_end", -1)),
-        early_exit=bool(a.get("early_exit", False)),
-    )
+    return ForcingPlan(**{f.name: _typed(_PLAN_TYPES[f.name], a[f.name]) for f in fields(ForcingPlan) if f.name in a})
+
+
+_PLAN_TYPES = get_type_hints(ForcingPlan)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, frozenset):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):  # `int | None`
+        return None if value is None else _typed(next(a for a in args if a is not type(None)), value)
+    if origin is frozenset:
+        return frozenset(value)
+    if origin is tuple:
+        return tuple(_typed(args[0], v) for v in value)
+    return hint(value)  # int, float, bool
 
 
 def budget_from_xargs(extra_args: dict[str, Any] | None) -> Budget | None:
