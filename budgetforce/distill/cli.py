@@ -6,10 +6,13 @@ line on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
@@ -57,7 +60,36 @@ def problem_spec(**fields: Any) -> Any:
     return ProblemSpec(**fields)
 
 
+# The problem options of generate and build: (type, default) by parameter name.
+PROBLEM_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "dataset": (Dataset, "gsm8k"), "num_examples": (NumExamples, None), "seed": (Seed, 0),
+    "data_path": (DataPath, None), "question_field": (QuestionField, "question"), "answer_field": (AnswerField, "answer"),
+    "rationale_field": (RationaleField, None), "grader": (Grader, "integer"), "prompt_template": (PromptTemplate, None),
+}  # fmt: skip
+
+
+def problem_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Gives a command the problem options (typer reads them from its signature) and passes them
+    on as one argument, ``problem_fields``: the keyword arguments of `problem_spec`."""
+    hints = get_type_hints(command, include_extras=True)  # typer reads the options from the annotations
+    signature = inspect.signature(command)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+           if p.name != "problem_fields"]  # fmt: skip
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, (annotation, default) in PROBLEM_OPTIONS.items()]  # fmt: skip
+
+    @functools.wraps(command)
+    def with_problems(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in PROBLEM_OPTIONS}
+        given["name"] = given.pop("dataset")
+        return command(*args, problem_fields=given, **kwargs)
+
+    with_problems.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+    return with_problems
+
+
 @app.command()
+@problem_options
 def generate(
     out: Annotated[Path, Opt("--out", help="Run folder; rerunning the same command resumes it.")] = Path(
         "runs/distill/generate"
@@ -69,15 +101,6 @@ def generate(
     backend: Annotated[str, Opt(help="budgetforce (budget fields sent) or vllm (max only); other APIs: vllm.")] = (
         "budgetforce"
     ),
-    dataset: Dataset = "gsm8k",
-    num_examples: NumExamples = None,
-    seed: Seed = 0,
-    data_path: DataPath = None,
-    question_field: QuestionField = "question",
-    answer_field: AnswerField = "answer",
-    rationale_field: RationaleField = None,
-    grader: Grader = "integer",
-    prompt_template: PromptTemplate = None,
     samples: Annotated[int, Opt("--samples", "-k", min=1, help="Teacher samples per problem.")] = 4,
     temperature: Annotated[float, Opt(min=0.0, help="Sampling temperature (R1 distillation: 0.6).")] = 0.6,
     top_p: Annotated[float | None, Opt(min=0.0, max=1.0)] = 0.95,
@@ -96,6 +119,7 @@ def generate(
     api_key: ApiKey = None,
     progress: Progress = True,
     verbose: Verbose = False,
+    problem_fields: dict[str, Any] | None = None,  # the problem options (`problem_options`)
 ) -> None:
     """Sample a teacher k times per problem, keep the traces with the right answer; write sft.jsonl and report.json."""
     configure_logging(verbose)
@@ -113,10 +137,7 @@ def generate(
         )
         budget_fields(budget, checked)
         check = gen.load_validator(validator) if validator else None
-        spec = problem_spec(
-            name=dataset, num_examples=num_examples, seed=seed, data_path=data_path, question_field=question_field,
-            answer_field=answer_field, rationale_field=rationale_field, grader=grader, prompt_template=prompt_template,
-        )  # fmt: skip
+        spec = problem_spec(**(problem_fields or {}))
         problems = load_problems(spec)
         model_id = model or (await served_model(base_url, api_key))[0]
         config = store.RunConfig(
@@ -154,6 +175,7 @@ def generate(
 
 
 @app.command()
+@problem_options
 def build(
     out: Annotated[Path, Opt("--out", help="Folder for direct.jsonl, human.jsonl, teacher.jsonl.")] = Path(
         "runs/distill/targets"
@@ -164,16 +186,8 @@ def build(
     all_problems: Annotated[
         bool, Opt(help="direct/human for every problem, not only those with a kept trace.")
     ] = False,
-    dataset: Dataset = "gsm8k",
-    num_examples: NumExamples = None,
-    seed: Seed = 0,
-    data_path: DataPath = None,
-    question_field: QuestionField = "question",
-    answer_field: AnswerField = "answer",
-    rationale_field: RationaleField = None,
-    grader: Grader = "integer",
-    prompt_template: PromptTemplate = None,
     verbose: Verbose = False,
+    problem_fields: dict[str, Any] | None = None,  # the problem options (`problem_options`)
 ) -> None:
     """The seed's three targets from the same problems: direct answer, human CoT, teacher CoT."""
     configure_logging(verbose)
@@ -186,11 +200,7 @@ def build(
         if from_run is not None:
             spec = read_spec(from_run)
         else:
-            spec = problem_spec(
-                name=dataset, num_examples=num_examples, seed=seed, data_path=data_path,
-                question_field=question_field, answer_field=answer_field, rationale_field=rationale_field,
-                grader=grader, prompt_template=prompt_template,
-            )  # fmt: skip
+            spec = problem_spec(**(problem_fields or {}))
         return build_targets(load_problems(spec), out, from_run, all_problems)
 
     summary = run_cli(main)
