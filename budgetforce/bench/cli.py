@@ -40,8 +40,10 @@ Progress = Annotated[bool, typer.Option("--progress/--no-progress")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
 
 
-def run_cli(coroutine_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine, turning the user's mistakes into one line on stderr and exit code 2."""
+def run_cli(coroutine_factory: Callable[[], Coroutine[Any, Any, T]], verbose: bool = False) -> T:
+    """Run a command's coroutine (logging set up first), turning the user's mistakes into one line on
+    stderr and exit code 2."""
+    configure_logging(verbose)
     try:
         return asyncio.run(coroutine_factory())
     except BenchError as exc:
@@ -191,8 +193,6 @@ def accuracy_command(
     verbose: Verbose = False,
 ) -> None:
     """Sweep thinking budgets over a data set; write samples.jsonl, summary.{json,md} and a plot."""
-    configure_logging(verbose)
-
     async def main() -> dict[str, Any]:
         checked_backend = check_backend(backend)
         spec = sweep.SweepSpec(
@@ -238,7 +238,7 @@ def accuracy_command(
         reporting.write_reports(summary, out, f"{eval_.name} - {model_id}")
         return summary
 
-    summary = run_cli(main)
+    summary = run_cli(main, verbose)
     show_accuracy(summary, f"{summary['run']['eval']} - {summary['run']['model']}")
     names = (store.SAMPLES_FILE, reporting.SUMMARY_FILE, reporting.TABLE_FILE, reporting.PLOT_FILE)
     console.print("Wrote " + ", ".join(str(out / name) for name in names))
@@ -247,6 +247,7 @@ def accuracy_command(
 @app.command("load")
 def load_command(
     base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
     model: Model = None,
     backend: BackendOpt = "budgetforce",
     concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Levels, e.g. 1,4,16.")] = "1,4,16",
@@ -267,13 +268,10 @@ def load_command(
     extra_body: Annotated[str | None, typer.Option(help="JSON object merged into each request body.")] = None,
     timeout: Annotated[float, typer.Option(min=1.0)] = 600.0,
     out: Annotated[Path | None, typer.Option("--out", help="Write the JSON report here.")] = None,
-    api_key: ApiKey = None,
     progress: Progress = True,
     verbose: Verbose = False,
 ) -> None:
     """Streamed load at each concurrency level: output tok/s, TTFT and ITL p50/p99, errors."""
-    configure_logging(verbose)
-
     async def main() -> dict[str, Any]:
         checked_backend = check_backend(backend)
         levels = sweep.parse_int_list(concurrency, "--concurrency", "1,4,16")
@@ -302,7 +300,7 @@ def load_command(
         )  # fmt: skip
         return await load.run_load(config, api_key, progress)
 
-    report = run_cli(main)
+    report = run_cli(main, verbose)
     table = Table(title=f"load - {report['config']['model']} ({report['config']['backend']})")
     columns = {  # header: (report key, format)
         "conc": ("concurrency", "{:.0f}"), "ok": ("ok", "{:.0f}"), "err": ("errors", "{:.0f}"),

@@ -122,8 +122,6 @@ def generate(
     problem_fields: dict[str, Any] | None = None,  # the problem options (`problem_options`)
 ) -> None:
     """Sample a teacher k times per problem, keep the traces with the right answer; write sft.jsonl and report.json."""
-    configure_logging(verbose)
-
     async def main() -> dict[str, Any]:
         from budgetforce.bench import store
         from budgetforce.bench.cli import check_backend
@@ -157,7 +155,7 @@ def generate(
         finally:
             await sampler.aclose()
 
-    report = run_cli(main)
+    report = run_cli(main, verbose)
     table = Table(title=f"teacher traces - {report['teacher']['model']}")
     for column in ("samples", "kept", "wrong", "incomplete", "errors", "problems kept", "pass rate %", "mean think"):
         table.add_column(column, justify="right")
@@ -190,8 +188,6 @@ def build(
     problem_fields: dict[str, Any] | None = None,  # the problem options (`problem_options`)
 ) -> None:
     """The seed's three targets from the same problems: direct answer, human CoT, teacher CoT."""
-    configure_logging(verbose)
-
     async def main() -> dict[str, Any]:
         from budgetforce.distill.build import build_targets
         from budgetforce.distill.generate import read_spec
@@ -203,7 +199,7 @@ def build(
             spec = problem_spec(**(problem_fields or {}))
         return build_targets(load_problems(spec), out, from_run, all_problems)
 
-    summary = run_cli(main)
+    summary = run_cli(main, verbose)
     table = Table(title=f"targets ({summary['problems']} problems)")
     for column in ("target", "records", "problems", "mean chars", "file"):
         table.add_column(column, justify="left" if column in ("target", "file") else "right")
