@@ -112,7 +112,8 @@ def bench_v1(device: str, batch: int, mode: str, steps: int, warmup: int) -> dic
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from budgetforce.vllm.forcing import BudgetForcingLogitsProcessor, plan_to_args
+    from budgetforce.vllm.forcing import BudgetForcingLogitsProcessor
+    from budgetforce.vllm.wire import plan_to_args
 
     dev = torch.device(device)
     proc = BudgetForcingLogitsProcessor(SimpleNamespace(model_config=None), dev, is_pin_memory=dev.type == "cuda")  # type: ignore[arg-type]

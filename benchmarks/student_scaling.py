@@ -151,7 +151,8 @@ def _hf_batch(model, prompt_ids, row: Row, profile, device: str, seed: int, tok)
     import torch
 
     from budgetforce import Budget
-    from budgetforce.vllm.slots import F, ForcingSlots, seed_key
+    from budgetforce.core.layout import F
+    from budgetforce.vllm.slots import ForcingSlots, seed_key
 
     gen = torch.Generator(device=device).manual_seed(seed)
     b = len(prompt_ids)

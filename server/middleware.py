@@ -206,7 +206,6 @@ def served_model(state: Any) -> ServedModel:
     """The served model's profile, tokenizer and limits, from the vLLM app's state (blocking: run in a thread)."""
     from transformers import AutoTokenizer
 
-    from budgetforce.vllm.admission import set_frontend_profile
     from budgetforce.core.profile import detect_profile
 
     config = state.vllm_config.model_config
@@ -214,8 +213,8 @@ def served_model(state: Any) -> ServedModel:
     tokenizer = AutoTokenizer.from_pretrained(
         name, revision=getattr(config, "tokenizer_revision", None), trust_remote_code=config.trust_remote_code
     )
+    # the layer checks room with the exact forced-end length before vLLM's frontend sees the request
     profile = detect_profile(tokenizer, str(config.model)).resolve(tokenizer)
-    set_frontend_profile(profile)  # the processor's admission checks room with the exact forced-end length
     args = getattr(state, "args", None)
     return ServedModel(
         profile=profile,

@@ -14,7 +14,8 @@ import torch
 
 from budgetforce.vllm import slots as slots_mod
 from budgetforce.core.controller import Action, ForcingPlan
-from budgetforce.vllm.slots import FAIL_STEP, F, ForcingSlots, S
+from budgetforce.core.layout import FAIL_STEP, F, S
+from budgetforce.vllm.slots import ForcingSlots
 
 CLOSE, WAIT, EOS, START = 6, 9, 0, 5
 
@@ -138,7 +139,7 @@ def test_vllm_xargs_beyond_the_tables_are_refused(tiny_r1: Any) -> None:
     """The same limits on a stock `vllm serve` (`validate_params`): a ValueError, vLLM's 400."""
     from vllm import SamplingParams
 
-    from budgetforce.vllm.forcing import Admission
+    from budgetforce.vllm.admission import Admission
 
     too_many = SamplingParams(max_tokens=300, extra_args={"min_thinking_tokens": 5, "wait_strings": [f"w{i}" for i in range(9)]})
     with pytest.raises(ValueError, match="wait_strings"):

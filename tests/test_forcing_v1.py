@@ -17,7 +17,8 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from budgetforce.core.controller import ForcingPlan, ThinkingController
-from budgetforce.vllm.forcing import BudgetForcingLogitsProcessor, plan_to_args
+from budgetforce.vllm.forcing import BudgetForcingLogitsProcessor
+from budgetforce.vllm.wire import plan_to_args
 
 V = 64
 START, END, EOS, WAIT, HMM, COMMA = 5, 6, 2, 9, 10, 11

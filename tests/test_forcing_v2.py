@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from budgetforce.core.controller import ForcingPlan, ThinkingController
-from budgetforce.vllm.forcing import plan_to_args
+from budgetforce.vllm.wire import plan_to_args
 
 v2 = pytest.importorskip("vllm.v1.worker.gpu.sample.logits_processor")
 from vllm import SamplingParams  # noqa: E402

@@ -218,9 +218,9 @@ def test_an_orchestrated_choice_reports_its_own_sources_counts(model: ServedMode
 def test_enforced_reports_what_the_board_and_the_ids_say(model: ServedModel) -> None:
     """`enforced` is true on a healthy board row, false with the row's reason code, and false
     (`max_exceeded`) whenever the ids show the thinking past its maximum, board or not."""
-    from budgetforce.vllm.forcing import StatsBoard
+    from budgetforce.vllm.stats_board import StatsBoard
     from budgetforce.server.annotate import Annotator, BoardRow
-    from budgetforce.vllm.slots import FAIL_STEP, S
+    from budgetforce.core.layout import FAIL_STEP, S
 
     ids = [70, 71, 72, 5, 73, 0]  # three thinking tokens, </think>, an answer token, EOS
     board = StatsBoard(create=True)

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from budgetforce.core.controller import Action, ForcingPlan, Phase, ThinkingController
-from budgetforce.vllm.slots import FORCE_LOGIT, NS, F, ForcingSlots, S, uniform
+from budgetforce.core.layout import FORCE_LOGIT, NS, F, S
+from budgetforce.vllm.slots import ForcingSlots, uniform
 
 V = 40
 START, END, EOS, WAIT, HMM, COMMA = 5, 6, 2, 9, 10, 11

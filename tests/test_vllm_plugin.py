@@ -13,7 +13,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
 from budgetforce import Budget
-from budgetforce.vllm.forcing import EXTRA_KEY, plan_to_args
+from budgetforce.vllm.wire import EXTRA_KEY, plan_to_args
 from budgetforce.vllm import (
     ASYNC_PLUGIN_ERROR,
     PLUGIN_ENV,

@@ -27,7 +27,7 @@ def child(shape: str, tokenizer: str) -> None:
 
     from benchmarks.throughput import model_dir
     from budgetforce import Budget
-    from budgetforce.vllm.forcing import plan_to_args
+    from budgetforce.vllm.wire import plan_to_args
     from budgetforce.core.profile import detect_profile
 
     path = model_dir(Path(shape), Path(tokenizer))

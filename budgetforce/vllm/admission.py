@@ -255,16 +255,12 @@ class Admission:
         return profile.resolve(tok)
 
 
-_FRONTEND_PROFILE: list[Any] = []  # the profile admission checks against in this process
-
-
-def set_frontend_profile(profile: Any) -> None:
-    """Tell admission which model it serves (a `ResolvedProfile`), for exact room checks."""
-    _FRONTEND_PROFILE[:] = [profile]
+_FRONTEND_PROFILE: list[Any] = []  # a cache of the served model's profile in this process (detected once)
 
 
 def _frontend_profile() -> Any:
-    """The served model's profile in the frontend process, if known (see `set_frontend_profile`)."""
+    """The served model's profile in vLLM's frontend process, if vLLM's config tells the model (a budget
+    layer in front has already checked room with the exact profile; this is for `vllm_xargs` alone)."""
     if not _FRONTEND_PROFILE:
         try:  # vLLM's frontend sets its config as current in some versions
             from transformers import AutoTokenizer

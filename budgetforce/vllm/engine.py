@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from budgetforce.core.budget import Budget, BudgetError
-from budgetforce.core.controller import Action, ForcingPlan, Phase, ThinkingController, rfind
+from budgetforce.core.controller import Action, ForcingPlan, Phase, ThinkingController
 from budgetforce.core.decoding import Splitter
 from budgetforce.core.report import BudgetStats, Tally, choice_report
 from budgetforce.core.profile import Profile, ResolvedProfile, detect_profile, get_profile

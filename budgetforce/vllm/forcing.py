@@ -27,16 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-# the public names of the wire format, the admission and the stats board, where they always were
-from budgetforce.vllm.admission import (  # noqa: F401
-    Admission, Admitted, set_frontend_profile,
-)  # fmt: skip
-from budgetforce.core.budget import XARG_FIELDS  # noqa: F401 - re-exported: a budget's `vllm_xargs` keys
-from budgetforce.vllm.stats_board import StatsBoard  # noqa: F401
-from budgetforce.vllm.wire import (  # noqa: F401
-    BOARD_ENV, BOARD_KEY_KEY, BOARD_KEYS, BOARD_NAME_KEY, CAPACITY, EXTRA_KEY, NONCE_KEY, OWN_KEYS, PROFILE_ENV,
-    XARGS_CHILD_SAFE, budget_from_xargs, plan_from_args, plan_to_args,
-)  # fmt: skip
+from budgetforce.vllm.admission import Admission
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig

@@ -30,8 +30,9 @@ from vllm.v1.sample.logits_processor import BatchUpdate
 from vllm.v1.sample.logits_processor import LogitsProcessor as _V1Base
 
 from budgetforce.vllm.admission import Admission
-from budgetforce.vllm.forcing import EXTRA_KEY, BudgetForcingLogitsProcessor
+from budgetforce.vllm.forcing import BudgetForcingLogitsProcessor
 from budgetforce.vllm.forcing_v2 import BudgetForcingV2
+from budgetforce.vllm.wire import EXTRA_KEY
 from budgetforce.core.profile import ProfileError
 
 if TYPE_CHECKING:

@@ -35,9 +35,7 @@ import logging
 import torch
 
 from budgetforce.core.controller import Action, ForcingPlan, Phase, ends_inside, schedule_p24
-from budgetforce.core.layout import (  # the device layout, declared once (re-exported: F, S, NF, NS, ...)
-    FAIL_ADMISSION, FAIL_BLOCKED, FAIL_REASONS, FAIL_STEP, FORCE_LOGIT, INT32_MAX, NF, NS, NS_ENGINE, F, Mode, S,
-)  # fmt: skip  # noqa: F401
+from budgetforce.core.layout import FAIL_STEP, FORCE_LOGIT, INT32_MAX, NF, NS, NS_ENGINE, F, Mode, S  # the device layout
 from budgetforce.core.limits import LIMITS, TableLimits
 from budgetforce.core.draws import M32, SCHEDULE_SALT, draw24, mix32
 

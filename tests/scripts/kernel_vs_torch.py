@@ -13,7 +13,8 @@ import sys
 import torch
 
 from budgetforce.core.controller import ForcingPlan
-from budgetforce.vllm.slots import NS, F, ForcingSlots, S, _step_torch
+from budgetforce.core.layout import NS, F, S
+from budgetforce.vllm.slots import ForcingSlots, _step_torch
 from budgetforce.vllm.slots_kernel import step_cuda
 
 V = 48
