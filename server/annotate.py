@@ -30,6 +30,7 @@ from budgetforce.core.budget import Budget
 from budgetforce.core.controller import ThinkingController
 from budgetforce.core.decoding import Splitter
 from budgetforce.core.report import Tally, choice_report
+from budgetforce.core.vote import majority
 from budgetforce.server.metrics import record_choice
 from budgetforce.server.rewrite import Prepared, ServedModel
 from budgetforce.core.stops import StopCutter
@@ -59,6 +60,7 @@ class _Choice:
     tokens: int = 0
     done: bool = False
     ids: list[int] = field(default_factory=list)
+    answer: list[str] = field(default_factory=list)  # the answer text as sent (for a vote)
 
 
 class Annotator:
@@ -186,9 +188,25 @@ class Annotator:
                     holder[key] = text + st.cutter.flush()
             if self.p.hide_reasoning and self.p.endpoint == "chat":
                 choice["logprobs"] = None  # as vLLM does when the reasoning is hidden: they would show it
+            if isinstance(holder.get(key), str):
+                st.answer.append(holder[key])
             choice["budget"] = self._finish(st)
         self._usage(body.get("usage"))
+        if self.p.vote:
+            body["vote"] = self.vote()
         return body
+
+    def vote(self) -> dict[str, Any]:
+        """The majority over the choices' answers (`budget_aggregate: "vote"`), and the thinking spent in all."""
+        texts = ["".join(self.choices[i].answer) if i in self.choices else "" for i in range(self.p.choices)]
+        v = majority(texts, self.p.vote_grader)  # type: ignore[arg-type]
+        return {"answer": v.answer, "votes": v.votes, "share": v.share, "choices": v.choices, "index": v.index,
+                "keys": list(v.keys), "grader": self.p.vote_grader or "exact",
+                "thinking_tokens": self.reasoning_tokens}  # fmt: skip
+
+    def vote_chunks(self) -> list[dict[str, Any]]:
+        """What a voting stream adds before `[DONE]`: one chunk with the vote and no choices."""
+        return [{**self.head, "choices": [], "vote": self.vote()}] if self.p.vote else []
 
     def _kept_stop(self, st: _Choice) -> str:
         """The stop string itself, when the request asked for it (`include_stop_str_in_output`)."""
@@ -264,6 +282,8 @@ class Annotator:
                 finishing = True
             else:
                 holder[key] = out + (st.cutter.flush() if finishing else "")
+        if isinstance(holder.get(key), str):
+            st.answer.append(holder[key])
         if finishing:
             choice["budget"] = self._finish(st)
             return True

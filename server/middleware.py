@@ -409,14 +409,15 @@ class _Exchange:
 
     def _closing(self) -> list[bytes]:
         self.closed = True
-        return [_sse(c) for c in self.annotator.closing_chunks()] + [b"data: [DONE]\n\n"]
+        chunks = [*self.annotator.closing_chunks(), *self.annotator.vote_chunks()]
+        return [_sse(c) for c in chunks] + [b"data: [DONE]\n\n"]
 
     def _event(self, event: bytes) -> list[bytes]:
         if not event.startswith(b"data: "):
             return [event + b"\n\n"]  # comments (keep-alives) and anything else, as they came
         data = event[len(b"data: ") :]
         if data.strip() == b"[DONE]":
-            return [event + b"\n\n"]
+            return [*(_sse(c) for c in self.annotator.vote_chunks()), event + b"\n\n"]
         try:
             chunk = json.loads(data)
         except ValueError:

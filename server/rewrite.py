@@ -97,6 +97,8 @@ class Prepared:
     n: int = 1
     annotate: bool = True  # False: only the budget fields were stripped; the response is vLLM's own
     orchestrated: bool = False  # rounds or early exit: the budget layer issues the engine requests itself
+    vote: bool = False  # `budget_aggregate: "vote"`: the response adds the majority over the choices
+    vote_grader: str | None = None
 
 
 def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: BudgetDefaults) -> Prepared | None:
@@ -127,15 +129,22 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
     except ValidationError as exc:
         param, message = validation_message(exc)
         raise RequestError(message, param, code="invalid_value") from None
+    n = max(_int(body.get("n"), 1), 1)
     try:
-        resolved = request.resolve(defaults)
+        resolved = request.resolve(defaults, n)
     except BudgetError as exc:
         raise RequestError(str(exc), exc.param) from None
+    vote = request.budget_aggregate == "vote"
+    if vote and n < 2:
+        raise RequestError(f'`budget_aggregate: "vote"` needs choices to vote: set `n` to 2 or more (got {n})', "n")
+    if vote and _choices(body, endpoint) > n:
+        raise RequestError('`budget_aggregate: "vote"` takes one prompt (its `n` choices vote)', "prompt",
+                           code="unsupported_value")  # fmt: skip
     kept = forwarded(endpoint, model)
     echo = endpoint == "completions" and body.get("echo") is True
     stops = [] if echo else _stops(body.get("stop"))  # an echoed text holds the prompt: vLLM's stop rules
     own_split = endpoint == "chat" and not model.reasoning_parser  # vLLM would not split the thinking out
-    if resolved.budget is None and not stops and not resolved.hide_reasoning and not own_split:
+    if resolved.budget is None and not stops and not resolved.hide_reasoning and not own_split and not vote:
         # No budget, no stop strings: what `vllm serve` does, minus the budget fields (vLLM would
         # apply `thinking_token_budget` and `reasoning_effort` its own way).
         ours = [k for k in body if k in BUDGET_REQUEST_FIELDS and k != "include_reasoning" and k not in kept]
@@ -202,8 +211,10 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
         include_usage=stream and isinstance(options, dict) and options.get("include_usage") is True,
         echo=echo,
         split_text=endpoint == "completions" or not model.reasoning_parser,
-        n=max(_int(body.get("n"), 1), 1),
+        n=n,
         orchestrated=orchestrated,
+        vote=vote,
+        vote_grader=request.vote_grader,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from budgetforce.bench import graders
+from budgetforce.core import graders
 from budgetforce.bench.evals import load_eval
 from budgetforce.bench.evals.files import bundled_path
 from budgetforce.bench.types import BenchError

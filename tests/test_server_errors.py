@@ -36,6 +36,11 @@ def assert_error(response: httpx.Response, status: int | None, param: str | None
 
 # The budget layer's own refusals: 400, naming the field
 CHAT_CASES = [
+    ({"messages": HELLO, "budget_aggregate": "vote"}, "n"),  # one choice has nobody to vote with
+    ({"messages": HELLO, "n": 2, "vote_grader": "integer"}, "vote_grader"),  # a qualifier without its vote
+    ({"messages": HELLO, "n": 2, "budget_aggregate": "poll"}, "budget_aggregate"),
+    ({"messages": HELLO, "n": 2, "total_thinking_tokens": 40, "max_thinking_tokens": 8}, "total_thinking_tokens"),
+    ({"messages": HELLO, "n": 4, "total_thinking_tokens": 3}, "total_thinking_tokens"),  # under a token a choice
     ({"messages": HELLO, "min_thinking_tokens": 1.5}, "min_thinking_tokens"),
     ({"messages": HELLO, "max_thinking_tokens": "many"}, "max_thinking_tokens"),
     ({"messages": HELLO, "wait_strings": [""]}, "wait_strings[0]"),

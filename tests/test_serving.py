@@ -457,3 +457,47 @@ def test_stream_disconnect_aborts_the_engine_request(served: str) -> None:
     while running() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert running() == 0, "the engine still runs the request of a client that left"
+
+
+# -- parallel thinking with a vote -------------------------------------------------------------------
+def _by_hand(answers: list[str]) -> tuple[str | None, int]:
+    """The majority integer over the answers and its count, with the harness's integer reading."""
+    from collections import Counter
+
+    from budgetforce.core import graders
+
+    keys = []
+    for text in answers:
+        stated = graders.extract_answer(text)
+        numbers = graders.NUMBER_PATTERN.findall(text.replace(",", ""))
+        value = graders.parse_integer(stated if stated is not None else (numbers[-1] if numbers else None))
+        keys.append(None if value is None else str(value))
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return None, 0
+    top = max(counts.values())
+    return next(k for k in keys if k is not None and counts[k] == top), top
+
+
+def test_vote_is_the_majority_of_the_choices_answers(client: Any, served: str) -> None:
+    """n = 6 seeded choices under one total thinking budget: the vote equals the majority computed here
+    from the choices' own answers, streamed and not, and the thinking spent is the choices' sum."""
+    budget = {"n": 6, "budget_aggregate": "vote", "vote_grader": "integer", "total_thinking_tokens": 600}
+    full = post(served, {**budget, "max_tokens": 400, "temperature": 0.8, "seed": 3})
+    assert full.status_code == 200, full.text
+    body = full.json()
+    answers = [c["message"]["content"] or "" for c in sorted(body["choices"], key=lambda c: c["index"])]
+    vote = body["vote"]
+    answer, votes = _by_hand(answers)
+    assert answer is not None and votes >= 2, answers  # the student states integers: a real vote
+    assert (vote["answer"], vote["votes"], vote["choices"]) == (answer, votes, 6), (vote, answers)
+    assert vote["share"] == round(votes / 6, 4) and vote["grader"] == "integer"
+    thinking = [c["budget"]["thinking_tokens"] for c in body["choices"]]
+    assert all(t <= 100 for t in thinking) and vote["thinking_tokens"] == sum(thinking) <= 600
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == sum(thinking)
+    with httpx.stream("POST", f"{served}/v1/chat/completions", headers=AUTH, timeout=300, json={
+        "model": MODEL, "messages": QUESTION, "max_tokens": 400, "temperature": 0.8, "seed": 3, "stream": True, **budget,
+    }) as r:  # fmt: skip
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    streamed = [e["vote"] for e in events if "vote" in e]
+    assert streamed == [vote], (streamed, vote)  # one vote chunk, the same seeded choices

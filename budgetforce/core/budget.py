@@ -15,6 +15,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from budgetforce.core.limits import LIMITS
+from budgetforce.core.vote import VoteGrader
 
 Strategy = Literal["engine", "rounds"]
 WaitDecay = Literal["linear", "constant"]
@@ -361,7 +362,10 @@ Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]  # 
 
 # The budget fields a misspelled unknown field is compared with, and the other APIs' token caps,
 # which resemble them but are not misspellings (e.g. `max_completion_tokens` on /v1/completions).
-BUDGET_FIELD_NAMES = (*(REQUEST_NAMES.get(n, n) for n in Budget.model_fields), "thinking_token_budget")
+BUDGET_FIELD_NAMES = (
+    *(REQUEST_NAMES.get(n, n) for n in Budget.model_fields), "thinking_token_budget", "budget_aggregate", "vote_grader",
+    "total_thinking_tokens",
+)  # fmt: skip
 NOT_BUDGET_FIELDS = frozenset({"max_completion_tokens", "max_tokens", "min_tokens", "max_new_tokens", "min_new_tokens"})
 
 
@@ -547,14 +551,48 @@ class _RequestBase(BaseModel):
         None, description="OpenRouter-style `{effort, max_tokens, exclude, enabled}`."
     )
     include_reasoning: bool = Field(True, description="vLLM's switch; false leaves the reasoning text out.")
+    # Parallel thinking with a vote: request-level, over the `n` choices (`budgetforce.core.vote`).
+    budget_aggregate: Literal["vote"] | None = Field(
+        None, description="`vote`: the response adds the majority answer over the `n` choices (n >= 2), its "
+        "share of the votes and the thinking tokens spent in all.",
+    )  # fmt: skip
+    vote_grader: VoteGrader | None = Field(
+        None, description="How an answer is read for the vote: `integer`, `math` (the harness's graders) or "
+        "`exact` (the default: exact match after normalising case and white space).",
+    )  # fmt: skip
+    total_thinking_tokens: int | None = Field(
+        None, ge=1, description="A thinking maximum for all the choices together, split evenly across the `n` "
+        "choices (instead of `max_thinking_tokens`, which is per choice).",
+    )  # fmt: skip
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Any:
         check_min_max(self.min_thinking_tokens, self.max_thinking_tokens)  # type: ignore[attr-defined]
+        if self.total_thinking_tokens is not None and self.max_thinking_tokens is not None:  # type: ignore[attr-defined]
+            raise FieldError(
+                "total_thinking_tokens",
+                "set one of `total_thinking_tokens` (all choices together) or `max_thinking_tokens` (per choice)",
+            )
+        if self.vote_grader is not None and self.budget_aggregate is None:
+            raise FieldError("vote_grader", "`vote_grader` qualifies `budget_aggregate: \"vote\"`; set it too, or drop it")
         return self
 
-    def resolve(self, defaults: BudgetDefaults) -> ResolvedBudget:
-        """Apply the precedence order and the operator's limit; raises `BudgetError` for the client's mistakes."""
-        levels = self._levels(defaults)
+    def resolve(self, defaults: BudgetDefaults, choices: int = 1) -> ResolvedBudget:
+        """Apply the precedence order and the operator's limit; raises `BudgetError` for the client's mistakes.
+        ``choices``: the request's `n`, which `total_thinking_tokens` is split across."""
+        if self.total_thinking_tokens is not None and self.total_thinking_tokens < choices:
+            raise BudgetError(
+                f"`total_thinking_tokens` ({self.total_thinking_tokens}) is less than one token for each of the "
+                f"{choices} choices; raise it or lower `n`",
+                param="total_thinking_tokens",
+            )
+        share = None if self.total_thinking_tokens is None else self.total_thinking_tokens // max(choices, 1)
+        if share is not None and self.min_thinking_tokens is not None and self.min_thinking_tokens > share:
+            raise BudgetError(
+                f"`min_thinking_tokens` ({self.min_thinking_tokens}) exceeds each choice's share of "
+                f"`total_thinking_tokens` ({share} = {self.total_thinking_tokens} / {choices}); lower the minimum",
+                param="min_thinking_tokens",
+            )
+        levels = self._levels(defaults, choices)
         lo, lo_at, lo_src = _first(levels, 0)
         hi, hi_at, hi_src = _first(levels, 1)
         if lo is not None and hi is not None and lo > hi:  # different levels: the lower-precedence one yields
@@ -588,12 +626,14 @@ class _RequestBase(BaseModel):
         hide = not self.include_reasoning or bool(self.reasoning and self.reasoning.exclude)
         return ResolvedBudget(budget if budget.is_active else None, hi_src, lo_src, hide)
 
-    def _levels(self, defaults: BudgetDefaults) -> list[tuple[int | None, int | None, str | None]]:
+    def _levels(self, defaults: BudgetDefaults, choices: int = 1) -> list[tuple[int | None, int | None, str | None]]:
         """(min, max, request field) per precedence level, highest first; field None = server default."""
         table = defaults.reasoning_effort_budgets
+        total = self.total_thinking_tokens
         levels: list[tuple[int | None, int | None, str | None]] = [
             (self.min_thinking_tokens, None, "min_thinking_tokens"),
             (None, self.max_thinking_tokens, "max_thinking_tokens"),  # same level: the validator orders them
+            (None, None if total is None else total // max(choices, 1), "total_thinking_tokens"),
         ]
         if self.thinking_token_budget is not None and self.thinking_token_budget >= 0:
             levels.append((None, self.thinking_token_budget, "thinking_token_budget"))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from budgetforce.bench import graders
+from budgetforce.core import graders
 from budgetforce.bench.evals import load_eval
 from budgetforce.bench.evals.files import bundled_path, read_jsonl
 from budgetforce.bench.types import BenchError, Eval, Example

@@ -6,7 +6,7 @@ Data: openai/grade-school-math test split (1319 problems), bundled under MIT (bu
 
 from __future__ import annotations
 
-from budgetforce.bench import graders
+from budgetforce.core import graders
 from budgetforce.bench.evals.files import bundled_path, read_jsonl
 from budgetforce.bench.types import Eval, Example
 

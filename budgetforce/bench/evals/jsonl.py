@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from budgetforce.bench import graders
+from budgetforce.core import graders
 from budgetforce.bench.evals.files import read_jsonl
 from budgetforce.bench.types import BenchError, Eval, Example
 

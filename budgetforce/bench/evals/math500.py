@@ -8,7 +8,7 @@ for s1-32B with budget forcing). Bundled under MIT (budgetforce/bench/data/NOTIC
 
 from __future__ import annotations
 
-from budgetforce.bench import graders
+from budgetforce.core import graders
 from budgetforce.bench.evals.files import bundled_path, read_jsonl
 from budgetforce.bench.types import Eval, Example
 

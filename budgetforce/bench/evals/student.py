@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from budgetforce.bench import graders
+from budgetforce.core import graders
 from budgetforce.bench.types import BenchError, Eval, Example
 
 TASK_MODULE = "budgetforce.student.task"
