@@ -101,12 +101,20 @@ class Prepared:
     vote_grader: str | None = None
 
 
+# Fields vLLM's own request validators read as objects before checking their type (an
+# AttributeError, so a 500, for `"structured_outputs": true`): refused here with a 400.
+OBJECT_FIELDS = ("structured_outputs",)
+
+
 def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: BudgetDefaults) -> Prepared | None:
     """The request for vLLM, or None when it has nothing for the budget layer (left untouched).
 
     Raises:
         RequestError: an invalid, impossible or misspelled budget (before anything runs).
     """
+    for name in OBJECT_FIELDS:  # vLLM 0.32 answers these with a 500 when they are not objects
+        if body.get(name) is not None and not isinstance(body[name], dict):
+            raise RequestError(f"`{name}` must be an object", name, code="invalid_type")
     known = model.chat_fields if endpoint == "chat" else model.completion_fields
     typo = misspelled_budget_field(k for k in body if k not in known and k not in BUDGET_REQUEST_FIELDS)
     if typo is not None:

@@ -82,6 +82,7 @@ CHAT_CASES = [
 # vLLM's own validation: a 4xx in its error shape, with or without a budget
 VLLM_CHAT_CASES = [
     {"messages": "hi"},
+    {"messages": HELLO, "structured_outputs": True},  # vLLM 0.32 alone answers this with a 500
     {"messages": HELLO, "max_completion_tokens": "ten"},
     {"messages": HELLO, "temperature": -3},
     {"messages": HELLO, "n": 0},
