@@ -15,6 +15,13 @@ configuration generates exactly the same number of tokens. Configurations, inter
                for the slowest sequence, `waits` rounds of "Wait", then the answer
     native     vLLM's own `thinking_token_budget` (max only; needs a reasoning parser)
 
+Workloads (`--workload`): `uniform` gives every request the same bias, so every thinking tries to
+close at the same rate; `longtail` gives each request its own bias, drawn so that the thinking
+lengths at which the model first tries to close spread like real R1 traces (log-normal, median
+`--longtail-median` tokens, sigma `--longtail-sigma`: a wide, long tail), the case where s1's loop
+waits on the slowest sequence every round. The bias for a length is set from the close rate
+measured at `--bias` when the engines start (the dummy weights' logits are not known before).
+
     python -m benchmarks.throughput --shape benchmarks/shapes/r1-distill-qwen-1.5b.json \\
         --tokenizer .gpu-tok --concurrency 256 --new-tokens 1024 --reps 3 --out $OUT/tp.json
 """
@@ -24,8 +31,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
+import random
 import shutil
 import statistics
 import tempfile
@@ -62,10 +71,9 @@ class Bench:
         self.think_end = self.tok.convert_tokens_to_ids("</think>")
         self.wait_ids = self.tok.encode("Wait", add_special_tokens=False)
         self.bias = {self.think_end: args.bias}
+        self.q: float | None = None  # the close token's base probability share, measured (longtail)
 
     def prompts(self, n: int) -> list[list[int]]:
-        import random
-
         rng = random.Random(0)
         out = []
         for i in range(n):
@@ -99,6 +107,38 @@ class Bench:
         self.ours = BudgetForcingEngine.from_model(self.path, **common)
         self.start_s = time.time() - t
 
+    async def calibrate(self) -> None:
+        """The close token's base share q from the close rate at `--bias`: p = e^b q / (1 - q + e^b q)."""
+        from vllm.inputs import TokensPrompt
+
+        prompts, tokens, closes = self.prompts(64), 0, 0
+        params = self.params(max_tokens=256)
+
+        async def one(i: int, ids: list[int]) -> None:
+            nonlocal tokens, closes
+            async for out in self.plain.generate(TokensPrompt(prompt_token_ids=ids), params, f"cal-{i}-{uuid.uuid4().hex}"):
+                new = out.outputs[0].token_ids
+                tokens += len(new)
+                closes += sum(t == self.think_end for t in new)
+
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+        p = max(closes, 1) / max(tokens, 1)
+        self.q = p / (math.exp(self.args.bias) * (1 - p) + p)
+        print(json.dumps({"calibration": {"bias": self.args.bias, "close_rate": p, "q": self.q}}), flush=True)
+
+    def biases(self, c: int) -> list[dict[int, float]]:
+        """Each request's `</think>` bias: one for all (uniform), or one per target length (longtail)."""
+        if self.args.workload == "uniform" or self.q is None:
+            return [self.bias] * c
+        rng = random.Random(1)
+        out = []
+        for _ in range(c):
+            length = min(max(rng.lognormvariate(math.log(self.args.longtail_median), self.args.longtail_sigma), 4.0),
+                         float(self.args.new_tokens * 4))  # fmt: skip
+            p = 1.0 / length
+            out.append({self.think_end: math.log(p * (1 - self.q) / (self.q * (1 - p)))})
+        return out
+
     def params(self, **kw: Any) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -123,11 +163,11 @@ class Bench:
         rec["latency"].append(time.perf_counter() - t0)
         rec["tokens"] += n
 
-    async def _ours_one(self, ids: list[int], budget: Any, rec: dict) -> None:
+    async def _ours_one(self, ids: list[int], budget: Any, rec: dict, bias: dict[int, float] | None = None) -> None:
         t0 = time.perf_counter()
         last, n = t0, 0
         async for d in self.ours.stream(ids, budget, max_tokens=self.args.new_tokens, temperature=1.0,
-                                        logit_bias=self.bias, ignore_eos=True):
+                                        logit_bias=bias or self.bias, ignore_eos=True):
             now = time.perf_counter()
             k = len(d.token_ids)
             if n == 0 and k:
@@ -141,7 +181,7 @@ class Bench:
         rec["latency"].append(time.perf_counter() - t0)
         rec["tokens"] += n
 
-    async def _s1loop(self, prompts: list[list[int]], rec: dict) -> None:
+    async def _s1loop(self, prompts: list[list[int]], rec: dict, biases: list[dict[int, float]] | None = None) -> None:
         """s1's harness: whole-batch rounds, each waiting for the slowest sequence."""
         from vllm.inputs import TokensPrompt
 
@@ -151,7 +191,8 @@ class Bench:
         t0 = time.perf_counter()
 
         async def gen(i: int, max_tokens: int, stop: list[int] | None) -> None:
-            params = self.params(max_tokens=max_tokens, stop_token_ids=stop, ignore_eos=stop is None)
+            params = self.params(max_tokens=max_tokens, stop_token_ids=stop, ignore_eos=stop is None,
+                                 logit_bias=biases[i] if biases else self.bias)
             async for out in self.plain.generate(TokensPrompt(prompt_token_ids=seqs[i]), params, uuid.uuid4().hex):
                 new = list(out.outputs[0].token_ids)
                 if new and stop and new[-1] in stop:
@@ -181,24 +222,26 @@ class Bench:
         rec: dict[str, Any] = dict(config=config, concurrency=c, tokens=0, ttft=[], itl=[], latency=[], waits=[], thinking=[])
         n, w = self.args.new_tokens, self.args.waits
         min_budget = Budget(min_thinking_tokens=n * 3 // 4, max_waits=w)
+        bias = self.biases(c)
         t0 = time.perf_counter()
         if config == "plain":
-            await asyncio.gather(*(self._plain_one(p, self.params(max_tokens=n), rec) for p in prompts))
+            await asyncio.gather(*(self._plain_one(p, self.params(max_tokens=n, logit_bias=b), rec) for p, b in zip(prompts, bias)))
         elif config == "native":
             if not self.native_ok:
                 return {**rec, "error": "no reasoning parser"}
-            await asyncio.gather(*(self._plain_one(p, self.params(max_tokens=n, thinking_token_budget=n // 2), rec) for p in prompts))
+            await asyncio.gather(*(self._plain_one(p, self.params(max_tokens=n, thinking_token_budget=n // 2, logit_bias=b), rec)
+                                   for p, b in zip(prompts, bias)))  # fmt: skip
         elif config == "idle":
-            await asyncio.gather(*(self._ours_one(p, None, rec) for p in prompts))
+            await asyncio.gather(*(self._ours_one(p, None, rec, b) for p, b in zip(prompts, bias)))
         elif config == "engine":
-            await asyncio.gather(*(self._ours_one(p, min_budget, rec) for p in prompts))
+            await asyncio.gather(*(self._ours_one(p, min_budget, rec, b) for p, b in zip(prompts, bias)))
         elif config == "engine-max":
-            await asyncio.gather(*(self._ours_one(p, Budget(max_thinking_tokens=n // 2), rec) for p in prompts))
+            await asyncio.gather(*(self._ours_one(p, Budget(max_thinking_tokens=n // 2), rec, b) for p, b in zip(prompts, bias)))
         elif config == "rounds":
-            b = min_budget.model_copy(update={"strategy": "rounds"})
-            await asyncio.gather(*(self._ours_one(p, b, rec) for p in prompts))
+            rb = min_budget.model_copy(update={"strategy": "rounds"})
+            await asyncio.gather(*(self._ours_one(p, rb, rec, b) for p, b in zip(prompts, bias)))
         elif config == "s1loop":
-            await self._s1loop(prompts, rec)
+            await self._s1loop(prompts, rec, bias)
         wall = time.perf_counter() - t0
         waits_per_req = (sum(rec["waits"]) / c) if rec["waits"] else 0.0
         return dict(
@@ -216,10 +259,13 @@ async def main_async(args: argparse.Namespace) -> None:
 
     bench = Bench(args)
     bench.start()
+    if args.workload == "longtail":
+        await bench.calibrate()
     meta = dict(
         shape=args.shape, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         vllm=vllm.__version__, torch=torch.__version__, python=platform.python_version(),
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), engine_start_s=bench.start_s, args=vars(args),
+        close_token_share=bench.q,
     )
     print(json.dumps(meta), flush=True)
     rows: list[dict[str, Any]] = []
@@ -267,6 +313,9 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--waits", type=int, default=2)
     ap.add_argument("--bias", type=float, default=7.0, help="logit bias on </think> (sets the attempt rate)")
+    ap.add_argument("--workload", choices=["uniform", "longtail"], default="uniform")
+    ap.add_argument("--longtail-median", type=float, default=256.0, help="median thinking tokens before a first close")
+    ap.add_argument("--longtail-sigma", type=float, default=1.0, help="log-normal sigma of those lengths")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--mem", type=float, default=0.42, help="gpu_memory_utilization of each of the two engines")
     ap.add_argument("--out")

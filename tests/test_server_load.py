@@ -64,10 +64,23 @@ async def storm(url: str, n: int) -> list[dict[str, Any]]:
         return await asyncio.gather(*(one(client, url, i) for i in range(n)))
 
 
+def _engine_counts(live_server: str) -> tuple[float, float]:
+    """(engine steps seen, tokens generated) from vLLM's own counters."""
+    steps = generated = 0.0
+    for line in httpx.get(f"{live_server}/metrics", timeout=30).text.splitlines():
+        if line.startswith("vllm:iteration_tokens_total_count"):
+            steps += float(line.split()[-1])
+        elif line.startswith("vllm:generation_tokens_total"):
+            generated += float(line.split()[-1])
+    return steps, generated
+
+
 def test_64_concurrent_streams(live_server_url: str, live_server: str) -> None:
+    steps0, generated0 = _engine_counts(live_server)
     start = time.perf_counter()
     results = asyncio.run(storm(f"{live_server_url}/chat/completions", 64))
     elapsed = time.perf_counter() - start
+    steps1, generated1 = _engine_counts(live_server)
     for r in results:
         assert r["status"] == 200 and r["done"] and not r["errors"], r
         budget, usage = r["budget"], r["usage"]
@@ -80,7 +93,9 @@ def test_64_concurrent_streams(live_server_url: str, live_server: str) -> None:
         assert usage["completion_tokens"] <= CAP and (r["finish"] == "length") is (usage["completion_tokens"] == CAP)
         hidden = "reasoning" in fields
         assert (r["reasoning"] == "") is (hidden or thinking == 0)
-    # Nothing serialises requests: the streams overlap in time.
-    peak = max(sum(1 for o in results if o["first_s"] <= r["first_s"] <= o["last_s"]) for r in results)
-    assert peak >= 16, f"at most {peak} streams overlapped"
-    print(f"64 streams x {CAP} tokens in {elapsed:.1f}s, peak overlap {peak}")
+    # Nothing serialises requests: the engine generated many tokens per step (batched). Counted on
+    # the engine's own counters: the streams' arrival times at the client are not a measure on a
+    # 2-core machine, where a busy engine can hold the API server off and a stream arrives at once.
+    per_step = (generated1 - generated0) / max(steps1 - steps0, 1.0)
+    assert per_step >= 8, f"{per_step:.1f} tokens generated per engine step: the requests were not batched"
+    print(f"64 streams x {CAP} tokens in {elapsed:.1f}s, {per_step:.1f} tokens per engine step")

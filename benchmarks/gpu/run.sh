@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One measurement call on the lent GPU, after the vLLM bundle's parts were carried (../shared/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: image | serve-up | serve-bench | v2-children | step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy;
+# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: image | serve-up | serve-bench | v2-children | step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy | tp-longtail;
 #        accept: the serving acceptance run, benchmarks/gpu/acceptance.sh, on either bundle)
 # A bundle whose name holds 026 (033) unpacks into /tmp/site026 (/tmp/site033; its unpack.sh edited so), so the stacks fit one machine.
 # Logs and JSON go to $OUT.
@@ -69,6 +69,12 @@ case "$STAGE" in
   tp-rest)
     python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 256 --new-tokens 1024 --reps 3 \
       --configs plain engine rounds s1loop native --out "$OUT/tp_1.5b_c256_rest.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp_rest.log" | tail -12 ;;
+  tp-longtail)  # engine level, the long-tailed workload: budgetforce's strategies against s1's offline loop
+    v032_fixes
+    export PYTHONPATH=$PYTHONPATH:$EXTRA_PYTHONPATH
+    VLLM_USE_V2_MODEL_RUNNER=1 timeout 570 python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 256 \
+      --new-tokens 1024 --reps 3 --workload longtail --configs plain engine rounds s1loop \
+      --out "$OUT/tp_longtail.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp_longtail.log" | tail -12 ;;
   tp-conc)
     python3 -m benchmarks.throughput --shape $SHAPE --tokenizer .gpu-tok --concurrency 1 32 --new-tokens 512 --reps 3 \
       --configs plain idle engine engine-max --out "$OUT/tp_1.5b_c1_32.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp_conc.log" | tail -12 ;;

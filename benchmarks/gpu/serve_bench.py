@@ -126,7 +126,11 @@ class Runner:
 
     def __init__(self, tokenizer: str, input_len: int, output_len: int, result_dir: Path) -> None:
         from vllm.benchmarks.serve import add_cli_args, main
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+        try:
+            from vllm.utils.argparse_utils import FlexibleArgumentParser
+        except ImportError:  # older vLLM
+            from vllm.utils import FlexibleArgumentParser  # type: ignore[attr-defined,no-redef]
 
         self.main, self.tokenizer, self.input_len, self.output_len, self.dir = main, tokenizer, input_len, output_len, result_dir
         self.parser = FlexibleArgumentParser()

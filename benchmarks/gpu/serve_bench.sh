@@ -15,7 +15,13 @@ export PYTHONUNBUFFERED=1 VLLM_LOGGING_LEVEL=WARNING TOKENIZERS_PARALLELISM=fals
 case "$STEP" in
   up)
     # [v]llm: the pattern must not match this shell's own command line
-    pkill -f "[v]llm.entrypoints.openai.api_server" 2>/dev/null; pkill -f "[b]udgetforce.cli serve" 2>/dev/null; sleep 3
+    pkill -f "[v]llm.entrypoints.openai.api_server" 2>/dev/null; pkill -f "[b]udgetforce.server.vllm_cli" 2>/dev/null
+    pkill -f "[E]ngineCore" 2>/dev/null; sleep 3
+    for _ in $(seq 60); do  # the driver frees their memory a while after they exit
+      used=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
+      [ -z "$used" ] || [ "$used" -lt 2000 ] && break
+      sleep 2
+    done
     # the servers run from a copy outside the working tree: the next call lays the tree anew
     rm -rf $SB && mkdir -p $SB/logs && cp -r budgetforce benchmarks $SB/ && cp -r "${TOK:-.gpu-tok}" $SB/tok \
       && cp -r server $SB/budgetforce/server  # where the wheel puts it (budgetforce.server)
