@@ -60,7 +60,7 @@ class _Choice:
     tokens: int = 0
     done: bool = False
     ids: list[int] = field(default_factory=list)
-    answer: list[str] = field(default_factory=list)  # the answer text as sent (for a vote)
+    answer: list[str] = field(default_factory=list)  # the answer text as sent (kept for a vote only)
 
 
 class Annotator:
@@ -188,7 +188,7 @@ class Annotator:
                     holder[key] = text + st.cutter.flush()
             if self.p.hide_reasoning and self.p.endpoint == "chat":
                 choice["logprobs"] = None  # as vLLM does when the reasoning is hidden: they would show it
-            if isinstance(holder.get(key), str):
+            if self.p.vote and isinstance(holder.get(key), str):
                 st.answer.append(holder[key])
             choice["budget"] = self._finish(st)
         self._usage(body.get("usage"))
@@ -282,7 +282,7 @@ class Annotator:
                 finishing = True
             else:
                 holder[key] = out + (st.cutter.flush() if finishing else "")
-        if isinstance(holder.get(key), str):
+        if self.p.vote and isinstance(holder.get(key), str):
             st.answer.append(holder[key])
         if finishing:
             choice["budget"] = self._finish(st)

@@ -138,6 +138,7 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
         param, message = validation_message(exc)
         raise RequestError(message, param, code="invalid_value") from None
     n = max(_int(body.get("n"), 1), 1)
+    choices = _choices(body, endpoint)  # n, times the prompts of a text completion
     try:
         resolved = request.resolve(defaults, n)
     except BudgetError as exc:
@@ -145,7 +146,7 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
     vote = request.budget_aggregate == "vote"
     if vote and n < 2:
         raise RequestError(f'`budget_aggregate: "vote"` needs choices to vote: set `n` to 2 or more (got {n})', "n")
-    if vote and _choices(body, endpoint) > n:
+    if vote and choices > n:
         raise RequestError('`budget_aggregate: "vote"` takes one prompt (its `n` choices vote)', "prompt",
                            code="unsupported_value")  # fmt: skip
     kept = forwarded(endpoint, model)
@@ -167,7 +168,6 @@ def prepare(body: dict[str, Any], endpoint: str, model: ServedModel, defaults: B
                         wants_token_ids=False, wants_logprobs=False, choices=1, stream=False, include_usage=False,
                         echo=False, split_text=False, annotate=False)  # fmt: skip
     out = {k: v for k, v in body.items() if k not in BUDGET_REQUEST_FIELDS or k in kept}
-    choices = _choices(body, endpoint)
     cap_param, cap = _cap(body, endpoint, model.completion_max_tokens)
     budget = resolved.budget
     orchestrated = budget is not None and (budget.strategy == "rounds" or budget.probe_every is not None)

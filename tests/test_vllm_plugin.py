@@ -81,7 +81,9 @@ def test_enabled_plugin_budgets_xargs_only(tiny_r1: Path, monkeypatch: pytest.Mo
     assert 1 not in plugin.rows  # budgetforce's engine plan belongs to its named processor
 
 
-@pytest.mark.parametrize("named", [["budgetforce.vllm.forcing:BudgetForcingLogitsProcessor"], [BudgetForcing]])
+@pytest.mark.parametrize(
+    "named", [["budgetforce.vllm.forcing:BudgetForcingLogitsProcessor"], [BudgetForcing], ["budgetforce.vllm:EngineForcing"]]
+)
 def test_enabled_plugin_stands_aside_for_named_processor(
     tiny_r1: Path, monkeypatch: pytest.MonkeyPatch, named: list[Any]
 ) -> None:

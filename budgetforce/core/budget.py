@@ -592,7 +592,7 @@ class _RequestBase(BaseModel):
                 f"`total_thinking_tokens` ({share} = {self.total_thinking_tokens} / {choices}); lower the minimum",
                 param="min_thinking_tokens",
             )
-        levels = self._levels(defaults, choices)
+        levels = self._levels(defaults, share)
         lo, lo_at, lo_src = _first(levels, 0)
         hi, hi_at, hi_src = _first(levels, 1)
         if lo is not None and hi is not None and lo > hi:  # different levels: the lower-precedence one yields
@@ -626,14 +626,14 @@ class _RequestBase(BaseModel):
         hide = not self.include_reasoning or bool(self.reasoning and self.reasoning.exclude)
         return ResolvedBudget(budget if budget.is_active else None, hi_src, lo_src, hide)
 
-    def _levels(self, defaults: BudgetDefaults, choices: int = 1) -> list[tuple[int | None, int | None, str | None]]:
-        """(min, max, request field) per precedence level, highest first; field None = server default."""
+    def _levels(self, defaults: BudgetDefaults, share: int | None) -> list[tuple[int | None, int | None, str | None]]:
+        """(min, max, request field) per precedence level, highest first; field None = server default.
+        ``share``: each choice's part of `total_thinking_tokens`, if set."""
         table = defaults.reasoning_effort_budgets
-        total = self.total_thinking_tokens
         levels: list[tuple[int | None, int | None, str | None]] = [
             (self.min_thinking_tokens, None, "min_thinking_tokens"),
             (None, self.max_thinking_tokens, "max_thinking_tokens"),  # same level: the validator orders them
-            (None, None if total is None else total // max(choices, 1), "total_thinking_tokens"),
+            (None, share, "total_thinking_tokens"),
         ]
         if self.thinking_token_budget is not None and self.thinking_token_budget >= 0:
             levels.append((None, self.thinking_token_budget, "thinking_token_budget"))

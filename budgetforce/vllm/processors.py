@@ -197,6 +197,6 @@ def _named_processor(vllm_config: VllmConfig) -> bool:
             except (ImportError, AttributeError):
                 continue  # vLLM reports it when it loads the list itself
             entry = obj
-        if isinstance(entry, type) and issubclass(entry, (BudgetForcingLogitsProcessor, BudgetForcing)):
+        if isinstance(entry, type) and issubclass(entry, (BudgetForcingLogitsProcessor, _Named)):
             return True
     return False
