@@ -38,7 +38,10 @@ rm -rf "$WORK/venv" "$WORK/src" "$WORK/wheels" "$WORK/home" "$WORK/bin"
 mkdir -p "$WORK" "$LOG" || exit 1
 chmod 755 "$WORK"  # the unprivileged user reads the venv and the entrypoint below it
 # The base environment: the interpreter's own packages plus the carried vLLM (not the working tree).
-export PYTHONPATH="$SITE${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
+# The interpreter's site-packages go on the path too: where it is itself a virtual environment (as on
+# the GPU machine), `venv --system-site-packages` would see its base interpreter's packages only.
+BASE_SITE="$("$PYTHON" -c 'import site; print(":".join([*site.getsitepackages(), site.getusersitepackages()]))')"
+export PYTHONPATH="$SITE:$BASE_SITE${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
 # --without-pip: the venv runs the base's pip (visible through --system-site-packages or $SITE)
 "$PYTHON" -m venv --system-site-packages --without-pip "$WORK/venv" || fail "python -m venv"
 export PATH="$WORK/venv/bin:$PATH"
