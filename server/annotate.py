@@ -18,7 +18,8 @@ budget `answer_tokens` (after the close, a forced answer prefix included, end-of
 excluded) and `answer_truncated`; an intervention `intervened` (its forced ids are in the
 thinking); scheduled waits `scheduled_waits` (from the stats board, as `waits_inserted`); early
 exit `early_exit` (agreeing probes closed the thinking, which counts as a forced end), `probes` and
-`probe_tokens` (the side requests, which the usage does not count).
+`probe_tokens` (the side requests, which the usage does not count); the logit-margin exit `early_exit`
+(from the stats board) and `exit_tokens_saved` (the maximum's thinking left unused, null without one).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class BoardRow:
     def tally(self, index: int, ids: list[int]) -> Tally | None:
         del index  # one row, one choice
         b, key, nonce = self.board, self.key, self.nonce
-        return Tally(waits=b.waits(key, nonce, ids), scheduled=b.scheduled_waits(key, nonce, ids), failure=b.failure(key, nonce))
+        return Tally(waits=b.waits(key, nonce, ids), scheduled=b.scheduled_waits(key, nonce, ids),
+                     early_exit=b.exited(key, nonce), failure=b.failure(key, nonce))
 
 
 @dataclass
@@ -120,7 +122,7 @@ class Annotator:
             out["unenforced_reason"] = r.unenforced_reason
         extra = {"answer_tokens": r.answer_tokens, "answer_truncated": r.answer_truncated, "intervened": r.intervened,
                  "scheduled_waits": r.scheduled_waits, "early_exit": r.early_exit, "probes": r.probes,
-                 "probe_tokens": r.probe_tokens}  # fmt: skip
+                 "probe_tokens": r.probe_tokens, "exit_tokens_saved": r.exit_tokens_saved}  # fmt: skip
         out.update({k: extra[k] for k in self.report_keys})
         return out
 

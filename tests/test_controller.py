@@ -174,3 +174,76 @@ def test_budget_invariants(family: str, proposals: list[int], min_t: int, extra:
         observer.accept(t)
     assert observer.thinking_tokens == stats.thinking_tokens
     assert observer.think_end_at == ctl.think_end_at
+
+
+# -- the logit-margin exit (ThinkBrake) --------------------------------------------------------
+BRK = 40  # a paragraph-break token
+
+
+def margin_run(plan: ForcingPlan, tokens: list[int], gaps: dict[int, float]) -> tuple[ThinkingController, list[int]]:
+    """Feed ``tokens`` (replacing what the controller forces), testing the margin before each token
+    with the gap ``gaps`` gives for that position (default 10: the model is sure it goes on).
+    Returns the controller and the positions at which the margin was tested."""
+    ctl = ThinkingController(plan, OPEN_R1)
+    tested = []
+    for i, tok in enumerate(tokens):
+        if ctl.margin_due:
+            tested.append(i)
+        ctl.margin_exit(gaps.get(i, 10.0))
+        kind, forced = ctl.action()
+        if kind == Action.FORCE:
+            tok = forced
+        replaced = kind == Action.GUARD and tok in plan.close_attempts
+        ctl.accept(forced if replaced else tok, replaced)
+    return ctl, tested
+
+
+def test_margin_exit_closes_at_the_first_break_where_the_margin_holds() -> None:
+    plan = ForcingPlan(**R1, answer_prefix=(FINAL,), exit_margin=1.0, exit_breaks=frozenset({BRK}))
+    tokens = [X, BRK, X, X, BRK, Y, BRK, X, X, X, X]
+    # tested after each break only; the gap holds (1.0 <= 1.0) first after the second break
+    ctl, tested = margin_run(plan, tokens, {2: 1.5, 5: 1.0, 7: 0.1})
+    assert tested == [2, 5]
+    assert ctl.early_exit and ctl.forced_end and ctl.phase is Phase.ANSWERING
+    assert ctl.thinking_tokens == 5  # X BRK X X BRK
+    assert ctl.split(tokens[:5] + [END, FINAL, X, X, X, X])[1][:1] == [FINAL]
+
+
+def test_margin_exit_never_before_the_minimum() -> None:
+    plan = ForcingPlan(**R1, min_thinking=5, exit_margin=2.0, exit_breaks=frozenset({BRK}))
+    tokens = [BRK, X, BRK, X, BRK, X, BRK, X, X]
+    ctl, tested = margin_run(plan, tokens, dict.fromkeys(range(10), 0.0))
+    assert tested == [5]  # the break at 4 made the thinking 5 tokens long: the first one past the minimum
+    assert ctl.early_exit and ctl.thinking_tokens == 5
+
+
+def test_margin_exit_never_during_a_forced_sequence() -> None:
+    """A break inside a wait string or an intervention is forced text, not the model's break."""
+    plan = ForcingPlan(
+        think_start=(START,), think_end=(END,), eos=frozenset({EOS}), waits=((WAIT, BRK, X),), min_thinking=3,
+        intervention=(Y, BRK, Y), intervention_at=6, exit_margin=5.0, exit_breaks=frozenset({BRK}),
+    )  # fmt: skip
+    # END at 1 is replaced by the wait (WAIT BRK X, forced); the intervention (Y BRK Y) is forced at 6 tokens
+    tokens = [X, END, 0, 0, X, X, 0, 0, 0, X, BRK, X]
+    ctl, tested = margin_run(plan, tokens, dict.fromkeys(range(12), 0.0))
+    assert ctl.waits_inserted == 1 and ctl.intervened
+    assert tested == [11]  # only after the model's own break
+    assert ctl.early_exit
+
+
+def test_margin_compares_in_float32() -> None:
+    from budgetforce.core.controller import margin_holds
+
+    assert margin_holds(0.1 + 1e-9, 0.1)  # equal once rounded to float32, as on the device
+    assert not margin_holds(0.1001, 0.1)
+
+
+def test_margin_exit_is_off_without_a_margin_and_with_rounds() -> None:
+    ctl, tested = margin_run(ForcingPlan(**R1, max_thinking=50), [X, BRK, X], {2: 0.0})
+    assert tested == [] and not ctl.early_exit
+    with pytest.raises(ValidationError, match="exit_margin"):
+        Budget(exit_margin=0.5, strategy="rounds")
+    with pytest.raises(ValidationError, match="exit_breaks"):
+        Budget(exit_breaks=("\n\n",))  # a qualifier without its mode
+    with pytest.raises(ValidationError):
+        Budget(exit_margin=-1.0)

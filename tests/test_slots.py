@@ -65,6 +65,9 @@ def drive(slots: ForcingSlots, ctls: list, keys: list[int], raws: list[torch.Ten
     for n, raw in enumerate(raws):
         if before is not None:
             before(n)
+        for r, ctl in enumerate(ctls):  # the logit-margin exit reads the raw logits (a no-op unless due)
+            if ctl is not None:
+                ctl.margin_exit(float(raw[r].max() - raw[r, ctl.plan.think_end[0]]))
         logits = raw.clone()
         step(logits)
         chosen = logits.argmax(1).tolist()
@@ -80,7 +83,7 @@ def drive(slots: ForcingSlots, ctls: list, keys: list[int], raws: list[torch.Ten
     step(torch.zeros(b, V))
 
 
-BREAK, IV1, IV2 = 14, 16, 17
+BREAK, IV1, IV2, XBREAK = 14, 16, 17, 13
 
 
 @settings(max_examples=60, deadline=None)
@@ -94,19 +97,21 @@ BREAK, IV1, IV2 = 14, 16, 17
             st.sampled_from([(), (IV1,), (IV1, IV2, IV1)]), st.integers(0, 12),
             st.one_of(st.none(), st.integers(0, 8)),
             st.sampled_from([0, 6, 25]), st.sampled_from([0.3, 1.0]), st.booleans(),
+            st.sampled_from([None, None, 0.0, 0.8, 2.5]),
         ),
         min_size=1, max_size=6,
     ),
     exit_at=st.integers(0, 50),
 )
 def test_slots_follow_the_controller_with_every_mode(seed: int, specs: list, exit_at: int) -> None:
-    """The modes beyond s1 (bans, interventions, answer budgets, scheduled waits, early exits), mixed
-    with s1's budgets, give the same tokens and counts on the device as in the controller."""
+    """The modes beyond s1 (bans, interventions, answer budgets, scheduled waits, early exits by the
+    frontend and by the logit margin), mixed with s1's budgets, give the same tokens and counts on
+    the device as in the controller."""
     gen = torch.Generator().manual_seed(seed)
     slots = ForcingSlots(16, torch.device("cpu"), stats=torch.zeros(16, NS, dtype=torch.int32))
     ctls: list[ThinkingController | None] = []
     keys = []
-    for i, (family, lo, hi, banned, ivn, iv_at, max_answer, alpha, p, decay) in enumerate(specs):
+    for i, (family, lo, hi, banned, ivn, iv_at, max_answer, alpha, p, decay, margin) in enumerate(specs):
         if hi is not None and lo > hi:
             lo = hi
         plan = ForcingPlan(
@@ -114,6 +119,7 @@ def test_slots_follow_the_controller_with_every_mode(seed: int, specs: list, exi
             max_thinking=hi if family != "none" else None, banned=banned, intervention=ivn, intervention_at=iv_at,
             max_answer=max_answer, alpha_moment=alpha, wait_probability=p, wait_decay=decay,
             breaks=frozenset({BREAK}), answer_end=EOS, early_exit=i % 2 == 0,
+            exit_margin=margin, exit_breaks=frozenset({BREAK, XBREAK}) if margin is not None else frozenset(),
         )
         prompt = PROMPT["s1" if family == "s1" else ("closed" if i % 3 == 2 else "r1")]
         if not plan.is_active:
@@ -128,6 +134,7 @@ def test_slots_follow_the_controller_with_every_mode(seed: int, specs: list, exi
     for raw in raws:
         raw[:, END] += 0.5
         raw[:, BREAK] += 1.5
+        raw[:, XBREAK] += 0.5
         raw[:, WAIT] += 1.0
 
     def frontend(step: int) -> None:
@@ -142,10 +149,10 @@ def test_slots_follow_the_controller_with_every_mode(seed: int, specs: list, exi
         if ctl is None:
             continue
         row = slots.state[keys[r]]
-        got = tuple(int(row[c]) for c in (F.ON, F.THINK, F.WAITS, F.FORCED, F.SCHED, F.ANS, F.IVDONE))
+        got = tuple(int(row[c]) for c in (F.ON, F.THINK, F.WAITS, F.FORCED, F.SCHED, F.ANS, F.IVDONE, F.EXITED))
         answers = ctl.answer_tokens if ctl.plan.max_answer is not None else 0  # counted for answer budgets only
         want = (1, ctl.thinking_tokens, ctl.waits_inserted, int(ctl.forced_end), ctl.scheduled_waits,
-                answers, int(ctl.intervened))
+                answers, int(ctl.intervened), int(ctl.early_exit))
         assert got == want, f"row {r}: slots {got}, controller {want}"
         assert int(slots.stats[keys[r], S.SCHED]) == ctl.scheduled_waits
 

@@ -15,7 +15,7 @@ def test_every_plan_field_round_trips_through_msgspec() -> None:
         think_start=(7,), think_end=(8, 9), eos=frozenset({2, 1}), waits=((10, 11), (12,)), answer_prefix=(13,),
         min_thinking=5, max_thinking=40, max_waits=3, banned=frozenset({20, 21}), intervention=(30, 31),
         intervention_at=4, max_answer=12, alpha_moment=25, wait_probability=0.25, wait_decay=False,
-        breaks=frozenset({40}), answer_end=2, early_exit=True,
+        breaks=frozenset({40}), answer_end=2, early_exit=True, exit_margin=0.75, exit_breaks=frozenset({41, 42}),
     )  # fmt: skip
     untouched = {f.name for f in dataclasses.fields(ForcingPlan)} - {
         f.name for f in dataclasses.fields(ForcingPlan) if getattr(plan, f.name) != f.default

@@ -19,7 +19,7 @@ from budgetforce.core.vote import VoteGrader
 
 Strategy = Literal["engine", "rounds"]
 WaitDecay = Literal["linear", "constant"]
-Mode = Literal["nowait", "intervention", "answer_budget", "scheduled_waits", "early_exit"]
+Mode = Literal["nowait", "intervention", "answer_budget", "scheduled_waits", "early_exit", "margin_exit"]
 
 # Limits in strings and characters. The token-level ones are the processor's table sizes
 # (`budgetforce.core.limits.LIMITS`), checked where the strings become tokens (`ResolvedProfile.plan`).
@@ -27,6 +27,7 @@ MAX_BANNED_STRINGS = 32
 MAX_INTERVENTION_CHARS = 4096
 MAX_BREAK_STRINGS = 8
 DEFAULT_PARAGRAPH_BREAKS = ("\n\n",)
+MAX_EXIT_MARGIN = 64.0  # nats: a wider margin exits at the first break whatever the model thinks
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 InterventionText = Annotated[str, Field(min_length=1, max_length=MAX_INTERVENTION_CHARS)]
@@ -34,6 +35,7 @@ Alpha = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 ProbeTokens = Annotated[int, Field(ge=1, le=256)]
 ProbeLead = Annotated[str, Field(max_length=MAX_INTERVENTION_CHARS)]
+ExitMargin = Annotated[float, Field(ge=0, le=MAX_EXIT_MARGIN, allow_inf_nan=False)]
 
 # The modes beyond s1: the fields that turn each on (any one set), and the fields that only
 # qualify it (setting one while the mode is off is an error, not a silently ignored field).
@@ -43,6 +45,7 @@ MODES: dict[Mode, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "answer_budget": (("max_answer_tokens",), ()),
     "scheduled_waits": (("alpha_moment_tokens", "alpha"), ("wait_probability", "wait_decay", "paragraph_breaks")),
     "early_exit": (("probe_every",), ("probe_agree", "probe_lead", "probe_max_tokens")),
+    "margin_exit": (("exit_margin",), ("exit_breaks",)),
 }
 NEW_FIELDS = tuple(f for switches, qualifiers in MODES.values() for f in (*switches, *qualifiers))
 PROBE_FIELDS = (*MODES["early_exit"][0], *MODES["early_exit"][1])
@@ -52,6 +55,7 @@ REPORT_KEYS: dict[Mode, tuple[str, ...]] = {
     "intervention": ("intervened",),
     "scheduled_waits": ("scheduled_waits",),
     "early_exit": ("early_exit", "probes", "probe_tokens"),
+    "margin_exit": ("early_exit", "exit_tokens_saved"),
 }
 EARLY_EXIT_MESSAGE = (
     "early exit by answer probes (`{param}`) needs a frontend that probes: budgetforce's budget layer "
@@ -198,6 +202,17 @@ class Budget(BaseModel):
         None, description="Answer lead-in a probe writes after the close (default: the engine's)."
     )
     probe_max_tokens: ProbeTokens = Field(16, description="Tokens one probe may generate.")
+    # Early exit from the logits (ThinkBrake, arXiv 2510.00546): on the device, no side requests
+    exit_margin: ExitMargin | None = Field(
+        None, description="Early exit from the logits (ThinkBrake): at a paragraph break after the minimum, the "
+        "thinking is closed (and the answer prefix forced) when log p(top token) - log p(close) is at most this "
+        f"margin, in nats (0 to {MAX_EXIT_MARGIN:g}; the model's raw log-probabilities). Works in the processor "
+        "alone, with the engine strategy.",
+    )  # fmt: skip
+    exit_breaks: tuple[NonEmptyStr, ...] | None = Field(
+        None, min_length=1, max_length=MAX_BREAK_STRINGS,
+        description='Texts after which `exit_margin` is checked (tokens ending with one; default the profile\'s, ["\\n\\n"]).',
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Budget:
@@ -219,6 +234,11 @@ class Budget(BaseModel):
             raise FieldError(
                 "alpha", "`alpha` is a fraction of `max_thinking_tokens`, which is not set; set it, or give "
                 "`alpha_moment_tokens` in tokens instead",
+            )  # fmt: skip
+        if self.exit_margin is not None and self.strategy == "rounds":
+            raise FieldError(
+                "exit_margin", "the logit-margin exit (`exit_margin`) runs on the device, with the engine strategy; "
+                "drop `budget_strategy: rounds`",
             )  # fmt: skip
         if "scheduled_waits" in self.modes and self.min_thinking_tokens > 0:
             switch = "alpha" if self.alpha is not None else "alpha_moment_tokens"
@@ -261,7 +281,7 @@ class Budget(BaseModel):
     @property
     def report_keys(self) -> tuple[str, ...]:
         """The keys this budget's modes add to a choice's `budget` report."""
-        return tuple(k for mode, keys in REPORT_KEYS.items() if mode in self.modes for k in keys)
+        return tuple(dict.fromkeys(k for mode, keys in REPORT_KEYS.items() if mode in self.modes for k in keys))
 
     def with_answer_room(
         self, max_tokens: int | None, reserved: int, cap_param: str = "max_tokens", server_max: bool = False

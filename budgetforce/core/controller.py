@@ -8,6 +8,7 @@ is what makes their outputs identical under greedy decoding.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
@@ -59,6 +60,8 @@ class ForcingPlan:
     breaks: frozenset[int] = frozenset()  # paragraph-break tokens
     answer_end: int = -1  # the end-of-sequence id forced at `max_answer` (default: the smallest EOS id)
     early_exit: bool = False  # the frontend may close the thinking early (answer probes agreed)
+    exit_margin: float | None = None  # the logit-margin exit (nats); None: off
+    exit_breaks: frozenset[int] = frozenset()  # ... checked after these tokens
 
     @property
     def is_budgeted(self) -> bool:
@@ -70,7 +73,7 @@ class ForcingPlan:
         """Whether the plan changes anything at all (a budget or any mode)."""
         return (
             self.is_budgeted or bool(self.banned) or bool(self.intervention) or self.max_answer is not None
-            or self.alpha_moment > 0 or self.early_exit
+            or self.alpha_moment > 0 or self.early_exit or self.exit_margin is not None
         )
 
     @property
@@ -93,12 +96,14 @@ class ForcingPlan:
         return (
             self.close_attempts | {w[0] for w in self.waits} | set(self.think_start) | set(self.think_end)
             | (self.breaks if self.alpha_moment > 0 else frozenset())
+            | (self.exit_breaks if self.exit_margin is not None else frozenset())
         )
 
     def token_ids(self) -> set[int]:
         """Every id the plan forces, bans or watches for: all must lie inside the logits."""
         ids = set(self.think_start) | set(self.think_end) | set(self.eos) | set(self.answer_prefix)
         ids |= {t for w in self.waits for t in w} | set(self.banned) | set(self.intervention) | set(self.breaks)
+        ids |= self.exit_breaks
         if self.max_answer is not None:
             ids.add(self.end_of_answer)
         return ids
@@ -119,6 +124,16 @@ class ForcingStats:
 
 
 P_ONE = 1 << 24  # probabilities in units of 2**-24, so host and device decide identically
+
+
+def f32(x: float) -> float:
+    """``x`` rounded to float32, the device's precision: the margin test decides alike everywhere."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def margin_holds(gap: float, margin: float) -> bool:
+    """The logit-margin exit's test: ``log p(top) - log p(close) <= margin``, both in float32."""
+    return f32(gap) <= f32(margin)
 
 
 def schedule_p24(probability: float) -> int:
@@ -157,7 +172,7 @@ class ThinkingController:
         "plan", "phase", "thinking_tokens", "waits_inserted", "forced_end",
         "think_end_at", "answer_at", "n_out", "_queue", "_recent", "_tail", "just_waited",
         "scheduled_waits", "answer_tokens", "answer_truncated", "intervened", "early_exit",
-        "_queue_is_wait", "_rng", "_p24",
+        "_queue_is_wait", "_rng", "_p24", "_at_break",
     )
 
     def __init__(self, plan: ForcingPlan, prompt_ids: list[int], rng_key: tuple[int, int] = (0, 0)) -> None:
@@ -171,6 +186,7 @@ class ThinkingController:
         self.intervened = False
         self.early_exit = False
         self._queue_is_wait = False  # the queue holds the rest of a wait string (not an intervention)
+        self._at_break = False  # the last token was a free exit break: the margin is checked on the next logits
         self._rng = (rng_key[0] ^ SCHEDULE_SALT, rng_key[1])  # the scheduled-wait stream
         self._p24 = schedule_p24(plan.wait_probability)
         self.n_out = 0  # completion tokens accepted so far
@@ -248,7 +264,7 @@ class ThinkingController:
 
         Adapters use it to skip the controller on ordinary tokens (`accept_quiet`).
         """
-        if self._queue or self.just_waited:
+        if self._queue or self.just_waited or self.margin_due:
             return 0
         p = self.plan
         if self.phase is Phase.THINKING:
@@ -271,6 +287,7 @@ class ThinkingController:
     def accept_quiet(self) -> None:
         """`accept` for a token outside `plan.special` while `quiet()` allows it."""
         self.n_out += 1
+        self._at_break = False
         if self.phase is Phase.THINKING:
             self.thinking_tokens += 1
         elif self.phase is Phase.ANSWERING:
@@ -288,6 +305,7 @@ class ThinkingController:
         """Record the emitted ``token``; ``replaced`` marks a close attempt turned into a wait."""
         index = self.n_out
         self.n_out += 1
+        self._at_break = False
         if self._queue:
             expected = self._queue.popleft()
             if token != expected:
@@ -334,6 +352,7 @@ class ThinkingController:
                 self._check_max()
                 if token in p.breaks and self.phase is Phase.THINKING and not self._queue:
                     self._maybe_schedule(index)
+                self._at_break = token in p.exit_breaks
             self._check_intervention()
         elif self.phase is Phase.ANSWERING:
             p = self.plan
@@ -366,6 +385,28 @@ class ThinkingController:
             self._queue.extend(p.intervention)
             self._queue_is_wait = False
 
+    @property
+    def margin_due(self) -> bool:
+        """Whether the logit-margin exit is tested on the next logits: the last token was a free exit
+        break inside the thinking, the minimum is reached, and nothing is being forced."""
+        p = self.plan
+        return (
+            p.exit_margin is not None and self._at_break and self.phase is Phase.THINKING and not self._queue
+            and not self.just_waited and self.thinking_tokens >= p.min_thinking and not self.early_exit
+        )
+
+    def margin_exit(self, gap: float) -> bool:
+        """The logit-margin exit (ThinkBrake): ``gap`` is ``log p(top) - log p(close)`` on the next
+        logits. Closes the thinking (as `exit_now`) when it is due and the gap is within the margin.
+
+        Example (margin 0.5; the last token was "\n\n", the minimum reached):
+            margin_exit(2.3) -> False (the model is sure it goes on); margin_exit(0.4) -> True,
+            and action() == (FORCE, think_end[0]).
+        """
+        if not self.margin_due or not margin_holds(gap, self.plan.exit_margin or 0.0):
+            return False
+        return self.exit_now()
+
     def exit_now(self) -> bool:
         """Close the thinking here (an early exit): the close and answer prefix are forced next.
 
@@ -374,7 +415,7 @@ class ThinkingController:
         if self.phase is not Phase.THINKING:
             return False
         self._queue.clear()
-        self.just_waited = False
+        self.just_waited = self._at_break = False
         self.early_exit = self.forced_end = True
         self._close(self.n_out, self.plan.think_end + self.plan.answer_prefix)
         return True

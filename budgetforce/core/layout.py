@@ -55,14 +55,17 @@ class F(IntEnum):
     P24 = 32  # scheduled-wait probability in units of 2**-24
     DECAY = 33  # 1: the probability falls linearly to 0 at ALPHA
     SCHED = 34  # scheduled waits inserted
-    EXITED = 35  # the frontend's early exit closed the thinking
+    EXITED = 35  # an early exit closed the thinking (the frontend's, or the logit margin)
     NBAN = 36  # banned tokens in the ban table
     NBRK = 37  # paragraph-break tokens in the break table
     EXITOK = 38  # the frontend may close the thinking early (the plan's early exit)
     MODES = 39  # the modes the row uses (`Mode` bits): the kernel loads and stores nothing for the others
+    MARGIN = 40  # the logit-margin exit's margin, float32 bits (nats)
+    ATBRK = 41  # 1: the last consumed token was a free exit break (the margin is tested on this step's logits)
+    NXBRK = 42  # exit-break tokens in the exit-break table
 
 
-NF = 40
+NF = 43
 
 
 class Mode(IntFlag):
@@ -76,6 +79,7 @@ class Mode(IntFlag):
     ANSWER_BUDGET = 4
     SCHEDULED_WAITS = 8
     EARLY_EXIT = 16
+    MARGIN_EXIT = 32
 
 
 class S(IntEnum):
@@ -90,7 +94,7 @@ class S(IntEnum):
     DEC = 6
     FAIL = 7
     SCHED = 8
-    EXITED = 9
+    EXITED = 9  # an early exit (agreeing probes, or the logit margin) closed the thinking
     EXIT = 10  # written by the frontend: close this request's thinking now (an early exit)
 
 

@@ -52,6 +52,8 @@ class TableLimits:
             return "banned_thinking_strings", f"{len(plan.banned)} banned tokens; at most {self.banned_tokens}"
         if len(plan.breaks) > self.break_tokens:
             return "paragraph_breaks", f"{len(plan.breaks)} paragraph-break tokens; at most {self.break_tokens}"
+        if len(plan.exit_breaks) > self.break_tokens:
+            return "exit_breaks", f"{len(plan.exit_breaks)} exit-break tokens; at most {self.break_tokens}"
         if plan.alpha_moment > 0 and not plan.waits:
             return "alpha_moment_tokens", "scheduled waits without wait strings"
         if not plan.waits and plan.min_thinking > 0:

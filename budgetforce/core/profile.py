@@ -57,6 +57,7 @@ class Profile:
         answer_prefix: Default text forced after a forced end of thinking.
         opens_in_prompt: The generation prompt must end inside the thinking; append
             `think_start` when the chat template does not.
+        paragraph_breaks: Default texts that end a paragraph (scheduled waits, the logit-margin exit).
     """
 
     name: str
@@ -66,6 +67,7 @@ class Profile:
     wait_strings: tuple[str, ...] = ("Wait",)
     answer_prefix: str = ""
     opens_in_prompt: bool = False
+    paragraph_breaks: tuple[str, ...] = DEFAULT_PARAGRAPH_BREAKS
 
     def resolve(self, tokenizer: TokenizerLike) -> ResolvedProfile:
         """Encode the delimiters with ``tokenizer``; fail clearly when they do not exist."""
@@ -121,14 +123,17 @@ class ResolvedProfile:
             raise ProfileError(f"a wait string in {list(waits)!r} encodes to no tokens")
         prefix = self.profile.answer_prefix if budget.answer_prefix is None else budget.answer_prefix
         alpha_moment = budget.alpha_moment
-        scheduled = {}
+        modes: dict[str, object] = {}  # the modes' plan fields
         if alpha_moment > 0:
-            scheduled = {
+            modes = {
                 "alpha_moment": alpha_moment,
                 "wait_probability": budget.wait_probability,
                 "wait_decay": budget.wait_decay == "linear",
-                "breaks": self.break_tokens(budget.paragraph_breaks or DEFAULT_PARAGRAPH_BREAKS),
+                "breaks": self.break_tokens(budget.paragraph_breaks or self.profile.paragraph_breaks),
             }
+        if budget.exit_margin is not None:
+            modes["exit_margin"] = budget.exit_margin
+            modes["exit_breaks"] = self.break_tokens(budget.exit_breaks or self.profile.paragraph_breaks, "exit_breaks")
         plan = ForcingPlan(
             think_start=self.think_start,
             think_end=self.think_end,
@@ -144,7 +149,7 @@ class ResolvedProfile:
             max_answer=budget.max_answer_tokens,
             answer_end=self.answer_end,
             early_exit=budget.probe_every is not None,
-            **scheduled,
+            **modes,  # type: ignore[arg-type]
         )
         overrun = LIMITS.check(plan)
         if overrun is not None:
@@ -193,8 +198,8 @@ class ResolvedProfile:
             raise PlanError(f"`thinking_intervention` {text!r} encodes to no tokens", param="thinking_intervention")
         return ids  # its length is checked with the plan's other forced sequences (`LIMITS.check`)
 
-    def break_tokens(self, strings: tuple[str, ...]) -> frozenset[int]:
-        """Paragraph-break ids for scheduled waits: tokens whose text ends with one of ``strings``
+    def break_tokens(self, strings: tuple[str, ...], param: str = "paragraph_breaks") -> frozenset[int]:
+        """Paragraph-break ids (scheduled waits, the margin exit): tokens whose text ends with one of ``strings``
         (the `LIMITS.break_tokens` lowest ids, i.e. the most frequent merges), cached per tuple.
 
         Example (Qwen): ("\n\n",) -> {271 "\n\n", 382 ".\n\n", 401 ";\n\n", ...}.
@@ -203,14 +208,14 @@ class ResolvedProfile:
         found = self._breaks.get(strings)
         if found is None:
             if self.vocabulary is None:
-                raise ProfileError("this profile was resolved without its vocabulary; scheduled waits need it")
+                raise ProfileError(f"this profile was resolved without its vocabulary; `{param}` needs it")
             never = self._delimiters
             ids = [i for i in self.vocabulary.ending_with(strings) if i not in never]
             if not ids:
                 raise PlanError(
-                    f"no token of this model's vocabulary ends with any of {list(strings)!r}, so no wait would "
-                    "ever be scheduled; choose other `paragraph_breaks`",
-                    param="paragraph_breaks",
+                    f"no token of this model's vocabulary ends with any of {list(strings)!r}, so `{param}` would "
+                    f"never act; choose other `{param}`",
+                    param=param,
                 )
             found = frozenset(ids[: LIMITS.break_tokens])
             if len(self._breaks) >= _BREAK_CACHE:

@@ -22,7 +22,8 @@ class BudgetStats:
     answer_tokens: int = 0  # after the close, a forced answer prefix included, end-of-sequence excluded
     answer_truncated: bool = False  # the answer budget ended the answer
     intervened: bool = False  # the thinking intervention was written
-    early_exit: bool = False  # agreeing answer probes closed the thinking
+    early_exit: bool = False  # an early exit closed the thinking (agreeing answer probes, or the logit margin)
+    exit_tokens_saved: int | None = None  # after an early exit: the maximum's thinking tokens left unused (None: no maximum)
     probes: int | None = 0  # answer probes run (side requests, not counted in the usage; None: unknown)
     probe_tokens: int | None = 0  # tokens the probes generated
     enforced: bool | None = True  # False: the budget was not (fully) forced; None: unknown (no stats board)
@@ -54,7 +55,7 @@ def choice_report(
     ``tally`` None: nobody can say what the engine did (`waits_inserted` and `enforced` unknown).
 
     `forced_end` means the thinking was closed at exactly the maximum (the engine forces it
-    there), or by agreeing answer probes; `enforced` is false with a reason when the engine
+    there), or by an early exit (agreeing answer probes, the logit margin); `enforced` is false with a reason when the engine
     reported a failure or the ids show more thinking than the maximum.
     """
     thinking, answer = obs.thinking_tokens, obs.answer_tokens
@@ -74,6 +75,7 @@ def choice_report(
         answer_truncated=max_answer is not None and answer >= max_answer,
         intervened=bool(intervention) and rfind(obs.split(list(ids))[0], tuple(intervention)) >= 0,
         early_exit=early,
+        exit_tokens_saved=max_thinking - thinking if early and max_thinking is not None else None,
         probes=tally.probes if known else None,
         probe_tokens=tally.probe_tokens if known else None,
         enforced=enforced,

@@ -71,6 +71,7 @@ class ForcingSlots:
         self.close = torch.full((capacity, limits.close_attempts), -1, dtype=torch.int32, device=device)
         self.ban = torch.full((capacity, limits.banned_tokens), -1, dtype=torch.int32, device=device)
         self.brk = torch.full((capacity, limits.break_tokens), -1, dtype=torch.int32, device=device)
+        self.xbrk = torch.full((capacity, limits.break_tokens), -1, dtype=torch.int32, device=device)  # exit breaks
         self.temp = torch.ones(capacity, dtype=torch.float32, device=device)
         self.stats = stats
         self.kernel = True  # the Triton kernel on CUDA; False after it failed once (torch path)
@@ -121,10 +122,12 @@ class ForcingSlots:
         row[F.DECAY] = int(plan.wait_decay)
         row[F.NBAN], row[F.NBRK] = len(plan.banned), len(plan.breaks)
         row[F.EXITOK] = int(plan.early_exit)
+        row[F.MARGIN] = float_bits(plan.exit_margin or 0.0)
+        row[F.NXBRK] = len(plan.exit_breaks)
         row[F.MODES] = (
             Mode.NOWAIT * bool(plan.banned) | Mode.INTERVENTION * bool(plan.intervention)
             | Mode.ANSWER_BUDGET * (plan.max_answer is not None) | Mode.SCHEDULED_WAITS * (plan.alpha_moment > 0)
-            | Mode.EARLY_EXIT * plan.early_exit
+            | Mode.EARLY_EXIT * plan.early_exit | Mode.MARGIN_EXIT * (plan.exit_margin is not None)
         )  # fmt: skip
         if inside and plan.max_thinking == 0:  # a zero budget closes before the first token
             row[F.QSRC], row[F.FORCED], row[F.PHASE] = self.src_end, 1, int(Phase.CLOSING)
@@ -147,7 +150,8 @@ class ForcingSlots:
         close += [-1] * (lim.close_attempts - len(close))
         ban = sorted(plan.banned) + [-1] * (lim.banned_tokens - len(plan.banned))
         brk = sorted(plan.breaks) + [-1] * (lim.break_tokens - len(plan.breaks))
-        self._staged[key] = (row, seq, seq_len, start, close, ban, brk, max(temperature, GREEDY_EPS))
+        xbrk = sorted(plan.exit_breaks) + [-1] * (lim.break_tokens - len(plan.exit_breaks))
+        self._staged[key] = (row, seq, seq_len, start, close, ban, brk, xbrk, max(temperature, GREEDY_EPS))
         self.uses |= {m for m in Mode if row[F.MODES] & m}
         return True
 
@@ -161,7 +165,7 @@ class ForcingSlots:
         if not self._staged:
             return
         keys = list(self._staged)
-        rows, seq, seq_len, start, close, ban, brk, temp = zip(*self._staged.values())
+        rows, seq, seq_len, start, close, ban, brk, xbrk, temp = zip(*self._staged.values())
         self._staged.clear()
         pin = self.device.type == "cuda"
 
@@ -177,6 +181,7 @@ class ForcingSlots:
         put(self.close, close, torch.int32)
         put(self.ban, ban, torch.int32)
         put(self.brk, brk, torch.int32)
+        put(self.xbrk, xbrk, torch.int32)
         put(self.temp, temp, torch.float32)
         if self.stats is not None:
             init = torch.zeros(len(keys), NS, dtype=torch.int32)
@@ -372,6 +377,11 @@ def prepare_step(device: torch.device) -> None:
         ) from e
 
 
+def float_bits(x: float) -> int:
+    """A float32's bits as a signed int32 (how the int32 state table holds the margin)."""
+    return int(torch.tensor([x], dtype=torch.float32).view(torch.int32)[0])
+
+
 # -- the counter-based RNG (identical in torch and Triton; see budgetforce.core.draws) ----------
 SEED_MASK = (1 << 62) - 1  # seeds are taken modulo 2**62 (two 31-bit words)
 
@@ -461,7 +471,7 @@ class _Tables:
     def __init__(self, slots: ForcingSlots, keys: torch.Tensor) -> None:
         self.seq, self.seq_len = slots.seq[keys], slots.seq_len[keys]
         self.start, self.close = slots.start[keys], slots.close[keys]
-        self.ban, self.brk = slots.ban[keys], slots.brk[keys]
+        self.ban, self.brk, self.xbrk = slots.ban[keys], slots.brk[keys], slots.xbrk[keys]
         self.ar = torch.arange(len(keys))
 
 
@@ -532,6 +542,9 @@ def _consume(slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, tok: tor
     st[:, F.FORCED] = torch.where(at_max, 1, st[:, F.FORCED])
     st[:, F.JUST] = torch.where(at_max, 0, st[:, F.JUST])
     st[:, F.PHASE] = torch.where(at_max, int(Phase.CLOSING), st[:, F.PHASE])
+    if Mode.MARGIN_EXIT in slots.uses:  # a free exit break: the margin is tested on this step's logits
+        is_xbrk = ((t.xbrk == tok[:, None]) & (t.xbrk >= 0)).any(1)
+        st[:, F.ATBRK] = torch.where(live, (plain & ~bad & is_xbrk).int(), st[:, F.ATBRK])
     if Mode.SCHEDULED_WAITS in slots.uses:
         _schedule(st, tok, t, plain & ~bad)
     if Mode.INTERVENTION in slots.uses:
@@ -570,6 +583,26 @@ def _intervene(slots: ForcingSlots, st: torch.Tensor, live: torch.Tensor, seq_le
     st[:, F.IVDONE] = torch.where(ivn, 1, st[:, F.IVDONE])
 
 
+def _margin_exit(
+    slots: ForcingSlots, st: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, t: _Tables, on: torch.Tensor
+) -> None:
+    """The logit-margin exit (ThinkBrake): after a free exit break past the minimum, close the thinking
+    when ``logit(top) - logit(close) <= margin`` on this step's logits (the controller's `margin_exit`)."""
+    due = (
+        on & ((st[:, F.MODES] & Mode.MARGIN_EXIT) != 0) & (st[:, F.ATBRK] == 1) & (st[:, F.PHASE] == Phase.THINKING)
+        & (st[:, F.QSRC] < 0) & (st[:, F.JUST] == 0) & (st[:, F.THINK] >= st[:, F.MIN]) & (st[:, F.EXITED] == 0)
+    )  # fmt: skip
+    row_logits = logits[rows]
+    gap = row_logits.amax(1) - row_logits[t.ar, t.close[:, 0].long().clamp(min=0)]
+    margin = st[:, F.MARGIN].contiguous().view(torch.float32)
+    leave = due & (gap <= margin)
+    st[:, F.QSRC] = torch.where(leave, slots.src_end, st[:, F.QSRC])
+    st[:, F.QPOS] = torch.where(leave, 0, st[:, F.QPOS])
+    st[:, F.FORCED] = torch.where(leave, 1, st[:, F.FORCED])
+    st[:, F.EXITED] = torch.where(leave, 1, st[:, F.EXITED])
+    st[:, F.PHASE] = torch.where(leave, int(Phase.CLOSING), st[:, F.PHASE])
+
+
 def _decide(
     slots: ForcingSlots, st: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, t: _Tables, temp: torch.Tensor,
     exit_flag: torch.Tensor | None,
@@ -585,6 +618,8 @@ def _decide(
         st[:, F.EXITED] = torch.where(leave, 1, st[:, F.EXITED])
         st[:, F.JUST] = torch.where(leave, 0, st[:, F.JUST])
         st[:, F.PHASE] = torch.where(leave, int(Phase.CLOSING), st[:, F.PHASE])
+    if Mode.MARGIN_EXIT in slots.uses:
+        _margin_exit(slots, st, logits, rows, t, on)
     qsrc = st[:, F.QSRC]
     force = on & (qsrc >= 0)
     thinking = on & ~force & (st[:, F.PHASE] == Phase.THINKING)

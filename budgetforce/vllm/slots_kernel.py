@@ -52,12 +52,12 @@ def _u24(klo, khi, pos):
 def _step_kernel(
     logits_ptr, logits_stride,
     row_keys_ptr, hist_ptr, hist_stride, row_hist_ptr, row_base_ptr, row_len_ptr,
-    state_ptr, seq_ptr, seq_len_ptr, start_ptr, close_ptr, ban_ptr, brk_ptr, temp_ptr, stats_ptr,
+    state_ptr, seq_ptr, seq_len_ptr, start_ptr, close_ptr, ban_ptr, brk_ptr, xbrk_ptr, temp_ptr, stats_ptr, vocab,
     NF_: tl.constexpr, NSRC: tl.constexpr, LS: tl.constexpr, LTS: tl.constexpr, LCA: tl.constexpr,
     LB: tl.constexpr, LBR: tl.constexpr, NW: tl.constexpr,
     SRC_END: tl.constexpr, SRC_CLOSE: tl.constexpr, SRC_IVN: tl.constexpr, NS_: tl.constexpr,
     HAS_STATS: tl.constexpr, WINDOW: tl.constexpr, FORCE_VALUE: tl.constexpr, SALT: tl.constexpr,
-    HAS_MODES: tl.constexpr,
+    HAS_MODES: tl.constexpr, BLOCK_V: tl.constexpr,
     FREE: tl.constexpr, FORCE: tl.constexpr, GUARD: tl.constexpr, REDIRECT: tl.constexpr, BAN: tl.constexpr,
     BEFORE: tl.constexpr, THINKING: tl.constexpr, CLOSING: tl.constexpr, ANSWERING: tl.constexpr,
 ):
@@ -114,11 +114,17 @@ def _step_kernel(
             p24 = tl.load(sp + F_P24)
             decay = tl.load(sp + F_DECAY)
             sched = tl.load(sp + F_SCHED)
-        exited = 1
+        exited = 0
         exit_ok = 0
-        if (modes & MODE_EARLY_EXIT) != 0:
+        if (modes & (MODE_EARLY_EXIT | MODE_MARGIN_EXIT)) != 0:
             exited = tl.load(sp + F_EXITED)
+        if (modes & MODE_EARLY_EXIT) != 0:
             exit_ok = tl.load(sp + F_EXITOK)
+        atbrk = 0
+        margin = 0.0
+        if (modes & MODE_MARGIN_EXIT) != 0:
+            atbrk = tl.load(sp + F_ATBRK)
+            margin = tl.load(sp + F_MARGIN).to(tl.float32, bitcast=True)
         seqp = seq_ptr + key * NSRC * LS
         lenp = seq_len_ptr + key * NSRC
         cap = close_ptr + key * LCA
@@ -226,6 +232,12 @@ def _step_kernel(
                             qsrc = sched % nwait
                             qpos = 0
                             sched += 1
+                if (modes & MODE_MARGIN_EXIT) != 0:  # a free exit break: the margin is tested on this step's logits
+                    atbrk = 0
+                    if plain == 1:
+                        for c in tl.static_range(LBR):
+                            v = tl.load(xbrk_ptr + key * LBR + c)
+                            atbrk = atbrk | ((v == tok) & (v >= 0)).to(tl.int32)
                 if (bad == 0) & (phase == THINKING) & (qsrc < 0) & (ivdone == 0) & (ivn_len > 0) & (think >= ivat):
                     qsrc = SRC_IVN
                     qpos = 0
@@ -252,6 +264,18 @@ def _step_kernel(
                     exited = 1
                     just = 0
                     phase = CLOSING
+            if (modes & MODE_MARGIN_EXIT) != 0:
+                if (atbrk == 1) & (phase == THINKING) & (qsrc < 0) & (just == 0) & (think >= min_t) & (exited == 0):
+                    top = -float("inf")  # the one pass over the vocabulary, at a break only
+                    for v0 in range(0, vocab, BLOCK_V):
+                        offs = v0 + tl.arange(0, BLOCK_V)
+                        top = tl.maximum(top, tl.max(tl.load(lrow + offs, mask=offs < vocab, other=-float("inf")), 0))
+                    if top - tl.load(lrow + te0) <= margin:  # the logit-margin exit
+                        qsrc = SRC_END
+                        qpos = 0
+                        forced = 1
+                        exited = 1
+                        phase = CLOSING
             if qsrc >= 0:
                 act = FORCE
                 atok = tl.load(seqp + qsrc * LS + tl.minimum(qpos, LS - 1))
@@ -343,8 +367,10 @@ def _step_kernel(
             tl.store(sp + F_ANS, ans)
         if (modes & MODE_SCHEDULED_WAITS) != 0:
             tl.store(sp + F_SCHED, sched)
-        if (modes & MODE_EARLY_EXIT) != 0:
+        if (modes & (MODE_EARLY_EXIT | MODE_MARGIN_EXIT)) != 0:
             tl.store(sp + F_EXITED, exited)
+        if (modes & MODE_MARGIN_EXIT) != 0:
+            tl.store(sp + F_ATBRK, atbrk)
         if HAS_STATS:
             stp = stats_ptr + key * NS_
             tl.store(stp + S_NONCE_LO, tl.load(sp + F_NONCE_LO))
@@ -357,7 +383,7 @@ def _step_kernel(
             tl.store(stp + S_FAIL, fail)
             if (modes & MODE_SCHEDULED_WAITS) != 0:
                 tl.store(stp + S_SCHED, sched)
-            if (modes & MODE_EARLY_EXIT) != 0:
+            if (modes & (MODE_EARLY_EXIT | MODE_MARGIN_EXIT)) != 0:
                 tl.store(stp + S_EXITED, exited)
 
 
@@ -379,12 +405,14 @@ def step_cuda(
     _step_kernel[(b,)](
         logits, logits.stride(0),
         row_keys, history, history.stride(0), row_hist, row_base, row_len,
-        slots.state, slots.seq, slots.seq_len, slots.start, slots.close, slots.ban, slots.brk, slots.temp, stats,
+        slots.state, slots.seq, slots.seq_len, slots.start, slots.close, slots.ban, slots.brk, slots.xbrk, slots.temp,
+        stats, logits.shape[1],
         NF_=NF, NSRC=slots.seq.shape[1], LS=slots.seq.shape[2], LTS=slots.start.shape[1], LCA=slots.close.shape[1],
         LB=slots.ban.shape[1], LBR=slots.brk.shape[1], NW=slots.seq.shape[1] - 3,
         SRC_END=slots.src_end, SRC_CLOSE=slots.src_close, SRC_IVN=slots.src_ivn, NS_=NS,
         HAS_STATS=slots.stats is not None, WINDOW=window, FORCE_VALUE=FORCE_LOGIT, SALT=SCHEDULE_SALT,
         HAS_MODES=bool(slots.uses),  # a second compiled variant once any request has used a mode
+        BLOCK_V=1024,
         FREE=_FREE, FORCE=_FORCE, GUARD=_GUARD, REDIRECT=_REDIRECT, BAN=_BAN,
         BEFORE=_BEFORE, THINKING=_THINKING, CLOSING=_CLOSING, ANSWERING=_ANSWERING,
         num_warps=1,

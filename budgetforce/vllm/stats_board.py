@@ -153,7 +153,7 @@ class StatsBoard:
         return row[S.FAIL] if _holds(row, nonce) else None  # None: the engine never wrote this request's row
 
     def exited(self, key: int, nonce: int) -> bool:
-        """Whether the engine carried out `request_exit` for this request (it closed the thinking)."""
+        """Whether an early exit closed this request's thinking (`request_exit` carried out, or the logit margin)."""
         row = self.table[key].tolist()
         return _holds(row, nonce) and bool(row[S.EXITED])
 

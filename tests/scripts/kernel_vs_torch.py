@@ -44,6 +44,9 @@ def modes(rng: random.Random) -> dict:
         out["wait_probability"] = rng.choice([0.2, 0.7, 1.0])
         out["wait_decay"] = rng.random() < 0.5
         out["breaks"] = frozenset({14, 15})
+    if rng.random() < 0.5:  # the logit-margin exit (a break shared with the schedule, and one of its own)
+        out["exit_margin"] = rng.choice([0.0, 0.7, 3.0])
+        out["exit_breaks"] = frozenset({15, 21})
     return out
 
 
@@ -79,6 +82,7 @@ def main(seed: int, window: bool, with_modes: bool = True) -> None:
         raw[:, IM] += 1.5
         raw[:, START] += 0.5
         raw[:, 14:16] += 1.0  # paragraph breaks now and then
+        raw[:, 21] += 1.0
         la, lk = raw.clone(), raw.clone()
         if step == 30:  # the frontend asks some rows to close their thinking now (an early exit)
             for key in keys[::3]:
@@ -101,7 +105,7 @@ def main(seed: int, window: bool, with_modes: bool = True) -> None:
         for o, t in zip(outs, tok):
             o.append(t)
     print("OK", step + 1, "waits", int(a.state[:, F.WAITS].sum()), "forced", int(a.state[:, F.FORCED].sum()),
-          "sched", int(a.state[:, F.SCHED].sum()), "exited", int(a.state[:, F.EXITED].sum()),
+          "sched", int(a.state[:, F.SCHED].sum()), "exited", int(a.state[:, F.EXITED].sum()), "margin rows", int((a.state[:, F.MODES] & 32).ne(0).sum()),
           "ans", int(a.state[:, F.ANS].sum()), "ivn", int(a.state[:, F.IVDONE].sum()))
 
 
