@@ -209,3 +209,99 @@ def test_early_exit_closes_the_thinking_once_probes_agree(engine: Any, run: Call
         assert o.stats.thinking_tokens < max(q.stats.thinking_tokens, 1) or q.finish_reason == "length"
         assert o.token_ids[: o.stats.thinking_tokens - 8] == q.token_ids[: o.stats.thinking_tokens - 8]  # same path until the exit
         assert engine.profile.think_end[0] in o.token_ids  # the close was forced
+
+
+# -- the logit-margin exit: engine == a stop-and-resubmit reference on the model's log-probabilities ---
+async def _free_run(engine: Any, ids: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens from ``ids`` with, per position, ``log p(top) - log p(close)`` on the raw
+    logits (vLLM's `logprob_token_ids`: the close's log-probability beside the sampled one, which
+    under greedy decoding is the top token's)."""
+    import uuid
+
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    close = engine.profile.think_end[0]
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=3, logprob_token_ids=[close])
+    final = None
+    async for out in engine._side.client.generate(TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex):  # noqa: SLF001
+        final = out
+    o = final.outputs[0]
+    gaps = [lp[t].logprob - lp[close].logprob for t, lp in zip(o.token_ids, o.logprobs)]
+    return list(o.token_ids), gaps
+
+
+async def _margin_reference(engine: Any, prompt_ids: list[int], plan: ForcingPlan, max_tokens: int) -> list[int]:
+    """The exit's rules played on free greedy runs: generate, walk the tokens with the controller
+    testing the margin on each position's gap, and resubmit from wherever the rules act."""
+    ctl = ThinkingController(plan, prompt_ids)
+    out: list[int] = []
+    while len(out) < max_tokens:
+        kind, tok = ctl.action()
+        if kind == Action.FORCE:
+            out.append(tok)
+            ctl.accept(tok)
+            continue
+        if out and out[-1] in plan.eos:
+            break
+        toks, gaps = await _free_run(engine, prompt_ids + out, max_tokens - len(out))
+        for tok, gap in zip(toks, gaps):
+            ctl.margin_exit(gap)
+            kind, forced = ctl.action()
+            if kind == Action.FORCE:
+                break  # the rules act here: resubmit
+            redirected = kind == Action.REDIRECT and tok in ctl.redirected  # a budgeted thinking's EOS is the close
+            tok = plan.think_end[0] if redirected else tok
+            out.append(tok)
+            ctl.accept(tok)
+            if redirected:
+                break  # the text differs from the free run's from here: resubmit
+        else:
+            break  # the free run ended (end of sequence, or the cap)
+    return out[:max_tokens]
+
+
+@pytest.mark.engine
+def test_margin_exit_matches_the_reference_and_saves_thinking(engine: Any, run: Callable) -> None:
+    """Greedy engine == the reference loop, token for token; the exit acts at a break past the
+    minimum, and the report says so (`early_exit`, `exit_tokens_saved`)."""
+    from collections import Counter
+
+    cap, hi, lo = 140, 100, 12
+    free = _greedy_pairs(engine, run, Budget(max_thinking_tokens=hi), max_tokens=cap, bias=0.0)
+    counts = Counter(t for a, _ in free for t in a.reasoning_token_ids[lo:])
+    text = next(x for x in (engine.tokenizer.decode([t]) for t, _ in counts.most_common()) if x.strip() and "\ufffd" not in x)
+    probe = engine.profile.plan(Budget(exit_margin=1.0, exit_breaks=(text,)))
+    prompts = [engine.prompt_ids(p) for p in PROMPTS]
+
+    async def gaps_at_breaks() -> list[float]:
+        out = []
+        for ids in prompts:
+            toks, gaps = await _free_run(engine, ids, cap)
+            out += [gaps[i + 1] for i in range(lo, min(len(toks) - 1, hi)) if toks[i] in probe.exit_breaks]
+        return sorted(out)
+
+    gaps = run(gaps_at_breaks())
+    assert len(gaps) >= 5, "too few breaks to test the exit on"
+    margin = gaps[len(gaps) // 3]  # a margin that some breaks meet and others do not
+    budget = Budget(max_thinking_tokens=hi, min_thinking_tokens=lo, exit_margin=margin, exit_breaks=(text,))
+    plan = engine.plan(budget, cap)
+
+    async def go() -> list:
+        outs = []
+        for p, ids in zip(PROMPTS, prompts):
+            a = await engine.generate(p, budget, max_tokens=cap, temperature=0.0, seed=3)
+            outs.append((a, await _margin_reference(engine, ids, plan, cap)))
+        return outs
+
+    exits = 0
+    for a, ref in run(go()):
+        assert a.token_ids == ref
+        if a.stats.early_exit:
+            exits += 1
+            assert a.stats.forced_end and lo <= a.stats.thinking_tokens < hi
+            assert a.stats.exit_tokens_saved == hi - a.stats.thinking_tokens
+            assert a.reasoning_token_ids[-1] in plan.exit_breaks  # it closed right after a break
+        else:
+            assert a.stats.exit_tokens_saved is None
+    assert exits >= 1, "the margin never closed a thinking"
