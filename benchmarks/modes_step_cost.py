@@ -29,8 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 151_936
 START, END, EOS, WAIT, BREAK = 151648, 151649, 151643, 14190, 271
-KINDS = ["none", "guard", "max", "mixed", "modes", "mixed+modes"]
-NEW_ONLY = ("modes", "mixed+modes")  # kinds the baseline cannot run
+KINDS = ["none", "guard", "max", "mixed", "modes", "mixed+modes", "margin"]
+NEW_ONLY = ("modes", "mixed+modes", "margin")  # kinds the baseline cannot run (margin: the logit-margin exit)
 
 
 def _bare_package() -> None:
@@ -55,6 +55,8 @@ def _plan(kind: str, i: int) -> Any:
         return ForcingPlan(**base, min_thinking=10**6)
     if kind == "max":
         return ForcingPlan(**base, max_thinking=10**6)
+    if kind == "margin":  # the logit-margin exit, tested after every break (a quarter of the steps here)
+        return ForcingPlan(**base, max_thinking=10**6, exit_margin=0.0, exit_breaks=frozenset({BREAK}))
     return ForcingPlan(  # modes: each mode on, next to a maximum
         **base, max_thinking=10**6, banned=frozenset({WAIT, 13824, 11489}), intervention=(40, 41, 42),
         intervention_at=64, max_answer=10**6, alpha_moment=10**6, wait_probability=0.05,
