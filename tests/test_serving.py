@@ -126,6 +126,16 @@ def test_thinking_modes_through_vllms_server(client: Any) -> None:
     report, ids, reasoning = run(schedule)
     assert report["scheduled_waits"] >= 1 and reasoning.count("Wait") >= report["scheduled_waits"], report
 
+    # the logit-margin exit, in the processor alone: the widest margin closes at the first break past
+    # the minimum (the student writes one step per line)
+    report, ids, reasoning = run({"exit_margin": 64, "exit_breaks": [".\n"], "min_thinking_tokens": 20,
+                                  "max_thinking_tokens": 200})  # fmt: skip
+    assert report["early_exit"] is True and report["forced_end"] is True, report
+    assert report["exit_tokens_saved"] == 200 - report["thinking_tokens"] and report["thinking_tokens"] >= 20
+    assert tok.decode([ids[report["thinking_tokens"] - 1]]).endswith(".\n"), "it did not close right after a break"
+    report, _, _ = run({"exit_margin": 0.0, "exit_breaks": [".\n"], "max_thinking_tokens": 200})  # only where the close is the top token
+    assert set(report) >= {"early_exit", "exit_tokens_saved"}
+
     for seed in range(4):  # NoWait: the student's own re-checks start with "Wait"; banned, none is written
         _, _, reasoning = run({"banned_thinking_strings": ["Wait"], "max_thinking_tokens": 200}, seed=seed)
         assert "wait" not in reasoning.lower()

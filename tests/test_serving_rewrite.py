@@ -109,6 +109,11 @@ def test_answer_budget_sets_the_maximum_thinking(model: ServedModel) -> None:
          "banned_thinking_strings"),
         ({"thinking_intervention": "x" * 65}, "thinking_intervention"),
         ({"alpha_moment_tokens": 9, "paragraph_breaks": ["§"]}, "paragraph_breaks"),
+        ({"exit_margin": -1}, "exit_margin"),
+        ({"exit_margin": 65}, "exit_margin"),
+        ({"exit_margin": 0.5, "budget_strategy": "rounds"}, "exit_margin"),
+        ({"exit_breaks": ["\n\n"]}, "exit_breaks"),
+        ({"exit_margin": 0.5, "exit_breaks": ["§"]}, "exit_breaks"),
     ],
 )  # fmt: skip
 def test_mode_mistakes_are_400s_naming_the_field(model: ServedModel, fields: dict[str, Any], param: str) -> None:
