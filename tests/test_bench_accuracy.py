@@ -381,7 +381,7 @@ def test_sampler_keeps_the_modes_report_keys_and_sample_rows_write_them() -> Non
     report = {
         "thinking_tokens": 48, "waits_inserted": 0, "forced_end": False, "strategy": "engine", "early_exit": True,
         "probes": 3, "probe_tokens": 27, "answer_tokens": 7, "answer_truncated": False, "intervened": True,
-        "scheduled_waits": 2,
+        "scheduled_waits": 2, "exit_tokens_saved": 11,
     }  # fmt: skip
 
     def handler(request: httpx.Request) -> httpx.Response:

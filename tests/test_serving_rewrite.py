@@ -169,6 +169,9 @@ class _Board:
     def failure(self, key: int, nonce: int) -> int:
         return 0
 
+    def exited(self, key: int, nonce: int) -> bool:
+        return False
+
 
 def test_report_gains_the_keys_of_the_modes_used(model: ServedModel) -> None:
     from budgetforce.server.annotate import Annotator, BoardRow

@@ -166,7 +166,7 @@ def record(state: dict[str, Any], key: str, res: dict[str, Any], before: dict[st
         "output_throughput": res.get("output_throughput"), "total_token_throughput": res.get("total_token_throughput"),
         "completed": res.get("completed"), "failed": res.get("failed", 0), "duration_s": res.get("duration"),
         "median_ttft_ms": res.get("median_ttft_ms"), "p99_ttft_ms": res.get("p99_ttft_ms"),
-        "median_itl_ms": res.get("median_itl_ms"), "median_tpot_ms": res.get("median_tpot_ms"),
+        "median_itl_ms": res.get("median_itl_ms"), "p99_itl_ms": res.get("p99_itl_ms"), "median_tpot_ms": res.get("median_tpot_ms"),
         "budgeted_choices": choices,
         "waits_per_choice": delta["waits_inserted"] / choices if choices else None,
         "thinking_per_choice": delta["thinking_tokens"] / choices if choices else None,

@@ -32,7 +32,8 @@ class BenchError(Exception):
 MODE_FIELDS: dict[str, tuple[str, ...]] = {mode: (*on, *qualifiers) for mode, (on, qualifiers) in MODES.items()}
 MODE_FIELD_NAMES = tuple(name for names in MODE_FIELDS.values() for name in names)
 # What the modes add to a choice's `budget` report; kept per sample and summarised per point.
-MODE_REPORT_KEYS = tuple(key for keys in REPORT_KEYS.values() for key in keys)
+# each key once: two modes may report the same key (`early_exit` by probes and by the logit margin)
+MODE_REPORT_KEYS = tuple(dict.fromkeys(key for keys in REPORT_KEYS.values() for key in keys))
 
 LABEL_TEXT_CHARS = 24  # longer free text (an intervention, a probe lead) is cut in labels, with a digest
 LABEL_LIST_CHARS = 40  # likewise a long list of strings (banned strings, paragraph breaks)
@@ -188,6 +189,7 @@ class SamplerResponse:
     early_exit: bool | None = None
     probes: int | None = None
     probe_tokens: int | None = None
+    exit_tokens_saved: int | None = None
     finish_reason: str | None = None
     latency_s: float = 0.0
     attempts: int = 1
