@@ -563,6 +563,8 @@ def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
         (["accuracy", "--backend", "sglang", "--max", "1"], "`--backend` must be"),
         (["accuracy", "--strategy", "gpu", "--max", "1"], "`--strategy` must be"),
         (["accuracy", "--eval", "nope", "--max", "1"], "unknown eval"),
+        (["accuracy", "--votes", "2"], "set --temperature"),
+        (["accuracy", "--backend", "vllm", "--votes", "2", "--temperature", "0.6"], "no vote over choices"),
         (["accuracy", "--max", "1", "--base-url", "http://127.0.0.1:9/v1"], "cannot reach"),
         (["load", "--concurrency", "1,x"], "`--concurrency` expects"),
         (["load", "--min-thinking", "9", "--max-thinking", "3"], "exceeds"),
@@ -767,3 +769,72 @@ def test_every_sample_gets_its_own_stable_seed() -> None:
     seeds = [sample_seed(k) for k in keys]
     assert len(set(seeds)) == 8
     assert seeds == [sample_seed(k) for k in keys]
+
+
+# --- the vote: n thinkings per sample, graded on their majority -------------------------------
+
+
+def test_vote_points_label_validate_and_send_the_vote_fields() -> None:
+    spec = sweep.SweepSpec(baseline=True, votes=[2, 4], extra=[sweep.parse_point(
+        '{"n": 4, "budget_aggregate": "vote", "vote_grader": "math", "total_thinking_tokens": 400}')])  # fmt: skip
+    points = spec.points(max_tokens=1024)
+    assert [p.label for p in points] == ["baseline", "vote2", "vote4", "vote4=math,total=400"]
+    assert points[1].votes and not points[1].has_s1_budget and not points[0].votes
+    assert budget_fields(points[3], "budgetforce") == {
+        "n": 4, "budget_aggregate": "vote", "vote_grader": "math", "total_thinking_tokens": 400,
+    }  # fmt: skip
+    with pytest.raises(BenchError, match="no vote over choices"):
+        budget_fields(points[1], "vllm")
+    for spec_, message in (
+        ('{"n": 4}', 'goes with `budget_aggregate: "vote"`'),
+        ('{"budget_aggregate": "vote"}', "needs `n`"),
+        ('{"n": 1, "budget_aggregate": "vote"}', "greater than or equal to 2"),
+        ('{"vote_grader": "integer"}', 'goes with `budget_aggregate: "vote"`'),
+    ):
+        with pytest.raises(BenchError, match=message):
+            sweep.parse_point(spec_)
+    with pytest.raises(BenchError, match="invalid --votes point"):
+        sweep.SweepSpec(votes=[1]).points(max_tokens=100)
+
+
+def vote_completion(answers: list[str], index: int | None, thinking: int) -> dict:
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": a, "reasoning": "r"}, "finish_reason": "stop",
+         "budget": {"thinking_tokens": 10 + i, "waits_inserted": 0, "forced_end": False, "strategy": "engine"}}
+        for i, a in enumerate(answers)
+    ]  # fmt: skip
+    vote = {"answer": None, "votes": 2, "share": 0.5, "choices": len(answers), "index": index,
+            "keys": [], "grader": "integer", "thinking_tokens": thinking}  # fmt: skip
+    usage = {"prompt_tokens": 5, "completion_tokens": 80, "completion_tokens_details": {"reasoning_tokens": thinking}}
+    return {"id": "x", "object": "chat.completion", "choices": choices, "usage": usage, "vote": vote}
+
+
+def test_a_vote_is_graded_on_the_majority_choice_and_counts_all_the_thinking(tmp_path: Path) -> None:
+    sent: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=vote_completion(["1", "2", "2", "7"], index=1, thinking=46))
+
+    class Integers(ArithmeticEval):
+        vote_grader = "integer"
+
+    point = BudgetSettings(n=4, budget_aggregate="vote")
+    sampler = mock_sampler(handler)
+    rows = asyncio.run(accuracy.run_sweep(Integers(1), sampler, [point], tmp_path, progress=False))
+    # the eval's grader went out with the request; the point's label (the resume key) has none
+    assert (sent[0]["n"], sent[0]["budget_aggregate"], sent[0]["vote_grader"]) == (4, "vote", "integer")
+    [r] = rows
+    assert (r["point"], r["score"], r["extracted_answer"]) == ("vote4", 0.0, "2")  # choice 1's answer, graded
+    assert (r["thinking_tokens"], r["thinking_tokens_source"], r["vote_share"]) == (46, "vote", 0.5)
+    assert r["within_budget"] is None and r["vote"]["index"] == 1
+    entry = reporting.summarize(rows, [point])["points"][0]
+    assert (entry["mode"], entry["series"], entry["mean_vote_share"], entry["mean_thinking_tokens"]) == (
+        ["vote"], "mode:vote", 0.5, 46)  # fmt: skip
+    # no choice stated an answer: graded on choice 0
+    result = sampler.parse({}, vote_completion(["x", "1"], index=None, thinking=9))
+    assert (result.content, result.thinking_tokens) == ("x", 9)
+    assert "vote share %" in reporting.markdown_table(reporting.summarize(rows, [point])).splitlines()[0]
+    reporting.plot(reporting.summarize(rows, [point, BudgetSettings(n=2, budget_aggregate="vote")]),
+                   tmp_path / "p.png", "vote")  # fmt: skip
+    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")

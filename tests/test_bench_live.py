@@ -23,23 +23,37 @@ def test_bench_accuracy_live(live_server_url: str, tmp_path: Path) -> None:
     out = tmp_path / "acc"
     args = [
         "accuracy", "--base-url", live_server_url, "--eval", "gsm8k", "-n", "2", "--max-tokens", "48",
-        "--max", "16", "--min-max", "8:24", "--baseline", "--out", str(out), "--no-progress", "-c", "2",
+        "--max", "16", "--min-max", "8:24", "--baseline", "--votes", "3", "--out", str(out), "--no-progress",
+        "-c", "2", "--temperature", "0.6",  # sampled (a vote's choices would be identical greedy); seeded per sample
     ]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = store.read_samples(out / store.SAMPLES_FILE)
-    assert len(rows) == 6 and all(r["error"] is None for r in rows)
+    assert len(rows) == 8 and all(r["error"] is None for r in rows)
     assert all(r["thinking_tokens"] is not None for r in rows)
     for r in rows:
         if r["point"] == "max=16":
             assert r["thinking_tokens"] <= 16 and r["request"]["max_thinking_tokens"] == 16
         if r["point"] == "min=8,max=24":
             assert 8 <= r["thinking_tokens"] <= 24
+        if r["point"] == "vote3":  # three choices, read by gsm8k's grader; graded on the majority's choice
+            assert r["request"]["n"] == 3 and r["request"]["vote_grader"] == "integer"
+            vote, choices = r["vote"], r["response"]["choices"]
+            assert len(choices) == 3 and r["thinking_tokens"] == vote["thinking_tokens"]
+            assert vote["thinking_tokens"] == sum(c["budget"]["thinking_tokens"] for c in choices)
+            graded = choices[vote["index"] if vote["index"] is not None else 0]["message"]["content"]
+            assert r["score"] == reporting_score(graded, r["correct_answer"])
     summary = json.loads((out / reporting.SUMMARY_FILE).read_text())
     assert summary["s1"]["all"]["control"] == 1.0
     assert (out / reporting.PLOT_FILE).exists()
     rerun = runner.invoke(app, args)  # everything done: nothing is sent again
-    assert rerun.exit_code == 0 and len(store.read_samples(out / store.SAMPLES_FILE)) == 6
+    assert rerun.exit_code == 0 and len(store.read_samples(out / store.SAMPLES_FILE)) == 8
+
+
+def reporting_score(text: str, reference: str) -> float:
+    from budgetforce.core import graders
+
+    return graders.grade_integer(reference, text)[0]
 
 
 def test_bench_load_live(live_server_url: str, tmp_path: Path) -> None:

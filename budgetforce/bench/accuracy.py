@@ -95,6 +95,8 @@ def sample_row(
         "waits_inserted": response.waits_inserted,
         "forced_end": response.forced_end,
         **{key: getattr(response, key) for key in MODE_REPORT_KEYS},
+        "vote_share": None if response.vote is None else response.vote.get("share"),
+        "vote": response.vote,
         "within_budget": within,
         "finish_reason": response.finish_reason,
         "latency_s": round(response.latency_s, 4),
@@ -103,6 +105,14 @@ def sample_row(
         "request": response.request,
         "response": response.response,
     }
+
+
+def request_point(point: BudgetSettings, eval_: Eval) -> BudgetSettings:
+    """The point as sent: a vote that names no grader is read by the eval's own (its label, the
+    resume key, stays the point's)."""
+    if point.votes and point.vote_grader is None:
+        return point.model_copy(update={"vote_grader": eval_.vote_grader})
+    return point
 
 
 async def run_sweep(
@@ -135,7 +145,7 @@ async def run_sweep(
 
         async def one(key: str, point: BudgetSettings, example: Example, repeat: int) -> None:
             async with semaphore:
-                response = await sampler(eval_.messages(example), point, seed=sample_seed(key))
+                response = await sampler(eval_.messages(example), request_point(point, eval_), seed=sample_seed(key))
             row = sample_row(key, eval_, point, example, repeat, response)
             sink.write(json.dumps(row, ensure_ascii=False) + "\n")
             sink.flush()

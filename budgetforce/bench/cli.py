@@ -158,6 +158,11 @@ def accuracy_command(
         int | None, typer.Option(min=1, help="Waits points: minimum thinking (default: the cap).")
     ] = None,
     waits_max: Annotated[int | None, typer.Option(min=1, help="Waits points: maximum thinking.")] = None,
+    votes: Annotated[
+        str | None,
+        typer.Option("--votes", help="Vote points: n thinkings per problem, graded on their majority "
+                     "(budget_aggregate vote, read by the eval's grader), e.g. 2,4,8."),
+    ] = None,
     wait_string: Annotated[
         list[str] | None, typer.Option("--wait-string", help="Repeatable: one series per string (s1 Table 4).")
     ] = None,
@@ -171,7 +176,8 @@ def accuracy_command(
             help="Repeatable: one more point as a JSON object of budget fields, s1's and the thinking modes' "
             "(banned_thinking_strings, thinking_intervention, intervention_at, max_answer_tokens, "
             "alpha_moment_tokens, alpha, wait_probability, wait_decay, paragraph_breaks, probe_every, "
-            "probe_agree, probe_lead, probe_max_tokens), e.g. "
+            "probe_agree, probe_lead, probe_max_tokens, exit_margin, exit_breaks) and the vote's (n, "
+            "budget_aggregate, vote_grader, total_thinking_tokens), e.g. "
             '\'{"probe_every": 16, "probe_agree": 2, "max_thinking_tokens": 256}\'. Run after the other points, '
             "as given (not crossed with --strategy, --wait-string or --answer-prefix).",
         ),
@@ -203,6 +209,7 @@ def accuracy_command(
             waits=sweep.parse_int_list(waits, "--waits", "0,1,2,4"),
             waits_min=waits_min,
             waits_max=waits_max,
+            votes=sweep.parse_int_list(votes, "--votes", "2,4,8"),
             wait_strings=wait_string or [],
             strategies=check_strategies(strategy or []),
             answer_prefix=answer_prefix,
@@ -211,6 +218,11 @@ def accuracy_command(
         points = spec.points(max_tokens)
         for point in points:
             budget_fields(point, checked_backend)  # refuse vLLM-incompatible points before any request
+            if point.votes and temperature == 0:  # vLLM refuses n > 1 under greedy decoding: say so first
+                raise BenchError(
+                    f"point {point.label!r} votes over {point.n} thinkings, which greedy decoding would make "
+                    "identical (vLLM refuses n > 1 at temperature 0); set --temperature, e.g. 0.6"
+                )
         eval_ = load_eval(
             eval_name, num_examples, seed, data_path, question_field, answer_field, id_field, grader, prompt_template
         )

@@ -26,6 +26,8 @@ MODE_METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("mean_probe_tokens", "probe_tokens", "probe tok", False),
     ("mean_answer_tokens", "answer_tokens", "answer tok", False),
     ("answer_truncated_rate", "answer_truncated", "answer cut %", True),
+    ("mean_exit_tokens_saved", "exit_tokens_saved", "exit saved tok", False),
+    ("mean_vote_share", "vote_share", "vote share %", True),
 )
 
 
@@ -88,11 +90,17 @@ def scaling(points: Sequence[tuple[float, float]]) -> float | None:
     return statistics.fmean(slopes) if slopes else None
 
 
+def point_modes(point: BudgetSettings) -> list[str]:
+    """The point's thinking modes beyond s1, and `vote` for a voting point."""
+    return [*point.modes, *(["vote"] if point.votes else [])]
+
+
 def series_name(point: BudgetSettings) -> str:
     """Points that share strategy and wait strings form one series (one line in the plot); points
     of the modes beyond s1 form series by their modes (`mode:nowait`, `mode:early_exit`, ...)."""
+    modes = point_modes(point)
     parts = [
-        "mode:" + "+".join(point.modes) if point.modes else "",
+        "mode:" + "+".join(modes) if modes else "",
         f"strategy={point.strategy}" if point.strategy else "",
         "wait=" + "|".join(point.wait_strings) if point.wait_strings else "",
     ]
@@ -111,7 +119,7 @@ def summarize(rows: Sequence[dict[str, Any]], points: Sequence[BudgetSettings]) 
             {
                 "point": point.label,
                 "series": "baseline" if point.is_baseline else series_name(point),
-                "mode": list(point.modes),
+                "mode": point_modes(point),
                 **result.metrics,
             }
         )
@@ -213,8 +221,10 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     texts: list[Any] = []  # every annotation, so that a mode point's label avoids them
     all_ys: list[float] = []
     plotted = [e for e in summary["points"] if e["mean_thinking_tokens"] is not None and e["accuracy"] is not None]
-    mode_entries = [e for e in plotted if e.get("mode")]
-    for name in dict.fromkeys(e["series"] for e in summary["points"] if not e.get("mode")):
+    # s1's series and the vote's (n = 2, 4, 8 … without other modes) are lines; the other modes' points markers
+    lines = [e for e in summary["points"] if not e.get("mode") or e.get("mode") == ["vote"]]
+    mode_entries = [e for e in plotted if e.get("mode") and e.get("mode") != ["vote"]]
+    for name in dict.fromkeys(e["series"] for e in lines):
         entries = sorted((e for e in plotted if e["series"] == name), key=lambda e: e["mean_thinking_tokens"])
         if not entries:
             continue
@@ -224,7 +234,10 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
         if name == "baseline":
             ax.scatter(xs, ys, marker="*", s=160, color="black", label="no budget", zorder=3)
             continue
-        ax.plot(xs, ys, marker="o", label=f"s1: {name}" if mode_entries else name)
+        if name == "mode:vote":
+            ax.plot(xs, ys, marker="s", linestyle="--", color="C8", label="majority vote over n thinkings")
+        else:
+            ax.plot(xs, ys, marker="o", label=f"s1: {name}" if mode_entries else name)
         for x, y, e in zip(xs, ys, entries):
             text = ",".join(p for p in e["point"].split(",") if not p.startswith(("wait=", "strategy=")))
             if (x, y, text) not in annotated:  # series that share a budget share its label

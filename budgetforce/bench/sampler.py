@@ -51,6 +51,11 @@ def budget_fields(budget: BudgetSettings, backend: Backend) -> dict[str, Any]:
             for name in ("min_thinking_tokens", "max_waits", "wait_strings", "answer_prefix", "strategy")
             if getattr(budget, name) is not None
         ]
+        if budget.votes:
+            raise BenchError(
+                f"backend `vllm` has no vote over choices; point {budget.label!r} sets `budget_aggregate`. "
+                "Use --backend budgetforce against a budgetforce server."
+            )
         if budget.modes:
             raise BenchError(
                 f"backend `vllm` has none of budgetforce's thinking modes; point {budget.label!r} uses "
@@ -73,6 +78,10 @@ def budget_fields(budget: BudgetSettings, backend: Backend) -> dict[str, Any]:
         "wait_strings": list(budget.wait_strings) if budget.wait_strings is not None else None,
         "answer_prefix": budget.answer_prefix,
         "budget_strategy": budget.strategy,
+        "n": budget.n,
+        "budget_aggregate": budget.budget_aggregate,
+        "vote_grader": budget.vote_grader,
+        "total_thinking_tokens": budget.total_thinking_tokens,
     }
     for name in budget.mode_fields:  # the modes' fields go out under their own names
         value = getattr(budget, name)
@@ -197,7 +206,10 @@ class ChatSampler:
         )
 
     def parse(self, body: dict[str, Any], payload: dict[str, Any]) -> SamplerResponse:
-        choice = payload["choices"][0]
+        vote = payload.get("vote")
+        # a vote is graded on the majority's answer: the first choice that gave it (choice 0 when none did)
+        index = vote.get("index") if isinstance(vote, dict) else None
+        choice = next((c for c in payload["choices"] if c.get("index") == index), payload["choices"][0])
         reasoning, content = split_reasoning(choice.get("message") or {})
         usage = payload.get("usage") or {}
         details = usage.get("completion_tokens_details") or {}
@@ -211,8 +223,13 @@ class ChatSampler:
             waits_inserted=budget.get("waits_inserted"),
             forced_end=budget.get("forced_end"),
             finish_reason=choice.get("finish_reason"),
+            vote=vote if isinstance(vote, dict) else None,
             **{key: budget.get(key) for key in MODE_REPORT_KEYS},
         )
+        if result.vote is not None and result.vote.get("thinking_tokens") is not None:
+            # all the choices' thinking: what the vote spent, the x axis it is compared on
+            result.thinking_tokens, result.thinking_tokens_source = result.vote["thinking_tokens"], "vote"
+            return result
         reported = details.get("reasoning_tokens")
         # vLLM 0.32 reports 0 when the chat template opens `<think>` in the prompt (R1 family),
         # so a zero next to non-empty reasoning text is not trusted.

@@ -94,13 +94,14 @@ class SweepSpec(BaseModel):
     waits: list[int] = Field(default_factory=list)
     waits_min: int | None = Field(default=None, ge=1)
     waits_max: int | None = Field(default=None, ge=1)
+    votes: list[int] = Field(default_factory=list)
     wait_strings: list[str] = Field(default_factory=list)
     strategies: list[Strategy] = Field(default_factory=list)
     answer_prefix: str | None = None
     extra: list[BudgetSettings] = Field(default_factory=list)
 
     def points(self, max_tokens: int) -> list[BudgetSettings]:
-        """The sweep's budgets in a stable order (baseline, max, min, min:max, waits, extra)."""
+        """The sweep's budgets in a stable order (baseline, max, min, min:max, waits, votes, extra)."""
         plain: list[BudgetSettings] = [BudgetSettings(max_thinking_tokens=hi) for hi in self.max_only]
         forcing: list[dict[str, Any]] = [{"min_thinking_tokens": lo} for lo in self.min_only]
         forcing += [{"min_thinking_tokens": lo, "max_thinking_tokens": hi} for lo, hi in self.min_max]
@@ -122,10 +123,14 @@ class SweepSpec(BaseModel):
                 for p in points
                 for s in (self.strategies or [None])
             ]
+        try:  # votes: n plain thinkings each, graded on their majority; not crossed with the rest
+            points += [BudgetSettings(n=n, budget_aggregate="vote") for n in self.votes]
+        except ValidationError as exc:
+            raise BenchError(f"invalid --votes point: {exc.errors()[0]['msg']}") from exc
         unique = list(dict.fromkeys([*points, *self.extra]))
         if not unique:
             raise BenchError(
-                "empty sweep: give at least one of --max, --min, --min-max, --waits, --point or --baseline"
+                "empty sweep: give at least one of --max, --min, --min-max, --waits, --votes, --point or --baseline"
             )
         check_labels(unique)
         return unique

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from budgetforce.core.budget import MODES, REPORT_KEYS, Budget, check_min_max, optional_fields
+from budgetforce.core.budget import MODES, REPORT_KEYS, Budget, BudgetRequest, check_min_max, optional_fields
+from budgetforce.core.vote import VoteGrader
 
 Message = dict[str, str]  # keys role, content
 MessageList = list[Message]
@@ -96,8 +97,17 @@ _MODE_PARTS = (
     _part("wait_decay", str), _part("paragraph_breaks", lambda v: "breaks=" + label_list(v)), _probe_part,
     _part("probe_lead", lambda v: f"lead={label_text(v)}"), _part("probe_max_tokens", "probe_max={}".format),
 )  # fmt: skip
+
+
+def _vote_part(point: Any) -> str | None:
+    if point.budget_aggregate is None:
+        return None
+    return f"vote{'?' if point.n is None else point.n}" + ("" if point.vote_grader is None else f"={point.vote_grader}")
+
+
 _TAIL_PARTS = (_part("wait_strings", lambda v: "wait=" + "|".join(v)), _part("answer_prefix", lambda v: f"prefix={v!r}"),
-               _part("strategy", "strategy={}".format))  # fmt: skip
+               _part("strategy", "strategy={}".format), _vote_part,
+               _part("total_thinking_tokens", "total={}".format))  # fmt: skip
 
 
 class _SettingsBase(BaseModel):
@@ -113,10 +123,31 @@ class _SettingsBase(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Parallel thinking with a vote (request-level fields, the server's own; `n` is OpenAI's).
+    # A voting sample is graded on the majority's answer and counts the thinking of all its choices.
+    n: int | None = Field(None, ge=2, description="Choices per request; only with `budget_aggregate: \"vote\"`.")
+    budget_aggregate: Literal["vote"] | None = BudgetRequest.model_fields["budget_aggregate"]
+    vote_grader: VoteGrader | None = Field(
+        None, description="How the server reads an answer for the vote; default: the eval's own grader."
+    )
+    total_thinking_tokens: int | None = BudgetRequest.model_fields["total_thinking_tokens"]
+
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Any:
         check_min_max(self.min_thinking_tokens, self.max_thinking_tokens)  # type: ignore[attr-defined]
+        # the harness grades one answer per sample: several choices only as a vote's
+        if self.n is not None and self.budget_aggregate is None:
+            raise ValueError('`n` goes with `budget_aggregate: "vote"` (a sample is graded on one answer)')
+        if self.budget_aggregate is not None and self.n is None:
+            raise ValueError('`budget_aggregate: "vote"` needs `n`, the number of choices that vote (2 or more)')
+        if self.vote_grader is not None and self.budget_aggregate is None:
+            raise ValueError('`vote_grader` goes with `budget_aggregate: "vote"`')
         return self
+
+    @property
+    def votes(self) -> bool:
+        """A voting point: `n` choices, graded on their majority."""
+        return self.budget_aggregate == "vote"
 
     @property
     def is_baseline(self) -> bool:
@@ -126,7 +157,7 @@ class _SettingsBase(BaseModel):
     @property
     def has_s1_budget(self) -> bool:
         """A minimum, a maximum or a wait count: the points s1's Control is measured on."""
-        return (
+        return not self.votes and (
             self.min_thinking_tokens is not None or self.max_thinking_tokens is not None or self.max_waits is not None
         )
 
@@ -177,7 +208,7 @@ class SamplerResponse:
     content: str = ""
     reasoning: str = ""
     thinking_tokens: int | None = None
-    thinking_tokens_source: Literal["usage", "budget", "tokenizer"] | None = None
+    thinking_tokens_source: Literal["usage", "budget", "tokenizer", "vote"] | None = None
     completion_tokens: int | None = None
     waits_inserted: int | None = None
     forced_end: bool | None = None
@@ -190,6 +221,7 @@ class SamplerResponse:
     probes: int | None = None
     probe_tokens: int | None = None
     exit_tokens_saved: int | None = None
+    vote: dict[str, Any] | None = None  # the response's `vote` object (a voting point), verbatim
     finish_reason: str | None = None
     latency_s: float = 0.0
     attempts: int = 1
@@ -236,6 +268,7 @@ class Eval:
 
     name: str = "eval"
     QUERY_TEMPLATE: str = "{question}"
+    vote_grader: VoteGrader = "exact"  # how the server reads answers for a vote: as `grade` does
 
     def __init__(self, examples: list[Example], num_examples: int | None = None, seed: int = 0) -> None:
         if num_examples is not None and num_examples < len(examples):

@@ -22,6 +22,7 @@ class AIMEEval(Eval):
 
     def __init__(self, year: int, data_path: Path | None, num_examples: int | None = None, seed: int = 0) -> None:
         self.name = f"aime{year}"
+        self.vote_grader = "integer"
         if data_path is None:
             raise BenchError(
                 f"AIME {year} problems are not shipped with budgetforce (they are (c) MAA); "

@@ -16,6 +16,7 @@ DATA_FILES = {"test": "gsm8k_test.jsonl", "train": "gsm8k_train.jsonl"}
 
 class GSM8KEval(Eval):
     name = "gsm8k"
+    vote_grader = "integer"
     QUERY_TEMPLATE = QUERY_TEMPLATE
 
     def __init__(self, num_examples: int | None = None, seed: int = 0, split: str = "test") -> None:

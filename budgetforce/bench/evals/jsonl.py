@@ -49,6 +49,9 @@ class JsonlEval(Eval):
         self.name = f"jsonl:{Path(data_path).stem}"
         self.QUERY_TEMPLATE = query_template
         self._grade = GRADERS[grader]
+        # the server reads a vote's answers as `grade` does: `exact` grades the extracted answer in
+        # the math normal form, which is the server's `math` key
+        self.vote_grader = "math" if grader == "exact" else grader
         rows = read_jsonl(data_path)
         examples = []
         for i, row in enumerate(rows):

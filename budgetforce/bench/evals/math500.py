@@ -17,6 +17,7 @@ QUERY_TEMPLATE = "{question}\nPlease reason step by step, and put your final ans
 
 class Math500Eval(Eval):
     name = "math500"
+    vote_grader = "math"
     QUERY_TEMPLATE = QUERY_TEMPLATE
 
     def __init__(self, num_examples: int | None = None, seed: int = 0) -> None:

@@ -32,6 +32,7 @@ def load_task() -> ModuleType:
 
 class StudentTaskEval(Eval):
     name = "student"
+    vote_grader = "integer"
 
     def __init__(self, num_examples: int | None = None, seed: int | None = None) -> None:
         task = load_task()
