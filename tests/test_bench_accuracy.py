@@ -7,6 +7,7 @@ format (uvicorn on a free port), so they need no model and take seconds.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import socket
 import threading
@@ -838,3 +839,20 @@ def test_a_vote_is_graded_on_the_majority_choice_and_counts_all_the_thinking(tmp
     reporting.plot(reporting.summarize(rows, [point, BudgetSettings(n=2, budget_aggregate="vote")]),
                    tmp_path / "p.png", "vote")  # fmt: skip
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_every_point_field_shows_in_the_label() -> None:
+    """Labels are resume keys: a field left out of them would merge two points' samples."""
+    values = {"wait_decay": "constant", "budget_aggregate": "vote", "vote_grader": "math", "strategy": "rounds"}
+    labels: dict[str, list[str]] = collections.defaultdict(list)
+    for name, field in BudgetSettings.model_fields.items():
+        annotation = str(field.annotation)
+        value = values.get(name) or (
+            ("x",) if "tuple" in annotation else "x" if "str" in annotation else 0.5 if "float" in annotation else 3
+        )
+        fields = {name: value, **({"n": 2} if name in ("budget_aggregate", "vote_grader") else {})}
+        fields |= {"budget_aggregate": "vote"} if name in ("n", "vote_grader") else {}
+        if name in ("intervention_at",):
+            fields["thinking_intervention"] = "x"
+        labels[BudgetSettings(**fields).label].append(name)
+    assert "baseline" not in labels and all(len(names) == 1 for names in labels.values()), labels

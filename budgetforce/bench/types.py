@@ -96,6 +96,7 @@ _MODE_PARTS = (
     _part("alpha_moment_tokens", "alpha@{}".format), _part("wait_probability", lambda v: f"p={v!r}"),
     _part("wait_decay", str), _part("paragraph_breaks", lambda v: "breaks=" + label_list(v)), _probe_part,
     _part("probe_lead", lambda v: f"lead={label_text(v)}"), _part("probe_max_tokens", "probe_max={}".format),
+    _part("exit_margin", lambda v: f"margin={v!r}"), _part("exit_breaks", lambda v: "exit_breaks=" + label_list(v)),
 )  # fmt: skip
 
 
