@@ -9,7 +9,8 @@ OUT=${OUT:-benchmarks/results/student-modes/margin-vote}
 BF=${BF:-.venv/bin/budgetforce}
 N=${N:-500}
 COMMON=(--eval student -n "$N" --base-url http://127.0.0.1:8011/v1 --temperature 0.6 --top-p 0.95 -c 64
-        --no-progress --max-tokens 1024)
+        --no-progress --max-tokens 1024
+        --tokenizer budgetforce/student/model)  # unbudgeted requests carry no thinking count: count those here
 MARGINS=${MARGINS:-"1 4 16"}
 margin_points=()
 for m in $MARGINS; do
