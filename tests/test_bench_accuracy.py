@@ -790,7 +790,7 @@ def test_vote_points_label_validate_and_send_the_vote_fields() -> None:
         ('{"n": 4}', 'goes with `budget_aggregate: "vote"`'),
         ('{"budget_aggregate": "vote"}', "needs `n`"),
         ('{"n": 1, "budget_aggregate": "vote"}', "greater than or equal to 2"),
-        ('{"vote_grader": "integer"}', 'goes with `budget_aggregate: "vote"`'),
+        ('{"vote_grader": "integer"}', 'qualifies `budget_aggregate: "vote"`'),
     ):
         with pytest.raises(BenchError, match=message):
             sweep.parse_point(spec_)

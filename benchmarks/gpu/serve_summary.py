@@ -39,8 +39,7 @@ def summarise(state: dict[str, Any]) -> dict[str, Any]:
         tp = r["output_throughput"]
         r["vs_vllm_none"] = tp / base if tp and base else None
         r["vs_own_none"] = tp / own if tp and own else None
-    meta = {k: v for k, v in state.get("meta", {}).items()}
-    return {"meta": meta, "bias": state.get("bias"), "refused": state.get("refused", {}), "rows": rows}
+    return {"meta": state.get("meta", {}), "bias": state.get("bias"), "refused": state.get("refused", {}), "rows": rows}
 
 
 def plot(summary: dict[str, Any], out: Path) -> None:

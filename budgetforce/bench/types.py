@@ -16,7 +16,15 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from budgetforce.core.budget import MODES, REPORT_KEYS, Budget, BudgetRequest, check_min_max, optional_fields
+from budgetforce.core.budget import (
+    MODES,
+    REPORT_KEYS,
+    Budget,
+    BudgetRequest,
+    check_min_max,
+    check_vote_fields,
+    optional_fields,
+)
 from budgetforce.core.vote import VoteGrader
 
 Message = dict[str, str]  # keys role, content
@@ -136,13 +144,13 @@ class _SettingsBase(BaseModel):
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Any:
         check_min_max(self.min_thinking_tokens, self.max_thinking_tokens)  # type: ignore[attr-defined]
+        check_vote_fields(self.budget_aggregate, self.vote_grader, self.total_thinking_tokens,
+                          self.max_thinking_tokens)  # type: ignore[attr-defined]  # fmt: skip
         # the harness grades one answer per sample: several choices only as a vote's
         if self.n is not None and self.budget_aggregate is None:
             raise ValueError('`n` goes with `budget_aggregate: "vote"` (a sample is graded on one answer)')
         if self.budget_aggregate is not None and self.n is None:
             raise ValueError('`budget_aggregate: "vote"` needs `n`, the number of choices that vote (2 or more)')
-        if self.vote_grader is not None and self.budget_aggregate is None:
-            raise ValueError('`vote_grader` goes with `budget_aggregate: "vote"`')
         return self
 
     @property

@@ -90,6 +90,18 @@ def check_min_max(lo: int | None, hi: int | None) -> None:
         )
 
 
+def check_vote_fields(aggregate: str | None, grader: str | None, total: int | None, hi: int | None) -> None:
+    """The vote's request-level rules: a total thinking maximum or a per-choice one, not both; a
+    grader only with the vote."""
+    if total is not None and hi is not None:
+        raise FieldError(
+            "total_thinking_tokens",
+            "set one of `total_thinking_tokens` (all choices together) or `max_thinking_tokens` (per choice)",
+        )
+    if grader is not None and aggregate is None:
+        raise FieldError("vote_grader", "`vote_grader` qualifies `budget_aggregate: \"vote\"`; set it too, or drop it")
+
+
 def optional_fields(model: type[BaseModel], lists: bool = False, rename: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``model``'s fields as optional ones, for `pydantic.create_model`: default None (the field unset),
     the same constraints and descriptions; with ``lists``, tuples become lists (a strict model
@@ -587,13 +599,8 @@ class _RequestBase(BaseModel):
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Any:
         check_min_max(self.min_thinking_tokens, self.max_thinking_tokens)  # type: ignore[attr-defined]
-        if self.total_thinking_tokens is not None and self.max_thinking_tokens is not None:  # type: ignore[attr-defined]
-            raise FieldError(
-                "total_thinking_tokens",
-                "set one of `total_thinking_tokens` (all choices together) or `max_thinking_tokens` (per choice)",
-            )
-        if self.vote_grader is not None and self.budget_aggregate is None:
-            raise FieldError("vote_grader", "`vote_grader` qualifies `budget_aggregate: \"vote\"`; set it too, or drop it")
+        check_vote_fields(self.budget_aggregate, self.vote_grader, self.total_thinking_tokens,
+                          self.max_thinking_tokens)  # type: ignore[attr-defined]  # fmt: skip
         return self
 
     def resolve(self, defaults: BudgetDefaults, choices: int = 1) -> ResolvedBudget:
