@@ -156,10 +156,13 @@ def count(t: Target, ids: list[int], waits: tuple[str, ...] = (WAIT,)) -> dict[s
 
 
 class Checks:
-    def __init__(self) -> None:
+    def __init__(self, only: list[str] | None = None) -> None:
         self.rows: list[dict[str, Any]] = []
+        self.only = only or []  # run only the checks whose name holds one of these texts
 
     def run(self, target: str, name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if self.only and not any(o in name for o in self.only):
+            return
         t0 = time.time()
         try:
             details = fn()
@@ -347,6 +350,52 @@ def cases(t: Target, checks: Checks, greedy_reference: bool) -> None:
 
     checks.run(t.name, "vllm_xargs max 40", xargs)
 
+    def margin() -> dict[str, Any]:
+        """The logit-margin exit: with the widest margin it closes at the first break after the minimum."""
+        text = next((b for b in ("\n\n", ".\n") if len(t.enc(b)) == 1), None)  # a break that is one token
+        if text is None:
+            return {"skipped": "no single-token break", "ok_skipped": True}
+        brk = t.enc(text)[0]
+        extra = {"logit_bias": {str(brk): 6}}  # breaks often (the close keeps its logit: the margin compares with it)
+        budget = {"min_thinking_tokens": 30, "max_thinking_tokens": 200, "answer_prefix": PREFIX}
+        free = chat(t, budget, 240, temperature=0, extra=extra)["choices"][0]
+        c = chat(t, {**budget, "exit_margin": 64.0, "exit_breaks": [text]}, 240, temperature=0, extra=extra)["choices"][0]
+        got = count(t, c["ids"])
+        d = agree(c["budget"], got, waits=got["wait_occurrences"])
+        n = got["thinking_tokens"]
+        # the exit tests tokens whose text ends with the break; those below 30 thinking tokens do not count
+        ends = [i + 1 for i, x in enumerate(free["ids"][:200]) if t.tokenizer.decode([x]).endswith(text) and i + 1 >= 30]
+        d["break"], d["expected_close_at"], d["closed_at"] = text, (ends[0] if ends else None), n
+        d["ok_closes_at_first_break_after_min"] = bool(ends) and n == ends[0] and c["ids"][:n] == free["ids"][:n]
+        d["ok_close_and_prefix_follow"] = c["ids"][n : n + 1 + len(t.enc(PREFIX))] == [t.close, *t.enc(PREFIX)]
+        d["ok_early_exit_reported"] = c["budget"].get("early_exit") is True and c["budget"].get("forced_end") is True
+        d["ok_tokens_saved"] = c["budget"].get("exit_tokens_saved") == 200 - n
+        d["free_run_thinking"] = count(t, free["ids"])["thinking_tokens"]
+        d["ok_free_run_did_not_exit"] = free["budget"].get("early_exit") is not True
+        return d
+
+    checks.run(t.name, "logit-margin exit at the first break", margin)
+
+    def vote() -> dict[str, Any]:
+        """n = 4 seeded choices under one total budget and a vote: the majority of the choices' own answers."""
+        from budgetforce.core.vote import majority
+
+        body = {"n": 4, "budget_aggregate": "vote", "total_thinking_tokens": 160, "min_thinking_tokens": 10}
+        r = t.client.chat.completions.create(model=t.model, messages=QUESTION, max_completion_tokens=80, temperature=1.0,
+                                             seed=5, extra_body={**body, **close_bias}).model_dump()  # fmt: skip
+        choices = sorted(r["choices"], key=lambda c: c["index"])
+        v, by_hand = r.get("vote") or {}, majority([c["message"]["content"] or "" for c in choices])
+        thinking = [(c.get("budget") or {}).get("thinking_tokens") for c in choices]
+        d = {"vote": {k: v.get(k) for k in ("answer", "votes", "share", "choices", "thinking_tokens")}, "thinking": thinking}
+        d["ok_majority_by_hand"] = (v.get("answer"), v.get("votes"), v.get("choices"), v.get("share")) == (
+            by_hand.answer, by_hand.votes, 4, by_hand.share)
+        d["ok_each_choice_within_its_share"] = all(x is not None and 10 <= x <= 40 for x in thinking)
+        d["ok_total_thinking"] = v.get("thinking_tokens") == sum(x or 0 for x in thinking) <= 160
+        d["ok_enforced"] = all((c.get("budget") or {}).get("enforced") is not False for c in choices)
+        return d
+
+    checks.run(t.name, "vote over n=4 (total 160)", vote)
+
     def untouched() -> dict[str, Any]:
         r = t.client.chat.completions.create(model=t.model, messages=QUESTION, max_completion_tokens=16, temperature=0).model_dump()
         return {"ok_no_budget_key": "budget" not in r["choices"][0], "ok_tokens": r["usage"]["completion_tokens"] == 16}
@@ -378,10 +427,11 @@ def main() -> None:
     ap.add_argument("--target", nargs=4, action="append", metavar=("NAME", "URL", "MODEL", "TOKENIZER"), required=True)
     ap.add_argument("--no-greedy-reference", action="append", default=[], metavar="NAME",
                     help="targets whose greedy tokens are not compared with s1's loop")
+    ap.add_argument("--only", default="", help="comma-separated texts: run only the checks whose name holds one")
     ap.add_argument("--out", required=True)
     ap.add_argument("--meta", default="{}", help="JSON merged into the output's header (command, device, versions)")
     args = ap.parse_args()
-    checks = Checks()
+    checks = Checks([o for o in args.only.split(",") if o])
     header = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
               **json.loads(args.meta)}  # fmt: skip
     for name, url, model, tok in args.target:

@@ -111,6 +111,13 @@ if [ -n "$MODEL" ]; then
   IMAGE_ENV+=(BUDGETFORCE_MODEL="$MODEL")
 fi
 as_image() { env "${IMAGE_ENV[@]}" "${RUN_AS[@]}" "$@"; }
+if [ "${#RUN_AS[@]}" -gt 0 ] && command -v nvidia-smi > /dev/null \
+   && ! as_image python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2> /dev/null; then
+  # in a container the NVIDIA runtime opens the devices to the image's user; a bare machine may not
+  echo "NOTE: uid ${RUN_AS[1]#--reuid=} cannot open the GPU on this machine ($(ls -l /dev/nvidiactl 2> /dev/null | cut -d' ' -f1,3,4)):"
+  echo "      the entrypoint runs as $(id -un) ($(id -u)) instead"
+  RUN_AS=()
+fi
 echo "uid inside: $(as_image budgetforce-entrypoint id -u)"  # the entrypoint runs a given command as is
 as_image python3 -c "import budgetforce, vllm; print('budgetforce from', budgetforce.__file__)" \
   || fail "the image's user cannot import budgetforce and vllm (can it read $SITE?)"
@@ -121,6 +128,9 @@ tail -1 "$LOG/dry-run.txt"
 # entrypoint -> budgetforce -> vLLM, one pid throughout, which leads the server's own process group.
 env "${IMAGE_ENV[@]}" "${RUN_AS[@]}" setsid budgetforce-entrypoint > "$LOG/server.log" 2>&1 < /dev/null &
 SERVER=$!
+why() {  # the server log's first errors (the root cause sits above vLLM's last traceback), then its end
+  grep -n -i "error\|exception\|denied\|no cuda\|out of memory" "$LOG/server.log" | grep -v -i "warn" | head -25; echo ...; tail -12 "$LOG/server.log"
+}
 stop() {  # the server's process group: the API server and vLLM's engine processes
   kill -TERM -- "-$SERVER" 2> /dev/null || kill -TERM "$SERVER" 2> /dev/null
   for _ in $(seq 30); do kill -0 -- "-$SERVER" 2> /dev/null || return 0; sleep 1; done
@@ -129,8 +139,8 @@ stop() {  # the server's process group: the API server and vLLM's engine process
 trap stop EXIT
 t0=$(date +%s)
 until python3 -c "import urllib.request, sys; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=4)" 2> /dev/null; do
-  kill -0 "$SERVER" 2> /dev/null || { tail -40 "$LOG/server.log"; fail "the server exited"; }
-  [ $(( $(date +%s) - t0 )) -gt "$HEALTH_TIMEOUT" ] && { tail -40 "$LOG/server.log"; fail "no /health after $HEALTH_TIMEOUT s"; }
+  kill -0 "$SERVER" 2> /dev/null || { why; fail "the server exited"; }
+  [ $(( $(date +%s) - t0 )) -gt "$HEALTH_TIMEOUT" ] && { why; fail "no /health after $HEALTH_TIMEOUT s"; }
   sleep 3
 done
 echo "healthy after $(( $(date +%s) - t0 )) s"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One measurement call on the lent GPU, after the vLLM bundle's parts were carried (../shared/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR STAGE   (STAGE: image | serve-up | serve-bench | v2-children | step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy | tp-longtail;
+# Usage: bash benchmarks/gpu/run.sh BUNDLE_DIR "STAGE [STAGE ...]"   (stages run in order; STAGE: kernel | image | serve-up | serve-bench | v2-children | step | tp256 | tp-rest | tp-conc | tp7b | modes; v2-step | v2-tp256 | v2-greedy | tp-longtail;
 #        accept: the serving acceptance run, benchmarks/gpu/acceptance.sh, on either bundle)
 # A bundle whose name holds 026 (033) unpacks into /tmp/site026 (/tmp/site033; its unpack.sh edited so), so the stacks fit one machine.
 # Logs and JSON go to $OUT.
 set -uo pipefail
-BUNDLE="$1"; STAGE="$2"
+BUNDLE="$1"; STAGES="$2"
 export PYTHONUNBUFFERED=1 VLLM_LOGGING_LEVEL=WARNING TOKENIZERS_PARALLELISM=false
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 SITE=/tmp/site; case "$BUNDLE" in *026*) SITE=/tmp/site026 ;; *033*) SITE=/tmp/site033 ;; esac
@@ -22,7 +22,19 @@ v032_fixes() {  # measurement glue for a carried torch (2.13 for vLLM 0.32, 2.14
   mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup", "step5_dsa_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
   export EXTRA_PYTHONPATH=/tmp/vllmfix
 }
+for STAGE in $STAGES; do
+echo "== stage $STAGE ($(date -u +%H:%M:%S))"
 case "$STAGE" in
+  kernel)  # the compiled Triton kernel against the torch path (tests/scripts/kernel_vs_torch.py on cuda), then
+    # what the modes cost the step for requests without them (benchmarks/modes_step_cost.py; needs .gpu-base carried)
+    [ "$SITE" != /tmp/site026 ] && v032_fixes
+    for args in "0 history" "1 history s1-only" "2 window" "3 window s1-only" "4 history" "5 window"; do
+      echo "kernel_vs_torch $args cuda: $(timeout 120 python3 tests/scripts/kernel_vs_torch.py $args cuda 2>&1 | grep -v -i warn | tail -3)"
+    done 2>&1 | tee "$OUT/kernel_vs_torch_cuda.log"
+    for b in 256 32; do
+      timeout 150 python3 -m benchmarks.modes_step_cost --baseline-dir .gpu-base --batch $b --json "$OUT/modes_step_cost_$b.json" \
+        2>&1 | grep -v -i warn | tee "$OUT/modes_step_cost_$b.log" | tail -10
+    done ;;
   accept)
     [ "$SITE" != /tmp/site026 ] && v032_fixes
     LABEL="$(python3 -c 'import vllm; print(vllm.__version__)' 2>/dev/null | tail -1)"
@@ -30,7 +42,7 @@ case "$STAGE" in
   image)  # the GPU image's install recipe without a container engine (benchmarks/gpu/image_recipe.sh, docker/Dockerfile)
     [ "$SITE" != /tmp/site026 ] && v032_fixes
     M=/root/r1-image && mkdir -p $M && cp $SHAPE $M/config.json && cp .gpu-tok/* $M/
-    SITE=$SITE timeout 590 bash benchmarks/gpu/image_recipe.sh $M 2>&1 | grep -v -i "warn" | tee "$OUT/image_recipe.log" | tail -30 ;;
+    SITE=$SITE HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-300} timeout 420 bash benchmarks/gpu/image_recipe.sh $M 2>&1 | grep -v -i "warn" | tee "$OUT/image_recipe.log" | tail -30 ;;
   serve-up|serve-bench)  # the HTTP benchmark (benchmarks/gpu/serve_bench.sh): start the servers, then measure
     [ "$SITE" != /tmp/site026 ] && v032_fixes
     SITE=$SITE TOK=.gpu-tok bash benchmarks/gpu/serve_bench.sh "${STAGE#serve-}" ;;
@@ -82,3 +94,4 @@ case "$STAGE" in
     python3 -m benchmarks.throughput --shape benchmarks/shapes/r1-distill-qwen-7b.json --tokenizer .gpu-tok --concurrency 256 \
       --new-tokens 1024 --reps 3 --configs plain idle engine --out "$OUT/tp_7b_c256.json" 2>&1 | grep -v -i "warn\|info" | tee "$OUT/tp7b.log" | tail -12 ;;
 esac
+done

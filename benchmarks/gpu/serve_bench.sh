@@ -5,7 +5,8 @@
 #          8101 `vllm serve` (--reasoning-parser deepseek_r1: vLLM's native thinking_token_budget),
 #          8102 `budgetforce serve`, 8103 `budgetforce serve --api-server-count 4`;
 #          all on the R1-Distill-Qwen-1.5B shape, dummy weights, the real tokenizer, 0.18 of the GPU each
-#   bench  wait until they are healthy, then run serve_bench.py (RUNS, CONC, REPS, DEADLINE, PROFILE);
+#   bench  wait until they are healthy, then run serve_bench.py (RUNS, CONC, REPS, DEADLINE, PROFILE;
+#          CHECKS: acceptance.py's checks named so, on the budgetforce server, before the runs);
 #          its state stays in /root/sb/state.json, so a later bench call adds to the same table
 # Usage (after the bundle was carried, see run.sh):  bash benchmarks/gpu/run.sh BUNDLE serve-up | serve-bench
 set -uo pipefail
@@ -50,6 +51,10 @@ case "$STEP" in
       done
     done
     echo "servers healthy after $(( $(date +%s) - t0 )) s"
+    if [ -n "${CHECKS:-}" ]; then  # CHECKS="logit-margin,vote": those acceptance checks on `budgetforce serve` first
+      timeout 120 python3 benchmarks/gpu/acceptance.py --only "$CHECKS" --out "$OUT/acceptance-modes.json" \
+        --target budgetforce-serve http://127.0.0.1:8102 r1 $SB/tok 2>&1 | grep -v -i "warn" | tee "$OUT/acceptance-modes.log"
+    fi
     api() { pgrep -f "[v]llm.entrypoints.openai.api_server.*--port $1" | head -1; }
     core() { pgrep -f "[E]ngineCore" | while read -r p; do
                [ "$(ps -o sid= -p "$p" | tr -d ' ')" = "$(ps -o sid= -p "$1" | tr -d ' ')" ] && echo "$p"; done | head -1; }

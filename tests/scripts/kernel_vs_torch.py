@@ -1,7 +1,11 @@
 """Run `ForcingSlots.step` through the Triton kernel (interpreter) and the torch path on the same batches.
 
 Invoked by tests/test_slots_kernel.py with TRITON_INTERPRET=1; prints "OK <steps>" or raises. With
-`s1-only` no plan uses a mode beyond s1, so the kernel's variant without them runs.
+`s1-only` no plan uses a mode beyond s1, so the kernel's variant without them runs. With `cuda` the
+kernel's copy of the slots lives on the GPU (the compiled kernel, no interpreter) and the torch path
+stays on the CPU as the reference:
+
+    python3 tests/scripts/kernel_vs_torch.py SEED history|window [s1-only] [cuda]
 """
 
 from __future__ import annotations
@@ -50,7 +54,17 @@ def modes(rng: random.Random) -> dict:
     return out
 
 
-def main(seed: int, window: bool, with_modes: bool = True) -> None:
+def on_device(slots: ForcingSlots, dev: torch.device) -> ForcingSlots:
+    """A copy of ``slots`` with every table on ``dev``."""
+    out = copy.deepcopy(slots)
+    for name, value in vars(out).items():
+        if isinstance(value, torch.Tensor):
+            setattr(out, name, value.to(dev))
+    out.device = dev
+    return out
+
+
+def main(seed: int, window: bool, with_modes: bool = True, dev: torch.device = torch.device("cpu")) -> None:
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     b = 12
@@ -73,7 +87,7 @@ def main(seed: int, window: bool, with_modes: bool = True) -> None:
         a.load(key, plan, temp, (rng.randrange(2**31), rng.randrange(2**31)), prompt, (i, 9))
         keys.append(key)
     a.flush()
-    k = copy.deepcopy(a)
+    k = on_device(a, dev)
     row_keys = torch.tensor(keys)
     outs: list[list[int]] = [[] for _ in range(b)]
     for step in range(80):
@@ -94,12 +108,14 @@ def main(seed: int, window: bool, with_modes: bool = True) -> None:
         if window:  # runner V1's layout: exactly the new tokens, counted per row
             n = torch.tensor([1 if o else 0 for o in outs])
         _step_torch(a, la, row_keys, hist, torch.arange(b), -seen, n, 1 if window else None)
-        step_cuda(k, lk, row_keys, hist, torch.arange(b), -seen, n, window)
-        if not torch.equal(a.state, k.state):
-            diff = (a.state != k.state).nonzero().tolist()
-            raise AssertionError(f"step {step}: state differs at (key, field): {[(r, c, int(a.state[r, c]), int(k.state[r, c])) for r, c in diff]}")
+        lk = lk.to(dev)
+        step_cuda(k, lk, row_keys.to(dev), hist.to(dev), torch.arange(b, device=dev), (-seen).to(dev), n.to(dev), window)
+        ks, lk, kst = k.state.cpu(), lk.cpu(), k.stats.cpu()
+        if not torch.equal(a.state, ks):
+            diff = (a.state != ks).nonzero().tolist()
+            raise AssertionError(f"step {step}: state differs at (key, field): {[(r, c, int(a.state[r, c]), int(ks[r, c])) for r, c in diff]}")
         assert torch.allclose(la, lk, rtol=1e-5, atol=1e-5, equal_nan=True), f"step {step}: logits differ"
-        assert torch.equal(a.stats, k.stats), f"step {step}: stats differ"
+        assert torch.equal(a.stats, kst), f"step {step}: stats differ"
         probs = torch.softmax(la, 1)
         tok = torch.multinomial(probs, 1, generator=gen).flatten().tolist()
         for o, t in zip(outs, tok):
@@ -110,4 +126,5 @@ def main(seed: int, window: bool, with_modes: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), len(sys.argv) > 2 and sys.argv[2] == "window", "s1-only" not in sys.argv)
+    main(int(sys.argv[1]), len(sys.argv) > 2 and sys.argv[2] == "window", "s1-only" not in sys.argv,
+         torch.device("cuda" if "cuda" in sys.argv else "cpu"))
