@@ -248,7 +248,8 @@ def main() -> None:
     def one(key: str, c: int, rep: int, profiled: bool = False) -> dict[str, Any] | None:
         name, config = key.split(":")
         url, model = targets[name]
-        need = last.get(f"{key}@{c}", 0.0)
+        # a pair not yet run this call: as long as the slowest run at this concurrency so far
+        need = last.get(f"{key}@{c}", max((v for k, v in last.items() if k.endswith(f"@{c}")), default=0.0))
         if time.time() - t_start + need > a.deadline_s:
             print(f"deadline: {key} c={c} rep {rep} not started", flush=True)
             return None

@@ -5,7 +5,7 @@
 #          8101 `vllm serve` (--reasoning-parser deepseek_r1: vLLM's native thinking_token_budget),
 #          8102 `budgetforce serve`, 8103 `budgetforce serve --api-server-count 4`;
 #          all on the R1-Distill-Qwen-1.5B shape, dummy weights, the real tokenizer, 0.18 of the GPU each
-#   bench  wait until they are healthy, then run serve_bench.py (RUNS, CONC, REPS, DEADLINE, PROFILE;
+#   bench  wait until they are healthy, then run serve_bench.py (RUNS, CONC, REPS, CALL_S, PROFILE;
 #          CHECKS: acceptance.py's checks named so, on the budgetforce server, before the runs);
 #          its state stays in /root/sb/state.json, so a later bench call adds to the same table
 # Usage (after the bundle was carried, see run.sh):  bash benchmarks/gpu/run.sh BUNDLE serve-up | serve-bench
@@ -43,7 +43,7 @@ case "$STEP" in
     cd $SB || { echo "no $SB: run the up step first"; exit 1; }
     export PYTHONPATH="${SITE:-/tmp/site}:$SB${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
     export PATH="${SITE:-/tmp/site}/bin:$PATH"  # py-spy's binary, carried in the bundle
-    t0=$(date +%s)
+    t0=$(date +%s)  # CALL_S: seconds this step may take in all (the call's limit less the unpack); the runs get what is left
     for port in 8101 8102 8103; do
       until curl -sf "http://127.0.0.1:$port/health" > /dev/null; do
         [ $(( $(date +%s) - t0 )) -gt 400 ] && { echo "port $port not healthy after 400 s"; tail -20 $SB/logs/*.log; break; }
@@ -69,9 +69,11 @@ case "$STEP" in
       'servers': {'vllm': 'vllm serve (api_server) --reasoning-parser deepseek_r1', 'bf': 'budgetforce serve',
                   'bf4': 'budgetforce serve --api-server-count 4'},
       'common': '--load-format dummy --max-model-len 2048 --max-num-seqs 256 --gpu-memory-utilization ${MEM:-0.18} --seed 0'}))" 2>/dev/null | tail -1)
-    timeout "${LIMIT:-560}" python3 benchmarks/gpu/serve_bench.py --tokenizer $SB/tok --state $SB/state.json --out "$OUT" \
+    LEFT=$(( ${CALL_S:-560} - ($(date +%s) - t0) ))
+    echo "$LEFT s left for the runs"
+    timeout "$(( LEFT - 10 ))" python3 benchmarks/gpu/serve_bench.py --tokenizer $SB/tok --state $SB/state.json --out "$OUT" \
       --target vllm http://127.0.0.1:8101 r1 --target bf http://127.0.0.1:8102 r1 --target bf4 http://127.0.0.1:8103 r1 \
-      --concurrency ${CONC:-256} --reps "${REPS:-3}" --deadline-s "${DEADLINE:-520}" --meta "$META" \
+      --concurrency ${CONC:-256} --reps "${REPS:-3}" --deadline-s "$(( LEFT - 30 ))" --meta "$META" \
       --runs ${RUNS:-vllm:none vllm:native bf:none bf:min bf:max bf:worst bf4:none@256 bf4:min@256} \
       ${PROFILE_ARGS[@]:+--profile "${PROFILE_ARGS[@]}"} 2>&1 | grep -v -i "warn" > "$OUT/serve_bench.log"
     tail -40 "$OUT/serve_bench.log"
