@@ -31,7 +31,7 @@ HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-540}"
 WORK="${WORK:-/tmp/image-recipe}"
 OUT="${OUT:-$WORK/out}"
 LOG="$OUT/image-recipe"
-step() { echo "== $*"; }
+step() { echo "== $* ($(date -u +%H:%M:%S))"; }
 fail() { echo "FAILED: $*"; exit 1; }
 
 rm -rf "$WORK/venv" "$WORK/src" "$WORK/wheels" "$WORK/home" "$WORK/bin"
@@ -129,7 +129,7 @@ tail -1 "$LOG/dry-run.txt"
 env "${IMAGE_ENV[@]}" "${RUN_AS[@]}" setsid budgetforce-entrypoint > "$LOG/server.log" 2>&1 < /dev/null &
 SERVER=$!
 why() {  # the server log's first errors (the root cause sits above vLLM's last traceback), then its end
-  grep -n -i "error\|exception\|denied\|no cuda\|out of memory" "$LOG/server.log" | grep -v -i "warn" | head -25; echo ...; tail -12 "$LOG/server.log"
+  grep -n -i "error\|exception\|denied\|no cuda\|out of memory\|free memory\|requested memory" "$LOG/server.log" | grep -v -i "warn" | head -25; echo ...; tail -12 "$LOG/server.log"
 }
 stop() {  # the server's process group: the API server and vLLM's engine processes
   kill -TERM -- "-$SERVER" 2> /dev/null || kill -TERM "$SERVER" 2> /dev/null
@@ -143,7 +143,7 @@ until python3 -c "import urllib.request, sys; urllib.request.urlopen('http://127
   [ $(( $(date +%s) - t0 )) -gt "$HEALTH_TIMEOUT" ] && { why; fail "no /health after $HEALTH_TIMEOUT s"; }
   sleep 3
 done
-echo "healthy after $(( $(date +%s) - t0 )) s"
+echo "healthy after $(( $(date +%s) - t0 )) s ($(date -u +%H:%M:%S))"
 # the image's HEALTHCHECK command, as the image's user
 as_image python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('BUDGETFORCE_PORT', '8000'), timeout=4)" \
   && echo "HEALTHCHECK passes" || fail "the HEALTHCHECK command"

@@ -22,6 +22,14 @@ v032_fixes() {  # measurement glue for a carried torch (2.13 for vLLM 0.32, 2.14
   mkdir -p /tmp/vllmfix && printf 'import sys, types\nfor name in ("minimax_m3_msa_warmup", "qwen_vl_triton_warmup", "step5_dsa_warmup"):\n    m = types.ModuleType("vllm.model_executor.warmup." + name)\n    setattr(m, name, lambda *a, **k: None)\n    sys.modules[m.__name__] = m\n' > /tmp/vllmfix/sitecustomize.py
   export EXTRA_PYTHONPATH=/tmp/vllmfix
 }
+gpu_quiet() {  # wait (up to 2 min) until the GPU holds < 2 GB: the driver frees an exited process's memory a while later
+  for _ in $(seq 60); do
+    used=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
+    [ -z "$used" ] || [ "$used" -lt 2000 ] && break
+    sleep 2
+  done
+  echo "GPU memory used: ${used:-?} MiB; processes: $(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader 2>/dev/null | tr '\n' ' ')"
+}
 for STAGE in $STAGES; do
 echo "== stage $STAGE ($(date -u +%H:%M:%S))"
 case "$STAGE" in
@@ -42,9 +50,19 @@ case "$STAGE" in
   image)  # the GPU image's install recipe without a container engine (benchmarks/gpu/image_recipe.sh, docker/Dockerfile)
     [ "$SITE" != /tmp/site026 ] && v032_fixes
     M=/root/r1-image && mkdir -p $M && cp $SHAPE $M/config.json && cp .gpu-tok/* $M/
-    # eager: the recipe's point is the install, the entrypoint and a budgeted answer, not compiled speed
-    SITE=$SITE HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-300} SERVE_ARGS="${SERVE_ARGS:---load-format dummy --gpu-memory-utilization 0.3 --max-model-len 2048 --enforce-eager}" \
-      timeout 420 bash benchmarks/gpu/image_recipe.sh $M 2>&1 | grep -v -i "warn" | tee "$OUT/image_recipe.log" | tail -30 ;;
+    gpu_quiet  # vLLM counts what other processes take while it profiles as its own: start on an idle GPU
+    # eager: the recipe's point is the install, the entrypoint and a budgeted answer, not compiled speed.
+    # DEBUG: vLLM's memory accounting (initial free, requested, after profiling) lands in the server log.
+    for who in "" root; do  # a second try as root only when the unprivileged one fails: says whether the user is the cause
+      OUT=/tmp/image-recipe/out RECIPE_USER=$who VLLM_LOGGING_LEVEL=DEBUG SITE=$SITE HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-240} \
+        SERVE_ARGS="${SERVE_ARGS:---load-format dummy --gpu-memory-utilization 0.3 --max-model-len 2048 --enforce-eager}" \
+        timeout ${RECIPE_S:-360} bash benchmarks/gpu/image_recipe.sh $M 2>&1 | grep -v -i "warn" > "$OUT/image_recipe${who:+_$who}.log"
+      ok=${PIPESTATUS[0]}
+      tail -c 3000000 /tmp/image-recipe/out/image-recipe/server.log > "$OUT/image_server${who:+_$who}.log" 2>/dev/null
+      grep -i "memory\|GiB\|KV cache" "$OUT/image_server${who:+_$who}.log" | grep -v -i "warn" | head -20
+      tail -25 "$OUT/image_recipe${who:+_$who}.log"; nvidia-smi --query-gpu=memory.used --format=csv,noheader
+      [ "$ok" = 0 ] && break
+    done ;;
   serve-up|serve-bench)  # the HTTP benchmark (benchmarks/gpu/serve_bench.sh): start the servers, then measure
     [ "$SITE" != /tmp/site026 ] && v032_fixes
     SITE=$SITE TOK=.gpu-tok bash benchmarks/gpu/serve_bench.sh "${STAGE#serve-}" ;;
