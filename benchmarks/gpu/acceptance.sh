@@ -25,7 +25,7 @@ rm -rf /root/bf && mkdir -p /root/bf && cp -r budgetforce benchmarks /root/bf/ &
 cp -r server /root/bf/budgetforce/server
 cd /root/bf
 export PYTHONPATH="${SITE:-/tmp/site}:/root/bf${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
-MODEL=/root/bf/r1-1.5b && mkdir -p $MODEL && cp benchmarks/shapes/r1-distill-qwen-1.5b.json $MODEL/config.json && cp tok/* $MODEL/
+MODEL=/root/bf/r1-1.5b && mkdir -p $MODEL && cp tok/* $MODEL/ && cp benchmarks/shapes/r1-distill-qwen-1.5b.json $MODEL/config.json
 COMMON=(--load-format dummy --max-model-len 4096 --gpu-memory-utilization 0.30 --seed 0)
 setsid python3 -m budgetforce.cli serve --model $MODEL --served-model-name r1 --port 8001 "${COMMON[@]}" \
   > "$OUT/server-budgetforce-$LABEL.log" 2>&1 < /dev/null &

@@ -17,7 +17,7 @@
 #   PYTHON: the base interpreter (default python3). SERVE_ARGS (default "--load-format dummy
 #   --gpu-memory-utilization 0.3"), PORT (8010), HEALTH_TIMEOUT (s, 540), RECIPE_USER (a user name
 #   to run as instead of 10001), WORK (scratch, default /tmp/image-recipe), OUT (logs, default $WORK/out),
-#   INSTALL_ONLY=1 (steps 1-3 only).
+#   INSTALL_ONLY=1 (steps 1-3 only). CHECKS (with MODEL_DIR): acceptance.py --only CHECKS on the server after the chat.
 # No network is needed: pip runs with PIP_NO_INDEX=1, so budgetforce's requirements must already be
 # in the base environment (as they are in vLLM's images). Exits non-zero when a step fails.
 set -uo pipefail
@@ -164,4 +164,8 @@ print("system_fingerprint:", response.get("system_fingerprint"))
 print("budget:", json.dumps(budget))
 assert isinstance(budget, dict) and budget["thinking_tokens"] <= 40, budget
 PY
+if [ -n "${CHECKS:-}" ] && [ -n "$MODEL" ]; then  # CHECKS="logit-margin,vote": acceptance.py's checks on this server too
+  timeout 240 python3 "$ROOT/benchmarks/gpu/acceptance.py" --only "$CHECKS" --out "$LOG/acceptance-checks.json" \
+    --target budgetforce-serve "http://127.0.0.1:$PORT" "$MODEL" "$MODEL" 2>&1 | grep -v -i warn | tail -8
+fi
 echo "OK: the image recipe installs, starts as $(as_image id -un 2> /dev/null || as_image id -u) and forces the budget (logs: $LOG)"

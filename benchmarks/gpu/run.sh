@@ -49,7 +49,7 @@ case "$STAGE" in
     SITE=$SITE TOK=.gpu-tok bash benchmarks/gpu/acceptance.sh "$LABEL" ;;
   image)  # the GPU image's install recipe without a container engine (benchmarks/gpu/image_recipe.sh, docker/Dockerfile)
     [ "$SITE" != /tmp/site026 ] && v032_fixes
-    M=/root/r1-image && mkdir -p $M && cp $SHAPE $M/config.json && cp .gpu-tok/* $M/
+    M=/root/r1-image && mkdir -p $M && cp .gpu-tok/* $M/ && cp $SHAPE $M/config.json
     gpu_quiet  # vLLM counts what other processes take while it profiles as its own: start on an idle GPU
     # eager: the recipe's point is the install, the entrypoint and a budgeted answer, not compiled speed.
     # DEBUG: vLLM's memory accounting (initial free, requested, after profiling) lands in the server log.
@@ -69,7 +69,7 @@ case "$STAGE" in
   v2-children)  # n > 1 on runner V2: a trace of the adapter inside one in-process engine (v2_children.py)
     [ "$SITE" != /tmp/site026 ] && v032_fixes
     export PYTHONPATH=$PYTHONPATH${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}
-    M=/root/r1-children && mkdir -p $M && cp $SHAPE $M/config.json && cp .gpu-tok/* $M/
+    M=/root/r1-children && mkdir -p $M && cp .gpu-tok/* $M/ && cp $SHAPE $M/config.json
     VLLM_USE_V2_MODEL_RUNNER=1 timeout 300 python3 benchmarks/gpu/v2_children.py --model $M --out "$OUT/v2_children.json" \
       2>&1 | tee "$OUT/v2_children.log" | grep -v -i "warn\|info" | tail -20 ;;
   v2-step)

@@ -28,7 +28,7 @@ case "$STEP" in
       && cp -r server $SB/budgetforce/server  # where the wheel puts it (budgetforce.server)
     cd $SB || exit 1
     export PYTHONPATH="${SITE:-/tmp/site}:$SB${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
-    M=$SB/r1-1.5b && mkdir -p $M && cp benchmarks/shapes/r1-distill-qwen-1.5b.json $M/config.json && cp tok/* $M/
+    M=$SB/r1-1.5b && mkdir -p $M && cp tok/* $M/ && cp benchmarks/shapes/r1-distill-qwen-1.5b.json $M/config.json
     COMMON=(--model $M --served-model-name r1 --load-format dummy --max-model-len 2048 --max-num-seqs 256
             --gpu-memory-utilization "${MEM:-0.18}" --seed 0)
     setsid python3 -m budgetforce.cli serve --port 8102 "${COMMON[@]}" > $SB/logs/server-bf.log 2>&1 < /dev/null &
@@ -46,7 +46,7 @@ case "$STEP" in
     t0=$(date +%s)  # CALL_S: seconds this step may take in all (the call's limit less the unpack); the runs get what is left
     for port in 8101 8102 8103; do
       until curl -sf "http://127.0.0.1:$port/health" > /dev/null; do
-        [ $(( $(date +%s) - t0 )) -gt 400 ] && { echo "port $port not healthy after 400 s"; tail -20 $SB/logs/*.log; break; }
+        [ $(( $(date +%s) - t0 )) -gt 400 ] && { echo "port $port not healthy after 400 s"; tail -n 20 $SB/logs/*.log; exit 1; }
         sleep 3
       done
     done
