@@ -59,6 +59,7 @@ case "$STAGE" in
         timeout ${RECIPE_S:-360} bash benchmarks/gpu/image_recipe.sh $M 2>&1 | grep -v -i "warn" > "$OUT/image_recipe${who:+_$who}.log"
       ok=${PIPESTATUS[0]}
       tail -c 3000000 /tmp/image-recipe/out/image-recipe/server.log > "$OUT/image_server${who:+_$who}.log" 2>/dev/null
+      for f in response.json acceptance-checks.json; do cp /tmp/image-recipe/out/image-recipe/$f "$OUT/image_$f" 2>/dev/null; done
       grep -i "memory\|GiB\|KV cache" "$OUT/image_server${who:+_$who}.log" | grep -v -i "warn" | head -20
       tail -25 "$OUT/image_recipe${who:+_$who}.log"; nvidia-smi --query-gpu=memory.used --format=csv,noheader
       [ "$ok" = 0 ] && break
