@@ -17,6 +17,11 @@ dummy-weight model tries to close its thinking at a controlled rate):
     worst   min 600 / max 900 with a bias of +7: the model tries to close every few tokens
             (~190 forced waits per request), the worst case of the first HTTP measurement
 
+Each run also records the CPU time the target's processes spent per output token, split into the
+API server process(es) (those listening on the target's port) and the rest of the server's process
+tree (engine core, workers): at high concurrency the API server is the bottleneck, and this says
+what a budget adds there (`api_cpu_us_per_token`, `engine_cpu_us_per_token`).
+
 Results are appended to `--state` after every run (a machine can be taken back mid-call) and
 the table is printed from whatever the state holds, so later calls add repetitions or
 concurrencies to the same table.
@@ -70,6 +75,41 @@ def scrape(url: str) -> dict[str, float]:
         m = re.match(r"^(budgetforce_\w+?)(\{[^}]*\})? ([0-9.eE+-]+)$", line)
         if m and m.group(1) in METRICS:
             out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+    return out
+
+
+def server_cpu(url: str) -> dict[str, float]:
+    """CPU seconds so far of the server behind `url`: {"api": the processes listening on its port,
+    "engine": the rest of their process tree}; empty when they cannot be read (another host, no psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return {}
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        listeners = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+                     and c.status == psutil.CONN_LISTEN and c.pid}  # fmt: skip
+    except (psutil.Error, OSError):
+        return {}
+    if not listeners:
+        return {}
+    out = {"api": 0.0, "engine": 0.0}
+    seen: set[int] = set()
+    for pid in listeners:
+        try:
+            proc = psutil.Process(pid)
+            tree = [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for q in tree:
+            if q.pid in seen:
+                continue
+            seen.add(q.pid)
+            try:
+                t = q.cpu_times()
+            except psutil.Error:
+                continue
+            out["api" if q.pid in listeners else "engine"] += t.user + t.system
     return out
 
 
@@ -158,7 +198,10 @@ def py_spy(pids: dict[str, int], seconds: int, out: Path) -> list[subprocess.Pop
 
 
 def record(state: dict[str, Any], key: str, res: dict[str, Any], before: dict[str, float], after: dict[str, float],
-           meta: dict[str, Any]) -> dict[str, Any]:
+           meta: dict[str, Any], cpu: tuple[dict[str, float], dict[str, float]] = ({}, {})) -> dict[str, Any]:
+    tokens = res.get("total_output_tokens") or 0
+    per_token = {f"{part}_cpu_us_per_token": (cpu[1][part] - cpu[0][part]) / tokens * 1e6
+                 if tokens and part in cpu[0] and part in cpu[1] else None for part in ("api", "engine")}  # fmt: skip
     delta = {k.removeprefix("budgetforce_").removesuffix("_total"): after.get(k, 0.0) - before.get(k, 0.0) for k in METRICS}
     choices = delta["budgeted_choices"]
     row = {
@@ -172,6 +215,8 @@ def record(state: dict[str, Any], key: str, res: dict[str, Any], before: dict[st
         "thinking_per_choice": delta["thinking_tokens"] / choices if choices else None,
         "forced_end_share": delta["forced_ends"] / choices if choices else None,
         "unenforced": delta["unenforced_choices"],
+        "output_tokens": tokens,
+        **per_token,
     }
     state["runs"].append(row)
     return row
@@ -184,10 +229,11 @@ def table(state: dict[str, Any]) -> str:
         if not r.get("profiled") and r.get("completed"):
             groups.setdefault((r["concurrency"], r["key"]), []).append(r)
     med = {k: {f: statistics.median(x[f] for x in v if x.get(f) is not None) if any(x.get(f) is not None for x in v) else None
-               for f in ("output_throughput", "median_ttft_ms", "median_itl_ms", "waits_per_choice", "forced_end_share")}
+               for f in ("output_throughput", "median_ttft_ms", "median_itl_ms", "waits_per_choice", "forced_end_share",
+                         "api_cpu_us_per_token")}
            for k, v in groups.items()}
-    lines = ["| conc | target:config | runs | out tok/s | vs vllm:none | vs own none | TTFT p50 ms | ITL p50 ms | waits/req | forced end |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| conc | target:config | runs | out tok/s | vs vllm:none | vs own none | TTFT p50 ms | ITL p50 ms | waits/req | forced end | API CPU µs/tok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
     for (c, key), m in sorted(med.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         tp = m["output_throughput"]
@@ -195,7 +241,8 @@ def table(state: dict[str, Any]) -> str:
         own = med.get((c, key.split(":")[0] + ":none"), {}).get("output_throughput")
         lines.append(f"| {c} | {key} | {len(groups[(c, key)])} | {fmt(tp, ',.0f')} | {fmt(tp / base if base else None, '.3f')} | "
                      f"{fmt(tp / own if own else None, '.3f')} | {fmt(m['median_ttft_ms'], ',.0f')} | {fmt(m['median_itl_ms'], '.2f')} | "
-                     f"{fmt(m['waits_per_choice'], '.2f')} | {fmt(m['forced_end_share'], '.2f')} |")
+                     f"{fmt(m['waits_per_choice'], '.2f')} | {fmt(m['forced_end_share'], '.2f')} | "
+                     f"{fmt(m['api_cpu_us_per_token'], '.1f')} |")
     return "\n".join(lines)
 
 
@@ -263,7 +310,7 @@ def main() -> None:
             return None
         prompts = max(2, int(a.prompts_per_slot * c))
         tag = f"c{c}-{name}-{config}-r{rep}{'-prof' if profiled else ''}"
-        before = scrape(url)
+        before, cpu_before = scrape(url), server_cpu(url)
         t = time.time()
         try:
             res = runner(runner.argv(url, model, c, prompts, body(config, bias), tag, 1000 * rep + c))
@@ -271,13 +318,15 @@ def main() -> None:
             res = {"error": repr(e)}
             print(f"{tag}: {e!r}", flush=True)
         last[f"{key}@{c}"] = time.time() - t
+        cpu = (cpu_before, server_cpu(url))
         row = record(state, key, res, before, scrape(url),
-                     {"concurrency": c, "rep": rep, "prompts": prompts, "profiled": profiled, "error": res.get("error")})
+                     {"concurrency": c, "rep": rep, "prompts": prompts, "profiled": profiled, "error": res.get("error")}, cpu)
         save()
         w = row["waits_per_choice"]
         print(f"{tag}: {row['output_throughput'] or 0:,.0f} tok/s, TTFT p50 {row['median_ttft_ms'] or 0:,.0f} ms, "
               f"ITL p50 {row['median_itl_ms'] or 0:.2f} ms, waits/req {'-' if w is None else f'{w:.2f}'}, "
-              f"failed {row['failed']}, {last[f'{key}@{c}']:.0f} s", flush=True)
+              f"API CPU {row['api_cpu_us_per_token'] or 0:.1f} µs/tok, failed {row['failed']}, {last[f'{key}@{c}']:.0f} s",
+              flush=True)
         return row
 
     done = {(r["concurrency"], r["key"], r["rep"]) for r in state["runs"] if not r.get("profiled") and r.get("completed")}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 FIELDS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "waits_per_choice",
-          "forced_end_share", "thinking_per_choice")
+          "forced_end_share", "thinking_per_choice", "api_cpu_us_per_token", "engine_cpu_us_per_token")
 
 
 def summarise(state: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ against the model's own tokenizer, so everything downstream works on ids alone.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -89,7 +90,8 @@ class Profile:
             think_start=ids(self.think_start, "think_start"),
             think_end=ids(self.think_end, "think_end"),
             eos=eos_ids,
-            encode=lambda s: tuple(tokenizer.encode(s, add_special_tokens=False)),
+            # every budgeted request plans (its wait strings, answer prefix): the same few strings
+            encode=functools.lru_cache(maxsize=1024)(lambda s: tuple(tokenizer.encode(s, add_special_tokens=False))),
             answer_end=vocab.get(str(tokenizer.eos_token), -1),
             decode_token=lambda i: tokenizer.decode([i]),
             vocabulary=Vocabulary(tokenizer),
