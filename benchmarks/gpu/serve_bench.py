@@ -330,22 +330,30 @@ def main() -> None:
         return row
 
     done = {(r["concurrency"], r["key"], r["rep"]) for r in state["runs"] if not r.get("profiled") and r.get("completed")}
+    profiled = {(r["concurrency"], r["key"]) for r in state["runs"] if r.get("profiled") and r.get("completed")}
+
+    def profile(c: int) -> None:
+        """The profiled runs at this concurrency, right after its repetitions: a deadline cuts the lower ones, not these."""
+        for spec in a.profile:  # TARGET:CONFIG:CONC:name=pid,name=pid
+            target, config, conc_text, procs = spec.split(":", 3)
+            key = f"{target}:{config}"
+            if int(conc_text) != c or (c, key) in profiled:
+                continue
+            pids = {k: int(v) for k, v in (p.split("=") for p in procs.split(",")) if v.strip().isdigit()}
+            prof = a.out / "profiles" / f"{key.replace(':', '-')}-c{c}"
+            prof.mkdir(parents=True, exist_ok=True)
+            spies = py_spy(pids, 20, prof)
+            one(key, c, 0, profiled=True)
+            for spy in spies:
+                spy.wait(timeout=60)
+
     for c in a.concurrency:
         for rep in range(a.reps):
             for spec in a.runs:  # TARGET:CONFIG, or TARGET:CONFIG@C1/C2 for some concurrencies only
                 key, _, only = spec.partition("@")
                 if (c, key, rep) not in done and (not only or str(c) in only.split("/")):
                     one(key, c, rep)
-    for spec in a.profile:  # TARGET:CONFIG:CONC:name=pid,name=pid
-        target, config, conc_text, procs = spec.split(":", 3)
-        key, conc = f"{target}:{config}", int(conc_text)
-        pids = {k: int(v) for k, v in (p.split("=") for p in procs.split(",")) if v.strip().isdigit()}
-        prof = a.out / "profiles" / f"{key.replace(':', '-')}-c{conc}"
-        prof.mkdir(parents=True, exist_ok=True)
-        spies = py_spy(pids, 20, prof)
-        one(key, conc, 0, profiled=True)
-        for s in spies:
-            s.wait(timeout=60)
+        profile(c)
     print(f"\nbias on </think>: {bias} ({state.get('calibration')})\n" + table(state), flush=True)
 
 
