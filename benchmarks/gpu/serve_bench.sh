@@ -30,7 +30,10 @@ case "$STEP" in
     export PYTHONPATH="${SITE:-/tmp/site}:$SB${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
     M=$SB/r1-1.5b && mkdir -p $M && cp tok/* $M/ && cp benchmarks/shapes/r1-distill-qwen-1.5b.json $M/config.json
     COMMON=(--model $M --served-model-name r1 --load-format dummy --max-model-len 2048 --max-num-seqs 256
-            --gpu-memory-utilization "${MEM:-0.18}" --seed 0)
+            --gpu-memory-utilization "${MEM:-0.18}" --kv-cache-memory-bytes "${KV_BYTES:-10737418240}" --seed 0)
+    # A fixed KV cache (10 GiB; 256 sequences of 128 + 1,024 tokens of the 1.5B shape need 8.5 GB): three servers
+    # profiling at once each count the others' growing memory as their own, and on an 80 GB H100 the
+    # third found none left at 0.18 (2026-12-06); with the size given, vLLM skips that accounting.
     setsid python3 -m budgetforce.cli serve --port 8102 "${COMMON[@]}" > $SB/logs/server-bf.log 2>&1 < /dev/null &
     sleep 15
     setsid python3 -m vllm.entrypoints.openai.api_server --port 8101 "${COMMON[@]}" --reasoning-parser deepseek_r1 \
@@ -68,10 +71,10 @@ case "$STEP" in
       'command': 'bash benchmarks/gpu/run.sh BUNDLE serve-up; bash benchmarks/gpu/run.sh BUNDLE serve-bench',
       'servers': {'vllm': 'vllm serve (api_server) --reasoning-parser deepseek_r1', 'bf': 'budgetforce serve',
                   'bf4': 'budgetforce serve --api-server-count 4'},
-      'common': '--load-format dummy --max-model-len 2048 --max-num-seqs 256 --gpu-memory-utilization ${MEM:-0.18} --seed 0'}))" 2>/dev/null | tail -1)
+      'common': '--load-format dummy --max-model-len 2048 --max-num-seqs 256 --gpu-memory-utilization ${MEM:-0.18} --kv-cache-memory-bytes ${KV_BYTES:-10737418240} --seed 0'}))" 2>/dev/null | tail -1)
     LEFT=$(( ${CALL_S:-560} - ($(date +%s) - t0) ))
     echo "$LEFT s left for the runs"
-    timeout "$(( LEFT - 10 ))" python3 benchmarks/gpu/serve_bench.py --tokenizer $SB/tok --state $SB/state.json --out "$OUT" \
+    timeout "$(( LEFT - 10 ))" python3 benchmarks/gpu/serve_bench.py --tokenizer $SB/r1-1.5b --state $SB/state.json --out "$OUT" \
       --target vllm http://127.0.0.1:8101 r1 --target bf http://127.0.0.1:8102 r1 --target bf4 http://127.0.0.1:8103 r1 \
       --concurrency ${CONC:-256} --reps "${REPS:-3}" --deadline-s "$(( LEFT - 30 ))" --meta "$META" \
       --runs ${RUNS:-vllm:none vllm:native bf:none bf:min bf:max bf:worst bf4:none@256 bf4:min@256} \
