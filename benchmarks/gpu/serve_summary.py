@@ -1,8 +1,9 @@
 """`summary.json` and two plots from the HTTP benchmark's runs (`serve_bench.json`, benchmarks/gpu/serve_bench.py).
 
 For each concurrency and target:config, the medians over its repetitions of output tok/s, TTFT
-p50/p99, ITL p50/p99 and waits per request, with the ratios against plain `vllm serve` (`vllm:none`)
-and against the same server without a budget; a throughput-vs-concurrency plot and an overhead plot.
+p50/p99, ITL p50/p99, waits per request and the API server's CPU per token, with the ratios against
+plain `vllm serve` (`vllm:none`) and against the same server without a budget; the README's headline
+table (`headline.md`); a throughput-vs-concurrency plot and an overhead plot.
 
     python3 benchmarks/gpu/serve_summary.py benchmarks/results/<date>-h200/serve_bench.json
 """
@@ -68,10 +69,27 @@ def plot(summary: dict[str, Any], out: Path) -> None:
     fig.savefig(out / "overhead.png", dpi=120)
 
 
+def headline(summary: dict[str, Any]) -> str:
+    """The README's headline table: one row per concurrency and target:config, from `summary.json`."""
+
+    def f(v: Any, spec: str) -> str:
+        return "–" if v is None else format(v, spec)
+
+    lines = ["| conc | target:config | runs | out tok/s | vs vllm:none | vs own none | TTFT p50 ms | ITL p50 ms "
+             "| waits/req | API CPU µs/tok |", "|" + "---|" * 10]  # fmt: skip
+    for r in sorted(summary["rows"], key=lambda r: (-r["concurrency"], r["config"])):
+        lines.append(f"| {r['concurrency']} | {r['config']} | {r['runs']} | {f(r['output_throughput'], ',.0f')} "
+                     f"| {f(r['vs_vllm_none'], '.3f')} | {f(r['vs_own_none'], '.3f')} | {f(r['median_ttft_ms'], ',.0f')} "
+                     f"| {f(r['median_itl_ms'], '.2f')} | {f(r['waits_per_choice'], '.2f')} "
+                     f"| {f(r.get('api_cpu_us_per_token'), '.1f')} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     src = Path(sys.argv[1])
     summary = summarise(json.loads(src.read_text()))
     (src.parent / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (src.parent / "headline.md").write_text(headline(summary))
     plot(summary, src.parent)
     for r in summary["rows"]:
         print(f"c={r['concurrency']:<4} {r['config']:<14} {r['output_throughput'] or 0:>9,.0f} tok/s  "
