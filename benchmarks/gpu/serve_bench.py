@@ -294,6 +294,8 @@ def main() -> None:
 
     def one(key: str, c: int, rep: int, profiled: bool = False) -> dict[str, Any] | None:
         name, config = key.split(":")
+        if name not in targets:  # a server that did not start (serve_bench.sh leaves it out)
+            return None
         url, model = targets[name]
         # a pair not yet run this call: as long as the slowest run at this concurrency so far
         need = last.get(f"{key}@{c}", max((v for k, v in last.items() if k.endswith(f"@{c}")), default=0.0))

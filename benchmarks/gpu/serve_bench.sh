@@ -47,13 +47,22 @@ case "$STEP" in
     export PYTHONPATH="${SITE:-/tmp/site}:$SB${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
     export PATH="${SITE:-/tmp/site}/bin:$PATH"  # py-spy's binary, carried in the bundle
     t0=$(date +%s)  # CALL_S: seconds this step may take in all (the call's limit less the unpack); the runs get what is left
-    for port in 8101 8102 8103; do
+    # Each server until healthy, or gone (its log names the failure), or 400 s: the runs go on with
+    # the healthy ones (a server that failed to start must not cost the others' measurements).
+    TARGETS=()
+    for spec in vllm:8101:server-vllm bf:8102:server-bf bf4:8103:server-bf4; do
+      IFS=: read -r name port log <<< "$spec"
       until curl -sf "http://127.0.0.1:$port/health" > /dev/null; do
-        [ $(( $(date +%s) - t0 )) -gt 400 ] && { echo "port $port not healthy after 400 s"; tail -n 20 $SB/logs/*.log; exit 1; }
+        if [ $(( $(date +%s) - t0 )) -gt 400 ] || ! pgrep -f "[-]-port $port" > /dev/null; then
+          echo "$name (port $port) not healthy after $(( $(date +%s) - t0 )) s: its runs are left out"
+          grep -E "Error|error:" "$SB/logs/$log.log" | tail -3; port=""; break
+        fi
         sleep 3
       done
+      [ -n "$port" ] && TARGETS+=(--target "$name" "http://127.0.0.1:$port" r1)
     done
-    echo "servers healthy after $(( $(date +%s) - t0 )) s"
+    [ ${#TARGETS[@]} -eq 0 ] && { echo "no server healthy"; tail -n 20 $SB/logs/*.log; exit 1; }
+    echo "healthy after $(( $(date +%s) - t0 )) s: ${TARGETS[*]}"
     if [ -n "${CHECKS:-}" ]; then  # CHECKS="logit-margin,vote": those acceptance checks on `budgetforce serve` first
       timeout 120 python3 benchmarks/gpu/acceptance.py --only "$CHECKS" --out "$OUT/acceptance-modes.json" \
         --target budgetforce-serve http://127.0.0.1:8102 r1 $SB/tok 2>&1 | grep -v -i "warn" | tee "$OUT/acceptance-modes.log"
@@ -75,7 +84,7 @@ case "$STEP" in
     LEFT=$(( ${CALL_S:-560} - ($(date +%s) - t0) ))
     echo "$LEFT s left for the runs"
     timeout "$(( LEFT - 10 ))" python3 benchmarks/gpu/serve_bench.py --tokenizer $SB/r1-1.5b --state $SB/state.json --out "$OUT" \
-      --target vllm http://127.0.0.1:8101 r1 --target bf http://127.0.0.1:8102 r1 --target bf4 http://127.0.0.1:8103 r1 \
+      "${TARGETS[@]}" \
       --concurrency ${CONC:-256} --reps "${REPS:-3}" --deadline-s "$(( LEFT - 30 ))" --meta "$META" \
       --runs ${RUNS:-vllm:none vllm:native bf:none bf:min bf:max bf:worst bf4:none@256 bf4:min@256} \
       ${PROFILE_ARGS[@]:+--profile "${PROFILE_ARGS[@]}"} 2>&1 | grep -v -i "warn" > "$OUT/serve_bench.log"
