@@ -435,7 +435,9 @@ def _sse(chunk: dict[str, Any]) -> bytes:
 
 # Every streamed chunk of a budgeted request is parsed and written again by the API server, which is
 # the bottleneck of a loaded GPU server: msgspec does both several times faster than `json`
-# (benchmarks/layer_cost.py). `json` stays for what msgspec refuses (NaN, Infinity).
+# (benchmarks/layer_cost.py). `json` stays for what msgspec cannot read (NaN, Infinity: not JSON, and
+# vLLM never writes them) or write (integers beyond 64 bits); a non-finite float goes out as null,
+# as vLLM's own pydantic models write it.
 _DECODER = msgspec.json.Decoder()
 _ENCODER = msgspec.json.Encoder()
 

@@ -18,6 +18,7 @@ def test_chunks_round_trip_as_json_would_write_them() -> None:
 
 def test_what_msgspec_refuses_falls_back_to_json() -> None:
     assert _decode(b'{"logprob": -Infinity}') == {"logprob": float("-inf")}  # vLLM never writes it; a proxy might
+    assert _encode({"logprob": float("-inf")}) == b'{"logprob":null}'  # written as vLLM's pydantic writes it
     big = {"seed": 2**70}  # beyond 64 bits: msgspec overflows, json does not
     assert _decode(_encode(big)) == big
 
