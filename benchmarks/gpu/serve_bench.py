@@ -45,6 +45,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from serve_summary import headline, summarise  # beside this script (run as a file)
+
 CLOSE = 151649  # `</think>` in the R1-Distill tokenizer (--close-token for another)
 MIN, MAX = 600, 64
 WORST = {"logit_bias": {str(CLOSE): 7}, "min_thinking_tokens": 600, "max_thinking_tokens": 900}
@@ -223,27 +225,8 @@ def record(state: dict[str, Any], key: str, res: dict[str, Any], before: dict[st
 
 
 def table(state: dict[str, Any]) -> str:
-    """Medians per (concurrency, target:config); ratios against `vllm:none` and the target's own `none`."""
-    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    for r in state["runs"]:
-        if not r.get("profiled") and r.get("completed"):
-            groups.setdefault((r["concurrency"], r["key"]), []).append(r)
-    med = {k: {f: statistics.median(x[f] for x in v if x.get(f) is not None) if any(x.get(f) is not None for x in v) else None
-               for f in ("output_throughput", "median_ttft_ms", "median_itl_ms", "waits_per_choice", "forced_end_share",
-                         "api_cpu_us_per_token")}
-           for k, v in groups.items()}
-    lines = ["| conc | target:config | runs | out tok/s | vs vllm:none | vs own none | TTFT p50 ms | ITL p50 ms | waits/req | forced end | API CPU µs/tok |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
-    for (c, key), m in sorted(med.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        tp = m["output_throughput"]
-        base = med.get((c, "vllm:none"), {}).get("output_throughput")
-        own = med.get((c, key.split(":")[0] + ":none"), {}).get("output_throughput")
-        lines.append(f"| {c} | {key} | {len(groups[(c, key)])} | {fmt(tp, ',.0f')} | {fmt(tp / base if base else None, '.3f')} | "
-                     f"{fmt(tp / own if own else None, '.3f')} | {fmt(m['median_ttft_ms'], ',.0f')} | {fmt(m['median_itl_ms'], '.2f')} | "
-                     f"{fmt(m['waits_per_choice'], '.2f')} | {fmt(m['forced_end_share'], '.2f')} | "
-                     f"{fmt(m['api_cpu_us_per_token'], '.1f')} |")
-    return "\n".join(lines)
+    """Medians per (concurrency, target:config) with their ratios: the table `serve_summary.py` makes for the README."""
+    return headline(summarise(state))
 
 
 def main() -> None:

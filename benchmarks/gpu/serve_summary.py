@@ -76,11 +76,11 @@ def headline(summary: dict[str, Any]) -> str:
         return "–" if v is None else format(v, spec)
 
     lines = ["| conc | target:config | runs | out tok/s | vs vllm:none | vs own none | TTFT p50 ms | ITL p50 ms "
-             "| waits/req | API CPU µs/tok |", "|" + "---|" * 10]  # fmt: skip
+             "| waits/req | forced end | API CPU µs/tok |", "|" + "---|" * 11]  # fmt: skip
     for r in sorted(summary["rows"], key=lambda r: (-r["concurrency"], r["config"])):
         lines.append(f"| {r['concurrency']} | {r['config']} | {r['runs']} | {f(r['output_throughput'], ',.0f')} "
                      f"| {f(r['vs_vllm_none'], '.3f')} | {f(r['vs_own_none'], '.3f')} | {f(r['median_ttft_ms'], ',.0f')} "
-                     f"| {f(r['median_itl_ms'], '.2f')} | {f(r['waits_per_choice'], '.2f')} "
+                     f"| {f(r['median_itl_ms'], '.2f')} | {f(r['waits_per_choice'], '.2f')} | {f(r['forced_end_share'], '.2f')} "
                      f"| {f(r.get('api_cpu_us_per_token'), '.1f')} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
