@@ -118,6 +118,36 @@ def live_server_url(live_server: str) -> str:
     return f"{live_server}/v1"
 
 
+ENGINE_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:generation_tokens_total")
+
+
+def engine_gauges(server: str, names: tuple[str, ...] = ENGINE_GAUGES) -> dict[str, float]:
+    """vLLM's metrics ``names`` on a live server (request gauges and the generated-token counter by
+    default), each summed over its labels."""
+    import httpx
+
+    out = dict.fromkeys(names, 0.0)
+    for line in httpx.get(f"{server}/metrics", timeout=30).text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if name in out:
+            out[name] += float(line.split()[-1])
+    return out
+
+
+def generated_until_idle(server: str, before: float, timeout: float = 60) -> float:
+    """Tokens generated since `before`, once the engine holds no request (read twice, 0.5 s apart, alike)."""
+    deadline = time.perf_counter() + timeout
+    last = None
+    while time.perf_counter() < deadline:
+        g = engine_gauges(server)
+        now = (g["vllm:num_requests_running"] + g["vllm:num_requests_waiting"], g["vllm:generation_tokens_total"])
+        if now[0] == 0 and now == last:
+            return now[1] - before
+        last = now
+        time.sleep(0.5)
+    raise AssertionError("the engine still holds a request")
+
+
 @contextlib.contextmanager
 def budgetforce_serve(args: list[str], log_path: Path, start_timeout_s: float = 240) -> Iterator[str]:
     """`budgetforce serve ARGS` on a free loopback port, in its own process group, without the

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import engine_gauges, generated_until_idle
 from openai import OpenAI
 
 pytestmark = pytest.mark.server
@@ -271,31 +272,6 @@ def test_metrics(live_server: str, client: OpenAI) -> None:
     assert float(forced.split()[-1]) >= 1
 
 
-def _gauges(live_server: str) -> dict[str, float]:
-    """vLLM's request gauges and generated-token counter, summed over labels."""
-    names = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:generation_tokens_total")
-    out = dict.fromkeys(names, 0.0)
-    for line in httpx.get(f"{live_server}/metrics", timeout=30).text.splitlines():
-        name = line.split("{")[0].split(" ")[0]
-        if name in out:
-            out[name] += float(line.split()[-1])
-    return out
-
-
-def _generated_until_idle(live_server: str, before: float, timeout: float = 60) -> float:
-    """Tokens generated since `before`, once the engine holds no request (read twice, 0.5 s apart, alike)."""
-    deadline = time.perf_counter() + timeout
-    last = None
-    while time.perf_counter() < deadline:
-        g = _gauges(live_server)
-        now = (g["vllm:num_requests_running"] + g["vllm:num_requests_waiting"], g["vllm:generation_tokens_total"])
-        if now[0] == 0 and now == last:
-            return now[1] - before
-        last = now
-        time.sleep(0.5)
-    raise AssertionError("the engine still holds a request")
-
-
 # A request that would run 900 tokens (seconds on the CPU) if nobody aborted it. The test counts
 # the tokens the engine generated for it: polling the running gauge instead misses it on a
 # 2-core machine, where the busy engine can hold the API server off for seconds.
@@ -306,7 +282,7 @@ LONG = {"model": "tiny", "messages": MESSAGES, "max_completion_tokens": 900, "mi
 @pytest.mark.parametrize("strategy", ["engine", "rounds"])
 def test_stream_disconnect_aborts_the_engine_request(live_server_url: str, live_server: str, strategy: str) -> None:
     """A client that leaves mid-stream: vLLM aborts its engine request (the rounds loop's continuation too)."""
-    before = _generated_until_idle(live_server, 0.0)
+    before = generated_until_idle(live_server, 0.0)
     with (
         httpx.Client(timeout=60) as http,
         http.stream("POST", f"{live_server_url}/chat/completions",
@@ -316,7 +292,7 @@ def test_stream_disconnect_aborts_the_engine_request(live_server_url: str, live_
         lines = r.iter_lines()
         for _ in range(4):
             next(lines)
-    generated = _generated_until_idle(live_server, before)
+    generated = generated_until_idle(live_server, before)
     assert 0 < generated < LONG["max_completion_tokens"], f"{generated} tokens: the request of a client that left ran on"
 
 
@@ -348,7 +324,7 @@ def _leave_once_generating(live_server_url: str, live_server: str) -> tuple[str,
     import socket
     from urllib.parse import urlsplit
 
-    before = _generated_until_idle(live_server, 0.0)
+    before = generated_until_idle(live_server, 0.0)
     url = urlsplit(f"{live_server_url}/chat/completions")
     body = json.dumps(LONG).encode()
     head = (f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
@@ -357,7 +333,7 @@ def _leave_once_generating(live_server_url: str, live_server: str) -> tuple[str,
     try:
         sock.sendall(head + body)
         deadline = time.perf_counter() + 60
-        while _gauges(live_server)["vllm:generation_tokens_total"] <= before:
+        while engine_gauges(live_server)["vllm:generation_tokens_total"] <= before:
             assert time.perf_counter() < deadline, "the request never started generating"
             time.sleep(0.05)
         answered, _, _ = select.select([sock], [], [], 0)
@@ -367,5 +343,5 @@ def _leave_once_generating(live_server_url: str, live_server: str) -> tuple[str,
             outcome = "left"
     finally:
         sock.close()  # the client leaves
-    generated = _generated_until_idle(live_server, before)
+    generated = generated_until_idle(live_server, before)
     return outcome, generated if outcome == "left" else 0.0
