@@ -45,7 +45,9 @@ case "$STEP" in
   bench)
     cd $SB || { echo "no $SB: run the up step first"; exit 1; }
     export PYTHONPATH="${SITE:-/tmp/site}:$SB${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}"
-    export PATH="${SITE:-/tmp/site}/bin:$PATH"  # py-spy's binary, carried in the bundle
+    # py-spy's binary, carried in the bundle: pip --target leaves it in the wheel's data scripts, not executable
+    SPY=$(find "${SITE:-/tmp/site}" -maxdepth 3 -name py-spy -type f 2>/dev/null | head -1)
+    [ -n "$SPY" ] && chmod +x "$SPY" && export PATH="$(dirname "$SPY"):$PATH"
     t0=$(date +%s)  # CALL_S: seconds this step may take in all (the call's limit less the unpack); the runs get what is left
     # Each server until healthy, or gone (its log names the failure), or 400 s: the runs go on with
     # the healthy ones (a server that failed to start must not cost the others' measurements).
