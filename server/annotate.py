@@ -37,6 +37,16 @@ from budgetforce.server.rewrite import Prepared, ServedModel
 from budgetforce.core.stops import StopCutter
 
 
+# The byte patterns of a plain middle chunk (`Annotator.plain_event`). Each has a quote right after a
+# letter, which inside a JSON string is always escaped (`\"`): none can match inside a text.
+_PLAIN_DELTA = b'"choices":[{"index":0,"delta":'
+_PLAIN_TAIL = b',"logprobs":null,"finish_reason":null,"token_ids":['
+_PLAIN_END = b',"logprobs":null,"finish_reason":null}]}'
+_REASONING = b'{"reasoning":"'
+_REASONING_CONTENT = b'","reasoning_content":"'
+_CONTENT = b'{"content":"'
+
+
 @dataclass(frozen=True)
 class BoardRow:
     """A single-choice request's row on the processor's stats board: its counts once the engine is done."""
@@ -84,6 +94,11 @@ class Annotator:
         self.choices: dict[int, _Choice] = {}
         self.head: dict[str, Any] = {}  # id, object, created, model of the stream's chunks
         self.finished = 0
+        # A stream whose middle chunks need nothing but their ids counted, the ids dropped and the
+        # reasoning copied to `reasoning_content` has them rewritten as bytes (`plain_event`).
+        p = prepared
+        self.lean = (p.stream and p.endpoint == "chat" and p.choices == 1 and not p.split_text and not p.stops
+                     and not p.hide_reasoning and not p.vote and not p.wants_token_ids)  # fmt: skip
 
     # -- per choice -------------------------------------------------------------------------
     def _choice(self, index: int, prompt: list[int] | None) -> _Choice:
@@ -248,6 +263,59 @@ class Annotator:
             chunk["choices"] = kept
         self._usage(chunk.get("usage"))
         return chunk
+
+    def plain_event(self, data: bytes) -> bytes | None:
+        """A plain middle chunk of a `lean` stream, annotated without parsing it (b"": nothing to send);
+        None for any other.
+
+        Plain is what vLLM's chat route writes for one choice between its first and its finishing
+        chunk: `..."choices":[{"index":0,"delta":{"reasoning"|"content":"TEXT"},"logprobs":null,
+        "finish_reason":null,"token_ids":[IDS]}]}` (vLLM <= 0.32 also writes the reasoning as
+        `reasoning_content`). The ids are counted and dropped and a reasoning text is copied to
+        `reasoning_content`, as `chunk` does; every other chunk (the first, the finishing one, usage,
+        logprobs, a delta of other or several fields, an empty one) goes to `chunk`. The API server
+        is the bottleneck of a loaded GPU server and these are most of its chunks: the bytes path
+        costs a fraction of a parse and a re-serialisation (benchmarks/layer_cost.py).
+
+        Example (shortened):
+            ``{"choices":[{"index":0,"delta":{"reasoning":" so"},"logprobs":null,"finish_reason":null,"token_ids":[42]}]}``
+            becomes ``{"choices":[{"index":0,"delta":{"reasoning":" so","reasoning_content":" so"},"logprobs":null,
+            "finish_reason":null}]}``, and token 42 is counted.
+        """
+        if not data.endswith(b"]}]}"):
+            return None
+        tail = data.rfind(_PLAIN_TAIL)
+        d = data.find(_PLAIN_DELTA)
+        if tail < 0 or d < 0 or d > tail:
+            return None
+        raw_ids = data[tail + len(_PLAIN_TAIL) : -4]
+        if not raw_ids.replace(b",", b"").isdigit():
+            return None
+        delta = data[d + len(_PLAIN_DELTA) : tail]
+        if delta.startswith(_REASONING) and delta.endswith(b'"}'):
+            text = delta[len(_REASONING) : -2]
+            if _REASONING_CONTENT in text:  # vLLM <= 0.32 writes both names itself: the same text twice
+                half = (len(text) - len(_REASONING_CONTENT)) // 2
+                if text != text[:half] + _REASONING_CONTENT + text[:half]:
+                    return None
+                text = text[:half]
+            delta = _REASONING + text + _REASONING_CONTENT + text + b'"}'
+        elif delta.startswith(_CONTENT) and delta.endswith(b'"}') and len(delta) > len(_CONTENT) + 2:
+            text = delta[len(_CONTENT) : -2]
+        elif delta == b"{}":  # tokens whose text the detokenizer holds back (a character split over several)
+            text = b""
+        else:
+            return None
+        # a quote in TEXT not escaped would end the string there: a delta of several fields
+        if text.count(b'"') != text.count(b'\\"'):
+            return None
+        st = self.choices.get(0)
+        if st is None or st.done:
+            return None
+        self._feed(st, [int(raw_ids)] if b"," not in raw_ids else [int(t) for t in raw_ids.split(b",")])
+        if not text:
+            return b""  # nothing left to send once the ids are gone (as `chunk` drops it)
+        return data[: d + len(_PLAIN_DELTA)] + delta + _PLAIN_END
 
     def _choice_chunk(self, choice: dict[str, Any], st: _Choice, ids: list[int]) -> bool:
         """Annotate one choice of a chunk in place; False when it carries nothing any more."""

@@ -336,6 +336,7 @@ class _Exchange:
         self.streaming = False
         self.parts: list[bytes] = []
         self.pending = b""
+        self.lean = False  # a streamed 200 whose plain chunks `Annotator.plain_event` rewrites
 
     async def run(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         self.send = send
@@ -350,6 +351,15 @@ class _Exchange:
         if self.closed:
             return
         kind = message["type"]
+        if self.lean and kind == "http.response.body" and not self.pending:
+            # vLLM writes one event a message: a plain middle chunk is rewritten as bytes and sent on
+            body = message.get("body", b"")
+            if body.startswith(b"data: ") and body.endswith(b"\n\n") and body.count(b"\n\n") == 1:
+                plain = self.annotator.plain_event(body[6:-2])
+                if plain:
+                    await self.send({**message, "body": b"data: " + plain + b"\n\n"})
+                if plain is not None:
+                    return
         if kind == "http.response.start":
             headers = dict(message.get("headers") or [])
             self.streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
@@ -358,6 +368,7 @@ class _Exchange:
                 await self.send(message)
                 return
             if self.streaming:
+                self.lean = self.annotator.lean  # most chunks of a budgeted stream: rewritten as bytes, not parsed
                 await self.send(message)
             else:
                 self.start = message

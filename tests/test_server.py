@@ -345,3 +345,37 @@ def _leave_once_generating(live_server_url: str, live_server: str) -> tuple[str,
         sock.close()  # the client leaves
     generated = generated_until_idle(live_server, before)
     return outcome, generated if outcome == "left" else 0.0
+
+
+def test_real_vllm_chunks_take_the_bytes_path(live_server_url: str, tiny_r1: Any) -> None:
+    """vLLM's own stream (a request without a budget passes the layer untouched) read by the bytes path:
+    every middle chunk is plain, and what it writes is what parsing the chunk writes."""
+    from transformers import AutoTokenizer
+
+    from budgetforce.core.budget import BudgetDefaults
+    from budgetforce.core.profile import detect_profile
+    from budgetforce.server.annotate import Annotator
+    from budgetforce.server.rewrite import ServedModel, prepare
+
+    body = {"model": "tiny", "messages": MESSAGES, "max_completion_tokens": 24, "seed": 3, "stream": True,
+            "return_token_ids": True}  # fmt: skip
+    response = httpx.post(f"{live_server_url}/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200
+    events = [e[len("data: ") :].encode() for e in response.text.split("\n\n") if e.startswith("data: {")]
+    tok = AutoTokenizer.from_pretrained(tiny_r1)
+    fields = frozenset({"messages", "model", "max_completion_tokens", "stream", "seed", "vllm_xargs", "return_token_ids",
+                        "include_reasoning"})  # fmt: skip
+    model = ServedModel(profile=detect_profile(tok).resolve(tok), tokenizer=tok, max_model_len=1024, chat_fields=fields,
+                        completion_fields=fields, reasoning_parser=True)  # fmt: skip
+    budgeted = {k: v for k, v in body.items() if k != "return_token_ids"} | {"max_thinking_tokens": 12}
+    fast, slow = (Annotator(prepare(dict(budgeted), "chat", model, BudgetDefaults()), model) for _ in range(2))
+    assert fast.lean
+    middle = [json.loads(e) for e in events[1:-1]]
+    assert len(middle) >= 20 and all(c["choices"][0]["finish_reason"] is None for c in middle)
+    for e in events[:1]:
+        fast.chunk(json.loads(e)), slow.chunk(json.loads(e))
+    for e in events[1:-1]:
+        plain = fast.plain_event(e)
+        assert plain is not None, e  # vLLM's middle chunk has the shape the bytes path reads
+        assert (json.loads(plain) if plain else None) == slow.chunk(json.loads(e))
+    assert fast.choices[0].ctl.thinking_tokens == slow.choices[0].ctl.thinking_tokens > 0
