@@ -6,7 +6,9 @@ drives `BudgetMiddleware` (the real one, with the served model's real tokenizer 
 exact SSE stream vLLM's chat route writes for a budgeted request (`return_token_ids`, a reasoning
 parser: one token per chunk, `delta.reasoning`, then `delta.content`, the finish and usage chunks),
 and the same stream for a request without a budget, which the layer passes through untouched.
-It prints the CPU microseconds per chunk of each, interleaved (A B A B ...), medians.
+It prints the CPU microseconds per chunk of each, interleaved (A B A B ...), medians; the budgeted
+streams twice, with the bytes path for plain chunks (`Annotator.plain_event`) and with every chunk
+parsed, as the layer did before that path.
 
     python -m benchmarks.layer_cost --tokenizer ../shared/fixtures/deepseek-r1-distill-qwen
 
@@ -24,6 +26,7 @@ import time
 from typing import Any
 
 from budgetforce.core.budget import BudgetDefaults
+from budgetforce.server.annotate import Annotator
 from budgetforce.server.middleware import BudgetMiddleware
 from budgetforce.server.rewrite import ServedModel
 
@@ -62,7 +65,7 @@ def vllm_stream(model: ServedModel, thinking: int, answer: int, token_ids: bool)
 
     first = {"prompt_token_ids": prompt} if token_ids else {}
     events = [chunk({"role": "assistant", "content": ""}, None, **first)]
-    events += [chunk({"reasoning": " step"}, [word]) for _ in range(thinking)]
+    events += [chunk({"reasoning": " step", "reasoning_content": " step"}, [word]) for _ in range(thinking)]  # both names
     events.append(chunk({"content": ""}, [close]))
     events += [chunk({"content": " step"}, [word]) for _ in range(answer - 1)]
     events.append(chunk({"content": ""}, [tok.eos_token_id], finish="length"))
@@ -111,8 +114,11 @@ async def one_request(layer: BudgetMiddleware, body: dict[str, Any]) -> int:
     return out
 
 
-def measure(model: ServedModel, body: dict[str, Any], events: list[bytes], requests: int) -> float:
-    """CPU µs per chunk (process time, so another process on the machine does not count)."""
+def measure(model: ServedModel, body: dict[str, Any], events: list[bytes], requests: int, parsed: bool = False) -> float:
+    """CPU µs per chunk (process time, so another process on the machine does not count).
+
+    ``parsed``: every chunk goes through `Annotator.chunk` (the bytes path for plain chunks is off),
+    which is what the layer did before that path existed."""
     layer = BudgetMiddleware(upstream(events), BudgetDefaults(), model)
     layer._auth = None  # no key on this server
 
@@ -120,9 +126,15 @@ def measure(model: ServedModel, body: dict[str, Any], events: list[bytes], reque
         for _ in range(requests):
             await one_request(layer, body)
 
-    t = time.process_time()
-    asyncio.run(run())
-    return (time.process_time() - t) / (requests * len(events)) * 1e6
+    saved = Annotator.plain_event
+    if parsed:
+        Annotator.plain_event = lambda self, data: None  # type: ignore[method-assign]
+    try:
+        t = time.process_time()
+        asyncio.run(run())
+        return (time.process_time() - t) / (requests * len(events)) * 1e6
+    finally:
+        Annotator.plain_event = saved  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -137,19 +149,22 @@ def main() -> None:
     model = served(args.tokenizer)
     base = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
             "max_completion_tokens": args.thinking + args.answer + 1}  # fmt: skip
-    configs = {
-        "no budget (passed through)": (base, vllm_stream(model, args.thinking, args.answer, token_ids=False)),
-        "max_thinking_tokens": ({**base, "max_thinking_tokens": args.thinking},
-                                vllm_stream(model, args.thinking, args.answer, token_ids=True)),  # fmt: skip
-        "min + max": ({**base, "min_thinking_tokens": args.thinking // 2, "max_thinking_tokens": args.thinking},
-                      vllm_stream(model, args.thinking, args.answer, token_ids=True)),  # fmt: skip
+    budgeted = vllm_stream(model, args.thinking, args.answer, token_ids=True)
+    maximum = {**base, "max_thinking_tokens": args.thinking}
+    both = {**base, "min_thinking_tokens": args.thinking // 2, "max_thinking_tokens": args.thinking}
+    configs = {  # name: (request, vLLM's events, every chunk parsed)
+        "no budget (passed through)": (base, vllm_stream(model, args.thinking, args.answer, token_ids=False), False),
+        "max_thinking_tokens": (maximum, budgeted, False),
+        "min + max": (both, budgeted, False),
+        "max, every chunk parsed": (maximum, budgeted, True),
+        "min + max, every chunk parsed": (both, budgeted, True),
     }
     samples: dict[str, list[float]] = {k: [] for k in configs}
-    for name, (body, events) in configs.items():  # warm-up: imports, the tokenizer's caches
-        measure(model, body, events, 2)
+    for name, (body, events, parsed) in configs.items():  # warm-up: imports, the tokenizer's caches
+        measure(model, body, events, 2, parsed)
     for _ in range(args.reps):
-        for name, (body, events) in configs.items():
-            samples[name].append(measure(model, body, events, args.requests))
+        for name, (body, events, parsed) in configs.items():
+            samples[name].append(measure(model, body, events, args.requests, parsed))
     medians = {k: statistics.median(v) for k, v in samples.items()}
     base_us = medians["no budget (passed through)"]
     print(f"{'config':<30} {'µs/chunk':>9} {'vs pass-through':>16}")

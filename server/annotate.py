@@ -7,6 +7,8 @@ exactly as budgetforce's engine does. The layer then adds, per choice, the `budg
 `reasoning`, `usage.completion_tokens_details.reasoning_tokens`, and cuts the answer (only the
 answer) at the request's stop strings. Where vLLM has no reasoning parser for the text (text
 completions, or a chat server without `--reasoning-parser`) it splits the text on the ids itself.
+The plain middle chunks of a chat stream that needs nothing else (`Annotator.lean`) are rewritten
+as bytes (`Annotator.plain_event`): the same output without a parse and a re-serialisation each.
 
 `waits_inserted` comes from the processor's stats board (`budgetforce.vllm.stats_board.StatsBoard`, named by
 `BUDGETFORCE_STATS_BOARD`); it is null where the board is absent and for n > 1 (one row per request).
