@@ -305,17 +305,17 @@ class Annotator:
         elif delta.startswith(_CONTENT) and delta.endswith(b'"}') and len(delta) > len(_CONTENT) + 2:
             text = delta[len(_CONTENT) : -2]
         elif delta == b"{}":  # tokens whose text the detokenizer holds back (a character split over several)
-            text = b""
+            text = None
         else:
             return None
         # a quote in TEXT not escaped would end the string there: a delta of several fields
-        if text.count(b'"') != text.count(b'\\"'):
+        if text is not None and text.count(b'"') != text.count(b'\\"'):
             return None
         st = self.choices.get(0)
         if st is None or st.done:
             return None
         self._feed(st, [int(raw_ids)] if b"," not in raw_ids else [int(t) for t in raw_ids.split(b",")])
-        if not text:
+        if text is None:
             return b""  # nothing left to send once the ids are gone (as `chunk` drops it)
         return data[: d + len(_PLAIN_DELTA)] + delta + _PLAIN_END
 
