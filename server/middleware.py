@@ -444,8 +444,9 @@ def _sse(chunk: dict[str, Any]) -> bytes:
     return b"data: " + _encode(chunk) + b"\n\n"
 
 
-# Every streamed chunk of a budgeted request is parsed and written again by the API server, which is
-# the bottleneck of a loaded GPU server: msgspec does both several times faster than `json`
+# A budgeted response's chunks that are not plain (`Annotator.plain_event` rewrites those as bytes) are
+# parsed and written again by the API server, which is the bottleneck of a loaded GPU server: msgspec
+# does both several times faster than `json`
 # (benchmarks/layer_cost.py). `json` stays for what msgspec cannot read (NaN, Infinity: not JSON, and
 # vLLM never writes them) or write (integers beyond 64 bits); a non-finite float goes out as null,
 # as vLLM's own pydantic models write it.
