@@ -93,9 +93,12 @@ def test_64_concurrent_streams(live_server_url: str, live_server: str) -> None:
         assert usage["completion_tokens"] <= CAP and (r["finish"] == "length") is (usage["completion_tokens"] == CAP)
         hidden = "reasoning" in fields
         assert (r["reasoning"] == "") is (hidden or thinking == 0)
-    # Nothing serialises requests: the engine generated many tokens per step (batched). Counted on
+    # Nothing serialises requests: the engine generated several tokens per step (batched). Counted on
     # the engine's own counters: the streams' arrival times at the client are not a measure on a
     # 2-core machine, where a busy engine can hold the API server off and a stream arrives at once.
+    # A serialising server makes at most 1 a step; alone this file sees 34-36, a full suite on 2
+    # cores once 7.2 (the API server admitting the 64 streams slowly, the ramp's steps small): the
+    # bound tells batching from serialising, not a speed.
     per_step = (generated1 - generated0) / max(steps1 - steps0, 1.0)
-    assert per_step >= 8, f"{per_step:.1f} tokens generated per engine step: the requests were not batched"
+    assert per_step >= 3, f"{per_step:.1f} tokens generated per engine step: the requests were not batched"
     print(f"64 streams x {CAP} tokens in {elapsed:.1f}s, {per_step:.1f} tokens per engine step")
